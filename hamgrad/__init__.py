@@ -1,0 +1,17 @@
+"""hamgrad: gradients through optimisation-defined layers (the Hamburger paper, ICLR 2021).
+
+    import hamgrad as hg
+    s = hg.NMF(rank=8)
+    y, info = hg.solve(s, x, steps=6, grad="one-step")
+"""
+
+from .fixed_point import FixedPoint
+from .grad import GRAD_MODES, ConvergenceError, ConvergenceWarning, SolveInfo, solve
+from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
+    "FixedPoint", "solve", "SolveInfo", "GRAD_MODES", "ConvergenceWarning", "ConvergenceError",
+]

@@ -1,0 +1,42 @@
+"""Argument checks shared by every layer: each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_steps(steps, name: str = "steps") -> int:
+    """An int >= 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"{name} must be an int >= 1, got {steps!r}")
+    if steps < 1:
+        raise ValueError(f"{name} must be >= 1, got {steps}")
+    return steps
+
+
+def check_positive(value, name: str) -> float:
+    """A finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
+    """A floating-point tensor with at least ``min_dim`` dimensions."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    """No NaN or Inf (costs one host sync)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")

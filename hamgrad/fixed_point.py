@@ -1,0 +1,121 @@
+"""The abstract model ``h^{t+1} = F(h^t, x)`` read out by ``y = G(h^K, x)`` (MATH.md §3).
+
+A state ``h`` is a tuple of tensors (a flat "pytree"). ``F(h, x)`` must be pure: it returns a new tuple of the same
+shapes and does not modify its inputs in place. Every analysis in hamgrad works on a :class:`FixedPoint`, so a user's
+own solver gets the gradient modes, Jacobian operators and spectra for free.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ._checks import check_steps
+
+State = tuple  # tuple[torch.Tensor, ...]
+
+__all__ = ["FixedPoint", "State", "as_state", "flatten_state", "unflatten_state", "state_residual"]
+
+
+def as_state(h, name: str = "h") -> State:
+    """Check that ``h`` is a non-empty tuple (or list) of floating-point tensors and return it as a tuple."""
+    if isinstance(h, torch.Tensor):
+        raise TypeError(f"{name} must be a tuple of tensors, got a single tensor; wrap it as ({name},)")
+    if not isinstance(h, (tuple, list)) or len(h) == 0:
+        raise TypeError(f"{name} must be a non-empty tuple of tensors, got {type(h).__name__}")
+    for i, t in enumerate(h):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}[{i}] must have a floating dtype, got {t.dtype}")
+    return tuple(h)
+
+
+def flatten_state(h: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate the tensors of a state into one flat vector (in the order of the tuple)."""
+    return torch.cat([t.reshape(-1) for t in h])
+
+
+def unflatten_state(v: torch.Tensor, like: Sequence[torch.Tensor]) -> State:
+    """Inverse of :func:`flatten_state`: split a flat vector into tensors shaped like ``like``."""
+    sizes = [t.numel() for t in like]
+    if v.numel() != sum(sizes):
+        raise ValueError(f"flat vector has {v.numel()} entries, the state has {sum(sizes)}")
+    return tuple(p.reshape(t.shape) for p, t in zip(torch.split(v, sizes), like))
+
+
+def state_residual(h_new: Sequence[torch.Tensor], h_old: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``‖h_new − h_old‖₂`` over the whole (flattened) state, as a 0-d tensor (no host sync)."""
+    return torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(h_new, h_old)))
+
+
+class FixedPoint:
+    """The fixed-point model ``h^{t+1} = F(h^t, x)``, ``y = G(h^K, x)``.
+
+    Args:
+        F: ``F(h, x) -> h``, ``h`` a tuple of tensors. Pure (no in-place updates of its inputs).
+        readout: ``G(h, x) -> y``. ``None`` means ``y = h`` (the state tuple itself).
+        init: optional ``init(x, generator=None) -> h0`` used when :func:`hamgrad.solve` gets no ``h0``.
+        name: a label for tables and plots.
+
+    ``FixedPoint.from_solver(s)`` wraps a built-in or registered solver (``F(h, x) = s.step(x, h)``,
+    ``G = s.readout``, ``init = s.init``) and keeps ``s`` in ``.solver`` for solver-specific modes (``one-step-coef``).
+    """
+
+    def __init__(self, F: Callable, readout: Callable | None = None, init: Callable | None = None,
+                 name: str | None = None):
+        if not callable(F):
+            raise TypeError(f"F must be callable F(h, x) -> h, got {type(F).__name__}")
+        if readout is not None and not callable(readout):
+            raise TypeError(f"readout must be callable G(h, x) -> y or None, got {type(readout).__name__}")
+        if init is not None and not callable(init):
+            raise TypeError(f"init must be callable init(x, generator=None) -> h0 or None, got {type(init).__name__}")
+        self.F = F
+        self._readout = readout
+        self._init = init
+        self.name = name or getattr(F, "__name__", "F")
+        self.solver = None
+
+    @classmethod
+    def from_solver(cls, solver) -> "FixedPoint":
+        """The fixed-point model of a solver with the ``init/step/readout`` protocol (see :mod:`hamgrad.solvers`)."""
+        for attr in ("init", "step", "readout"):
+            if not callable(getattr(solver, attr, None)):
+                raise TypeError(f"solver must have a callable .{attr}(...); got {type(solver).__name__}")
+        fp = cls(lambda h, x: solver.step(x, h), readout=lambda h, x: solver.readout(x, h), init=solver.init,
+                 name=getattr(solver, "name", type(solver).__name__))
+        fp.solver = solver
+        return fp
+
+    def __repr__(self) -> str:
+        return f"FixedPoint({self.name})"
+
+    def step(self, h, x) -> State:
+        """One application of F; checks that the state keeps its structure and shapes."""
+        out = self.F(h, x)
+        out = as_state(out, name="F(h, x)")
+        if len(out) != len(h) or any(a.shape != b.shape for a, b in zip(out, h)):
+            raise ValueError("F(h, x) must return a state of the same structure and shapes as h: got "
+                             f"{[tuple(t.shape) for t in out]} for h of shapes {[tuple(t.shape) for t in h]}")
+        return out
+
+    def readout(self, h, x):
+        """``G(h, x)``; the state itself when the model has no readout."""
+        return h if self._readout is None else self._readout(h, x)
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> State:
+        """The model's initial state for ``x`` (needs an ``init`` function)."""
+        if self._init is None:
+            raise ValueError(f"{self!r} has no init function: pass h0 explicitly")
+        return as_state(self._init(x, generator=generator), name="init(x)")
+
+    def unroll(self, x: torch.Tensor, h0, steps: int) -> list:
+        """``[h^0, h^1, …, h^K]`` with ``h^{t+1} = F(h^t, x)``; differentiable where grad mode allows."""
+        check_steps(steps)
+        h = as_state(h0, name="h0")
+        traj = [h]
+        for _ in range(steps):
+            h = self.step(h, x)
+            traj.append(h)
+        return traj

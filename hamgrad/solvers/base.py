@@ -1,0 +1,196 @@
+"""The solver protocol shared by the hams, and the registry for new solvers.
+
+A solver is a set of pure tensor functions over ``x`` of shape ``(..., d, n)`` and a state ``h = (D, C)`` with
+``D (..., d, r)`` and ``C (..., r, n)``:
+
+- ``init(x, generator=None) -> h``     the initial state (random dictionary, codes from it);
+- ``step(x, h) -> h``                  one application of F (MATH.md §2), C first, then D;
+- ``readout(x, h) -> y``               the low-rank reconstruction ``X̄``, same shape and dtype as ``x``;
+- ``objective(x, h) -> (...)``         the decomposition objective per batch element;
+- ``coef_step(x, h) -> C``             the last code update of the official Hamburger code, D held constant
+                                       (the ``one-step-coef`` gradient mode).
+
+Precision: float16/bfloat16 inputs are computed in float32 (the state is kept in float32) and ``readout`` returns
+the input's dtype; autocast is switched off inside every method so the decomposition always runs in at least float32.
+Nothing here uses ``torch.no_grad``: which steps carry a graph is decided by :func:`hamgrad.solve`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .._checks import check_finite, check_float_tensor, check_positive
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solver computes in for inputs of ``dtype`` (float32 for half precisions)."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _full_precision(method):
+    """Run ``method`` with autocast off and ``x`` (and the state) cast to the compute dtype."""
+
+    @functools.wraps(method)
+    def wrapper(self, x, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(self, x.to(compute_dtype(x.dtype)), *args, **kwargs)
+
+    return wrapper
+
+
+class Solver:
+    """Base class of the hams. Subclasses implement ``_init``, ``_step``, ``_codes`` and ``_readout_codes``.
+
+    Args:
+        rank: r, the number of bases; 1 <= r <= min(d, n) (checked against each input).
+        eps: the small constant that keeps divisions finite.
+    """
+
+    name = "solver"
+    nonnegative = False
+
+    def __init__(self, rank: int, eps: float = 1e-6):
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"rank must be an int >= 1, got {rank!r}")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.rank = rank
+        self.eps = check_positive(eps, "eps")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.hparams().items())
+        return f"{type(self).__name__}({params})"
+
+    def hparams(self) -> dict:
+        """The constructor arguments, as plain data."""
+        return {"rank": self.rank, "eps": self.eps}
+
+    # ------------------------------------------------------------------ checks
+    def check_input(self, x, name: str = "x") -> None:
+        """Validate an input: a float tensor ``(..., d, n)``, finite, ``rank <= min(d, n)`` (and ``x >= 0`` for NMF).
+
+        Costs a host sync (NaN/Inf check); :func:`hamgrad.solve` and :meth:`init` call it, :meth:`step` does not.
+        """
+        check_float_tensor(x, name, min_dim=2)
+        d, n = x.shape[-2:]
+        if self.rank > min(d, n):
+            raise ValueError(f"rank={self.rank} must be <= min(d, n) = min({d}, {n}) for {name} of shape "
+                             f"{tuple(x.shape)} (x is (..., d, n))")
+        check_finite(x, name)
+        if self.nonnegative and bool((x < 0).any()):
+            raise ValueError(f"{name} must be non-negative for {type(self).__name__} (apply a ReLU first); "
+                             f"its minimum is {x.min().item():.4g}")
+
+    def check_state(self, x, h, name: str = "h") -> tuple:
+        """Validate that ``h = (D, C)`` has shapes ``(..., d, r)`` and ``(..., r, n)`` matching ``x``."""
+        if not isinstance(h, (tuple, list)) or len(h) != 2 or not all(isinstance(t, torch.Tensor) for t in h):
+            raise TypeError(f"{name} must be a tuple (D, C) of two tensors, got {type(h).__name__}")
+        D, C = h
+        for t, label in ((D, "D"), (C, "C")):
+            if not t.is_floating_point():
+                raise TypeError(f"{name}: {label} must have a floating dtype, got {t.dtype}")
+        *batch, d, n = x.shape
+        want_D, want_C = (*batch, d, self.rank), (*batch, self.rank, n)
+        if tuple(D.shape) != want_D or tuple(C.shape) != want_C:
+            raise ValueError(f"{name} = (D, C) must have shapes D {want_D} and C {want_C} for x of shape "
+                             f"{tuple(x.shape)} and rank {self.rank}; got D {tuple(D.shape)}, C {tuple(C.shape)}")
+        return tuple(h)
+
+    def _cast_state(self, x, h):
+        D, C = self.check_state(x, h)
+        return D.to(x.dtype), C.to(x.dtype)
+
+    # ------------------------------------------------------------------ public API
+    @_full_precision
+    def init(self, x, generator: torch.Generator | None = None) -> tuple:
+        """Initial state ``(D, C)`` for ``x``; reproducible with a ``torch.Generator`` on ``x.device``."""
+        self.check_input(x)
+        *batch, d, n = x.shape
+        D = self._random_bases((*batch, d, self.rank), x, generator)
+        return D, self._init_codes(x, D)
+
+    @_full_precision
+    def step(self, x, h) -> tuple:
+        """One application of F: the code update, then the dictionary update (MATH.md §2)."""
+        return self._step(x, *self._cast_state(x, h))
+
+    def readout(self, x, h) -> torch.Tensor:
+        """``X̄ = D C`` (C from the state, or the solver's readout codes), in ``x``'s dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.to(compute_dtype(x.dtype))
+            D, C = self._cast_state(xc, h)
+            return (D @ self._readout_codes(xc, D, C)).to(x.dtype)
+
+    @_full_precision
+    def objective(self, x, h) -> torch.Tensor:
+        """The decomposition objective per batch element, shape ``x.shape[:-2]``."""
+        D, C = self._cast_state(x, h)
+        return self._objective(x, D, C)
+
+    def coef_step(self, x, h) -> torch.Tensor:
+        """The official code's last code update with D held constant (no graph through D), in the compute dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.to(compute_dtype(x.dtype))
+            D, C = self._cast_state(xc, h)
+            return self._coef_codes(xc, D.detach(), C.detach())
+
+    # ------------------------------------------------------------------ for subclasses
+    def _random_bases(self, shape, x, generator):
+        raise NotImplementedError
+
+    def _init_codes(self, x, D):
+        raise NotImplementedError
+
+    def _step(self, x, D, C):
+        raise NotImplementedError
+
+    def _readout_codes(self, x, D, C):
+        return C
+
+    def _coef_codes(self, x, D, C):
+        raise NotImplementedError
+
+    def _objective(self, x, D, C):
+        return ((x - D @ self._readout_codes(x, D, C)) ** 2).sum(dim=(-2, -1))
+
+
+# ---------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type] = {}
+
+
+def register_solver(name: str, cls: type, *, overwrite: bool = False) -> type:
+    """Register a solver class under ``name`` so that ``get_solver(name, ...)`` (and the CLI) can build it.
+
+    ``cls(...)`` must produce an object with ``init(x, generator=None)``, ``step(x, h)`` and ``readout(x, h)``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if not isinstance(cls, type):
+        raise TypeError(f"cls must be a class, got {type(cls).__name__}")
+    for attr in ("init", "step", "readout"):
+        if not callable(getattr(cls, attr, None)):
+            raise TypeError(f"cls must define {attr}(...), {cls.__name__} does not")
+    key = name.lower()
+    if key in _REGISTRY and not overwrite:
+        raise ValueError(f"a solver named {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def get_solver(name: str, **kwargs):
+    """Build a registered solver by name (``"nmf"``, ``"vq"``/``"softvq"``, ``"cd"`` or a user's)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[key](**kwargs)
+
+
+def available_solvers() -> list[str]:
+    """Names of the registered solvers."""
+    return sorted(_REGISTRY)

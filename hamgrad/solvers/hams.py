@@ -1,0 +1,131 @@
+"""The three hams of the paper, exactly as MATH.md §2 writes them.
+
+Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
+``DCCᵀ`` is ``D(CCᵀ)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_positive
+from .base import Solver, register_solver
+
+
+def _unit_columns(D: torch.Tensor, eps: float) -> torch.Tensor:
+    """Columns scaled to unit ℓ2 norm (norms below ``eps`` are clamped)."""
+    return D / D.norm(dim=-2, keepdim=True).clamp_min(eps)
+
+
+def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
+    """``X Cᵀ diag(C 1_n + eps)⁻¹``: each basis is the assignment-weighted mean of the columns of x."""
+    return (x @ C.mT) / (C.sum(dim=-1).unsqueeze(-2) + eps)
+
+
+class NMF(Solver):
+    """Non-negative matrix factorisation by Lee–Seung multiplicative updates.
+
+    Input must be non-negative (the lower bread ends in a ReLU). Init: ``D ~ U(0, 1)`` with unit columns,
+    ``C = softmax_r(Dᵀ X)``. Step: ``C ← C ⊙ DᵀX ⊘ (DᵀD C + eps)``, then ``D ← D ⊙ XCᵀ ⊘ (D CCᵀ + eps)``.
+    Objective ``‖X − DC‖_F²`` (non-increasing under each step).
+    """
+
+    name = "nmf"
+    nonnegative = True
+
+    def _random_bases(self, shape, x, generator):
+        D = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return _unit_columns(D, self.eps)
+
+    def _init_codes(self, x, D):
+        return torch.softmax(D.mT @ x, dim=-2)
+
+    def _mu_codes(self, x, D, C):
+        return C * (D.mT @ x) / ((D.mT @ D) @ C + self.eps)
+
+    def _step(self, x, D, C):
+        C = self._mu_codes(x, D, C)
+        D = D * (x @ C.mT) / (D @ (C @ C.mT) + self.eps)
+        return D, C
+
+    _coef_codes = _mu_codes
+
+
+class SoftVQ(Solver):
+    """Soft vector quantisation (a differentiable soft k-means) at temperature ``T = 1 / inv_t``.
+
+    Init: ``D ~ N(0, 1)`` with unit columns, ``C = softmax_r(inv_t · DᵀX)``. Step:
+    ``C ← softmax_r(inv_t · cos(D, X))``, then ``D ← X Cᵀ diag(C 1_n + eps)⁻¹``. ``inv_t → ∞`` is hard k-means.
+    """
+
+    name = "vq"
+
+    def __init__(self, rank: int, inv_t: float = 100.0, eps: float = 1e-6):
+        super().__init__(rank, eps)
+        self.inv_t = check_positive(inv_t, "inv_t")
+
+    def hparams(self) -> dict:
+        return {**super().hparams(), "inv_t": self.inv_t}
+
+    def _random_bases(self, shape, x, generator):
+        D = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return _unit_columns(D, self.eps)
+
+    def _init_codes(self, x, D):
+        return torch.softmax(self.inv_t * (D.mT @ x), dim=-2)
+
+    def _cos_codes(self, D, x_unit):
+        return torch.softmax(self.inv_t * (_unit_columns(D, self.eps).mT @ x_unit), dim=-2)
+
+    def _step(self, x, D, C):
+        C = self._cos_codes(D, _unit_columns(x, self.eps))
+        return _weighted_means(x, C, self.eps), C
+
+    def _coef_codes(self, x, D, C):
+        # The official code normalises x by a column norm computed without graph.
+        return self._cos_codes(D, x / x.detach().norm(dim=-2, keepdim=True).clamp_min(self.eps))
+
+
+class CD(Solver):
+    """Concept decomposition: D by spherical soft k-means, codes by ridge regression at readout.
+
+    Init: ``D ~ N(0, 1)`` with unit columns, ``C = softmax_r(inv_t · Dᵀ normalize(X))``. Step:
+    ``C ← softmax_r(inv_t · Dᵀ normalize(X))``, then ``D ← normalize(X Cᵀ diag(C 1_n + eps)⁻¹)``.
+    Readout codes ``(DᵀD + beta·I)⁻¹ DᵀX``; objective ``‖X − DC‖_F² + beta‖C‖_F²`` with those codes.
+    """
+
+    name = "cd"
+
+    def __init__(self, rank: int, inv_t: float = 100.0, beta: float = 0.1, eps: float = 1e-6):
+        super().__init__(rank, eps)
+        self.inv_t = check_positive(inv_t, "inv_t")
+        self.beta = check_positive(beta, "beta")
+
+    def hparams(self) -> dict:
+        return {**super().hparams(), "inv_t": self.inv_t, "beta": self.beta}
+
+    _random_bases = SoftVQ._random_bases
+
+    def _init_codes(self, x, D):
+        return torch.softmax(self.inv_t * (D.mT @ _unit_columns(x, self.eps)), dim=-2)
+
+    def _step(self, x, D, C):
+        C = self._init_codes(x, D)
+        return _unit_columns(_weighted_means(x, C, self.eps), self.eps), C
+
+    def _readout_codes(self, x, D, C):
+        eye = torch.eye(self.rank, dtype=D.dtype, device=D.device)
+        return torch.linalg.solve(D.mT @ D + self.beta * eye, D.mT @ x)
+
+    def _coef_codes(self, x, D, C):
+        return self._readout_codes(x, D, C)
+
+    def _objective(self, x, D, C):
+        codes = self._readout_codes(x, D, C)
+        return ((x - D @ codes) ** 2).sum(dim=(-2, -1)) + self.beta * (codes ** 2).sum(dim=(-2, -1))
+
+
+register_solver("nmf", NMF)
+register_solver("vq", SoftVQ)
+register_solver("softvq", SoftVQ)
+register_solver("cd", CD)
