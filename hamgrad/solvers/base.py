@@ -32,10 +32,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _full_precision(method):
-    """Run ``method`` with autocast off and ``x`` (and the state) cast to the compute dtype."""
+    """Check ``x``'s type, then run ``method`` with autocast off and ``x`` cast to the compute dtype."""
 
     @functools.wraps(method)
     def wrapper(self, x, *args, **kwargs):
+        check_float_tensor(x, "x", min_dim=2)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return method(self, x.to(compute_dtype(x.dtype)), *args, **kwargs)
 
@@ -120,10 +121,12 @@ class Solver:
 
     def readout(self, x, h) -> torch.Tensor:
         """``X̄ = D C`` (C from the state, or the solver's readout codes), in ``x``'s dtype."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xc = x.to(compute_dtype(x.dtype))
-            D, C = self._cast_state(xc, h)
-            return (D @ self._readout_codes(xc, D, C)).to(x.dtype)
+        return self._readout(x, h).to(x.dtype)
+
+    @_full_precision
+    def _readout(self, x, h):
+        D, C = self._cast_state(x, h)
+        return D @ self._readout_codes(x, D, C)
 
     @_full_precision
     def objective(self, x, h) -> torch.Tensor:
@@ -131,12 +134,11 @@ class Solver:
         D, C = self._cast_state(x, h)
         return self._objective(x, D, C)
 
+    @_full_precision
     def coef_step(self, x, h) -> torch.Tensor:
         """The official code's last code update with D held constant (no graph through D), in the compute dtype."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xc = x.to(compute_dtype(x.dtype))
-            D, C = self._cast_state(xc, h)
-            return self._coef_codes(xc, D.detach(), C.detach())
+        D, C = self._cast_state(x, h)
+        return self._coef_codes(x, D.detach(), C.detach())
 
     # ------------------------------------------------------------------ for subclasses
     def _random_bases(self, shape, x, generator):
