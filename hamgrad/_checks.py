@@ -36,7 +36,11 @@ def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
     return x
 
 
-def check_finite(x: torch.Tensor, name: str = "x") -> None:
-    """No NaN or Inf (costs one host sync)."""
-    if not bool(torch.isfinite(x).all()):
+def check_finite(x: torch.Tensor, name: str = "x") -> tuple[float, float]:
+    """No NaN or Inf; returns ``(min, max)`` of ``x`` (one fused pass, one host sync)."""
+    if x.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf")
+    return lo, hi

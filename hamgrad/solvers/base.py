@@ -81,10 +81,10 @@ class Solver:
         if self.rank > min(d, n):
             raise ValueError(f"rank={self.rank} must be <= min(d, n) = min({d}, {n}) for {name} of shape "
                              f"{tuple(x.shape)} (x is (..., d, n))")
-        check_finite(x, name)
-        if self.nonnegative and bool((x < 0).any()):
+        lo, _ = check_finite(x, name)
+        if self.nonnegative and lo < 0:
             raise ValueError(f"{name} must be non-negative for {type(self).__name__} (apply a ReLU first); "
-                             f"its minimum is {x.min().item():.4g}")
+                             f"its minimum is {lo:.4g}")
 
     def check_state(self, x, h, name: str = "h") -> tuple:
         """Validate that ``h = (D, C)`` has shapes ``(..., d, r)`` and ``(..., r, n)`` matching ``x``."""
