@@ -8,10 +8,12 @@
 from .fixed_point import FixedPoint
 from .grad import GRAD_MODES, ConvergenceError, ConvergenceWarning, SolveInfo, solve
 from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
+from . import experiments, nn
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
     "FixedPoint", "solve", "SolveInfo", "GRAD_MODES", "ConvergenceWarning", "ConvergenceError",
+    "nn", "experiments",
 ]

@@ -1,0 +1,9 @@
+"""Ablations: the resumable one-step vs BPTT sweep over HamNet, its configuration, metrics and summary table."""
+
+from .config import AblationConfig, RunSpec
+from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .runner import CSV_COLUMNS, build_model, load_model, load_results, run_ablation
+from .summary import Summary, SummaryCell, summarize
+
+__all__ = ["AblationConfig", "RunSpec", "run_ablation", "load_results", "load_model", "build_model", "CSV_COLUMNS",
+           "Summary", "SummaryCell", "summarize", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy"]

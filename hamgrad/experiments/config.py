@@ -1,0 +1,198 @@
+"""The ablation's configuration: one frozen dataclass that round-trips through JSON (``config.json`` of a sweep)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from ..data import GlobalContextShapes
+from ..grad import parse_grad_mode
+from ..solvers import available_solvers
+
+__all__ = ["AblationConfig", "RunSpec"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep: a solver and gradient mode (``None`` for the no-ham baseline) and a seed."""
+
+    solver: str | None
+    grad: str | None
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """A file-name-safe identifier, e.g. ``nmf_one-step_seed0``, ``nmf_truncated2_seed1``, ``none_seed0``."""
+        if self.solver is None:
+            return f"none_seed{self.seed}"
+        return f"{self.solver}_{self.grad.replace(':', '')}_seed{self.seed}"
+
+
+def _int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value, name: str, minimum: float, inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (value == minimum and not inclusive):
+        raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {minimum}, got {value}")
+    return float(value)
+
+
+def _names(value, name: str) -> tuple:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of str, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} has duplicates: {list(value)}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """A one-step vs BPTT sweep: every solver × gradient mode × seed, plus the no-ham baseline per seed.
+
+    Sweep:
+        solvers: registered solver names (``"nmf"``, ``"vq"``, ``"cd"``, ...).
+        grads: gradient modes (``hg.GRAD_MODES``; ``"truncated:k"`` with ``1 <= k <= steps``).
+        seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
+            encoder weights and batch order for every combination.
+        baseline: also train ``HamNet(ham=None)`` for each seed.
+    Model (:class:`hamgrad.nn.HamNet`):
+        steps: solver steps K in training; eval_steps: in evaluation (``None``: ``steps + 1``, the paper's 6/7).
+        width, output_stride, d, rank: network width, output stride (4 or 8), ham channels, ham rank (< d).
+    Training (AdamW, linear warm-up over the first 5% of iterations then cosine decay to 0):
+        iters, batch_size, lr, weight_decay.
+        log_every: iterations per logged mean training loss (the training curve).
+        checkpoint_every: iterations between checkpoints; a multiple of ``log_every``.
+    Data (:class:`hamgrad.data.GlobalContextShapes`; the first ``train_samples`` items train, the next
+    ``val_samples`` evaluate):
+        image_size, num_families, num_shapes (an int or an inclusive ``(low, high)``), noise, train_samples,
+        val_samples, data_seed.
+    """
+
+    solvers: tuple = ("nmf", "vq", "cd")
+    grads: tuple = ("one-step", "bptt")
+    seeds: int = 3
+    baseline: bool = True
+    steps: int = 6
+    eval_steps: int | None = None
+    width: int = 32
+    output_stride: int = 4
+    d: int = 64
+    rank: int = 8
+    iters: int = 500
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    log_every: int = 25
+    checkpoint_every: int = 50
+    image_size: int = 64
+    num_families: int = 3
+    num_shapes: tuple = (5, 9)
+    noise: float = 0.05
+    train_samples: int = 1000
+    val_samples: int = 200
+    data_seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "solvers", _names(self.solvers, "solvers"))
+        object.__setattr__(self, "grads", _names(self.grads, "grads"))
+        if isinstance(self.num_shapes, list):
+            object.__setattr__(self, "num_shapes", tuple(self.num_shapes))
+        known = available_solvers()
+        for s in self.solvers:
+            if s not in known:
+                raise ValueError(f"unknown solver {s!r} in solvers; registered: {known}")
+        for name in ("seeds", "steps", "width", "d", "rank", "iters", "batch_size", "log_every",
+                     "checkpoint_every", "image_size", "train_samples", "val_samples"):
+            _int(getattr(self, name), name, 1)
+        _int(self.data_seed, "data_seed", 0)
+        if self.eval_steps is not None:
+            _int(self.eval_steps, "eval_steps", 1)
+        for g in self.grads:
+            parse_grad_mode(g, self.steps)
+            parse_grad_mode(g, self.resolved_eval_steps)
+        if not isinstance(self.baseline, bool):
+            raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
+        if not self.solvers and not self.baseline:
+            raise ValueError("the sweep is empty: give at least one solver in solvers or set baseline=True")
+        if bool(self.solvers) != bool(self.grads):
+            raise ValueError(f"solvers and grads must both be empty or both non-empty, got solvers={self.solvers} "
+                             f"and grads={self.grads}")
+        if self.output_stride not in (4, 8):
+            raise ValueError(f"output_stride must be 4 or 8, got {self.output_stride!r}")
+        if self.rank >= self.d:
+            raise ValueError(f"rank={self.rank} must be < d={self.d}")
+        if self.checkpoint_every % self.log_every:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of "
+                             f"log_every={self.log_every}")
+        if self.image_size % self.output_stride:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of output_stride={self.output_stride}")
+        positions = (self.image_size // self.output_stride) ** 2
+        if self.rank > positions:
+            raise ValueError(f"rank={self.rank} must be <= the ham's positions (image_size / output_stride)^2 = "
+                             f"{positions}")
+        _number(self.lr, "lr", 0.0, inclusive=False)
+        _number(self.weight_decay, "weight_decay", 0.0, inclusive=True)
+        self.dataset()  # the dataset checks image_size, num_families, num_shapes and noise
+
+    @property
+    def resolved_eval_steps(self) -> int:
+        """The evaluation's solver steps: ``eval_steps``, or ``steps + 1`` when it is ``None``."""
+        return self.steps + 1 if self.eval_steps is None else self.eval_steps
+
+    @property
+    def num_classes(self) -> int:
+        """Background plus one class per colour family."""
+        return self.num_families + 1
+
+    def dataset(self) -> GlobalContextShapes:
+        """The sweep's data: items ``[0, train_samples)`` train, the next ``val_samples`` evaluate."""
+        return GlobalContextShapes(self.train_samples + self.val_samples, size=self.image_size,
+                                   num_families=self.num_families, num_shapes=self.num_shapes, noise=self.noise,
+                                   seed=self.data_seed)
+
+    def runs(self) -> list[RunSpec]:
+        """The sweep's runs in training order: the baselines first, then solver × grad × seed."""
+        baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
+        return baseline + [RunSpec(solver, grad, s) for solver in self.solvers for grad in self.grads
+                           for s in range(self.seeds)]
+
+    @classmethod
+    def quick(cls, **overrides) -> "AblationConfig":
+        """A tiny configuration (seconds per run) for smoke tests and CI; ``overrides`` replace any field."""
+        base = dict(seeds=1, width=8, d=16, rank=4, iters=10, batch_size=4, log_every=5, checkpoint_every=5,
+                    image_size=32, train_samples=16, val_samples=8)
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (tuples become lists)."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AblationConfig":
+        """The inverse of :meth:`to_dict`; unknown keys are an error (missing ones take their defaults)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown AblationConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        """The configuration as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AblationConfig":
+        """The inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,299 @@
+"""The resumable ablation runner: ``run_ablation(config, out_dir)``.
+
+Layout of ``out_dir``::
+
+    config.json                  the AblationConfig of the sweep (a different config is refused)
+    results.jsonl, results.csv   one row per finished run (the CSV holds the scalar columns)
+    summary.md, summary.json     the Table-1-style summary
+    runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states and training curve of each run
+
+Resuming: ``results.jsonl`` is the record of finished runs; a run listed there is never trained again. Any other run
+restarts from its latest checkpoint (saved every ``checkpoint_every`` iterations and when training ends), restoring the
+model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
+curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary name
+and moved into place with ``os.replace``, so a sweep killed at any moment leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..nn import HamNet
+from .config import AblationConfig, RunSpec
+from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .summary import Summary, summarize
+
+__all__ = ["run_ablation", "load_results", "load_model", "build_model", "CSV_COLUMNS"]
+
+#: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
+CSV_COLUMNS = ("run_id", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc", "final_loss",
+               "diverged", "train_seconds", "eval_seconds", "finished_at")
+_OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
+
+
+# ---------------------------------------------------------------------- files
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result over ``path`` (``os.replace`` is atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _csv_text(rows: list) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if r[k] is None else r[k] for k in CSV_COLUMNS} for r in rows)
+    return buf.getvalue()
+
+
+def _write_results(out: Path, rows: list) -> None:
+    _write_text(out / "results.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+    _write_text(out / "results.csv", _csv_text(rows))
+
+
+def load_results(out_dir) -> list[dict]:
+    """The finished runs' rows of a sweep folder (from ``results.jsonl``), in the order they finished."""
+    path = Path(out_dir) / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool) -> None:
+    """Create ``out`` or check that it holds this config's sweep; with ``overwrite`` clear a different one."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
+    config_path = out / "config.json"
+    if config_path.exists():
+        try:
+            old = AblationConfig.from_json(config_path.read_text(encoding="utf-8"))
+        except (ValueError, TypeError) as err:
+            old, reason = None, f"its config.json is not a valid AblationConfig ({err})"
+        else:
+            diff = [f"{k}: {v!r} -> {config.to_dict()[k]!r}" for k, v in old.to_dict().items()
+                    if config.to_dict()[k] != v]
+            reason = "it holds a sweep with a different config (" + "; ".join(diff) + ")"
+        if old == config:
+            return
+    elif out.exists() and any(out.iterdir()):
+        reason = "it is not empty and holds no sweep (no config.json)"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_text(config_path, config.to_json())
+        return
+    if not overwrite:
+        raise ValueError(f"out_dir={str(out)!r}: {reason}; pass overwrite=True (hamgrad ablate --overwrite) to "
+                         f"replace its sweep, or choose another folder")
+    for name in _OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "runs", ignore_errors=True)
+    _write_text(config_path, config.to_json())
+
+
+# ---------------------------------------------------------------------- data and model
+@functools.lru_cache(maxsize=1)
+def _data(config: AblationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """All items of the sweep's dataset as ``(images float32 (N, 3, H, W), labels uint8 (N, H, W))`` on the CPU,
+    generated once per process."""
+    ds = config.dataset()
+    images, labels = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(images), torch.stack(labels).to(torch.uint8)
+
+
+def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
+    """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG)."""
+    return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
+                  d=config.d, rank=config.rank, steps=(config.steps, config.resolved_eval_steps),
+                  grad=spec.grad or "one-step")
+
+
+def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
+    """The trained model of run ``run_id`` of the sweep in ``out_dir``, in eval mode (from its checkpoint)."""
+    out = Path(out_dir)
+    config = AblationConfig.from_json((out / "config.json").read_text(encoding="utf-8"))
+    specs = {s.run_id: s for s in config.runs()}
+    if run_id not in specs:
+        raise ValueError(f"run_id={run_id!r} is not a run of the sweep in {str(out)!r}; runs: {sorted(specs)}")
+    path = out / "runs" / run_id / "checkpoint.pt"
+    if not path.exists():
+        raise ValueError(f"run_id={run_id!r} has no checkpoint ({path} is missing)")
+    model = build_model(config, specs[run_id])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------- training
+def _lr(config: AblationConfig, step: int) -> float:
+    """Linear warm-up over the first 5% of iterations, then cosine decay to 0."""
+    warmup = max(1, round(0.05 * config.iters))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.iters - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _train_step(model: HamNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on a batch; returns the (detached) cross-entropy loss."""
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _device_rng(device: torch.device):
+    return None if device.type == "cpu" else torch.get_device_module(device.type)
+
+
+def _save_checkpoint(path: Path, model, optimizer, state: dict, batches: torch.Generator, device) -> None:
+    rng = _device_rng(device)
+    payload = {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "rng_torch": torch.get_rng_state(), "rng_batches": batches.get_state(),
+               "rng_device": None if rng is None else rng.get_rng_state(device)}
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config: AblationConfig, seed: int,
+              device: torch.device) -> torch.Tensor:
+    """The confusion matrix on the validation items (the ham's initial state drawn from a generator seeded ``seed``)."""
+    model.eval()
+    generator = torch.Generator(device).manual_seed(seed)
+    conf = torch.zeros(config.num_classes, config.num_classes, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for i in range(0, len(images), config.batch_size):
+            x = images[i:i + config.batch_size].to(device)
+            y = labels[i:i + config.batch_size].to(device).long()
+            conf += confusion_matrix(model(x, generator=generator).argmax(1), y, config.num_classes)
+    return conf.cpu()
+
+
+def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.device, bar) -> dict:
+    """Train (or resume) and evaluate one run; returns its results row."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    images, labels = _data(config)
+    n_train = config.train_samples
+    torch.manual_seed(spec.seed)
+    model = build_model(config, spec).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = torch.Generator().manual_seed(spec.seed)
+    state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []}}
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_torch"].cpu())
+        batches.set_state(ckpt["rng_batches"].cpu())
+        rng = _device_rng(device)
+        if rng is not None and ckpt["rng_device"] is not None:
+            rng.set_rng_state(ckpt["rng_device"].cpu(), device)
+        state = {k: ckpt[k] for k in state}
+        bar.update(state["step"])
+
+    model.train()
+    running = torch.zeros((), device=device)
+    since_log, start = 0, time.perf_counter()
+    while state["step"] < config.iters and not state["diverged"]:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, state["step"])
+        idx = torch.randint(n_train, (config.batch_size,), generator=batches)
+        running += _train_step(model, optimizer, images[idx].to(device), labels[idx].to(device).long())
+        state["step"] += 1
+        since_log += 1
+        bar.update(1)
+        if state["step"] % config.log_every == 0 or state["step"] == config.iters:
+            loss = float(running) / since_log
+            state["diverged"] = not math.isfinite(loss)
+            state["curve"]["step"].append(state["step"])
+            state["curve"]["loss"].append(loss if math.isfinite(loss) else None)
+            running.zero_()
+            since_log = 0
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if state["step"] % config.checkpoint_every == 0 or state["step"] == config.iters or state["diverged"]:
+                state["train_seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                _save_checkpoint(ckpt_path, model, optimizer, state, batches, device)
+
+    start = time.perf_counter()
+    conf = _evaluate(model, images[n_train:], labels[n_train:], config, spec.seed, device)
+    iou = iou_per_class(conf)
+    losses = state["curve"]["loss"]
+    return {
+        "run_id": spec.run_id, "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+        "steps": config.steps, "eval_steps": config.resolved_eval_steps, "iters": config.iters,
+        "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
+        "iou": [None if math.isnan(v) else v for v in iou.tolist()],
+        "final_loss": losses[-1] if losses else None, "diverged": state["diverged"],
+        "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(time.perf_counter() - start, 3),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "curve": state["curve"],
+    }
+
+
+def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, device="cpu",
+                 progress: bool = True) -> Summary:
+    """Train and evaluate every run of ``config`` (see :class:`AblationConfig`), resumably, into ``out_dir``.
+
+    Each run trains :class:`hamgrad.nn.HamNet` on :class:`hamgrad.data.GlobalContextShapes` with seed-controlled
+    weights, batches and ham initialisations, evaluates mIoU and pixel accuracy on the validation items, and appends
+    one row to ``results.jsonl``/``results.csv``; the Table-1-style summary is rewritten after every run. Calling
+    it again on the same folder resumes the sweep (see the module docstring); finished runs are skipped.
+
+    Args:
+        config: the sweep.
+        out_dir: its folder (created if needed). A folder holding a sweep of a different config, or other files, is
+            refused unless ``overwrite=True``, which deletes that sweep's files (only the ones this runner writes).
+        device: where to train (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        progress: show a tqdm progress bar over all training iterations and print the summary at the end.
+
+    Returns:
+        the :class:`~hamgrad.experiments.Summary` of the finished runs (also in ``summary.md``/``summary.json``).
+    """
+    if not isinstance(config, AblationConfig):
+        raise TypeError(f"config must be an AblationConfig, got {type(config).__name__}")
+    device = torch.device(device)
+    out = Path(out_dir)
+    _prepare_out_dir(config, out, overwrite)
+    rows = load_results(out)
+    _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
+    runs = config.runs()
+    done = {r["run_id"] for r in rows}
+    with tqdm(total=len(runs) * config.iters, initial=len(done) * config.iters, unit="it", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for spec in runs:
+            if spec.run_id in done:
+                continue
+            bar.set_description(spec.run_id)
+            rows.append(_run(config, spec, out / "runs" / spec.run_id, device, bar))
+            done.add(spec.run_id)
+            _write_results(out, rows)
+            _write_summary(out, summarize(rows, config.grads))
+    summary = summarize(rows, config.grads)
+    _write_summary(out, summary)
+    if progress:
+        print(summary.to_markdown())
+    return summary
+
+
+def _write_summary(out: Path, summary: Summary) -> None:
+    _write_text(out / "summary.md", summary.to_markdown())
+    _write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")

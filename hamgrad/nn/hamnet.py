@@ -1,0 +1,84 @@
+"""HamNet: a small segmentation network with a Hamburger head, small enough to train on a laptop CPU.
+
+::
+
+    encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
+              stage i has width·2^i channels
+    head      squeeze 1×1 conv → Hamburger (or nothing, ham=None) → align 3×3 conv → 1×1 classifier
+    output    logits upsampled bilinearly to the input size
+
+The encoder is deliberately shallow: its receptive field (19 pixels at output stride 4, 43 at 8, before the align
+conv) is local, so any global reasoning must come from the head's context module. ``HamNet(ham=None)`` is the
+baseline with the same encoder and head minus the Hamburger block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_steps
+from .hamburger import Hamburger
+
+__all__ = ["HamNet"]
+
+
+def _conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class HamNet(nn.Module):
+    """A minimal semantic-segmentation network: shallow conv encoder, Hamburger head, classifier, upsampling.
+
+    Args:
+        num_classes: number of output classes.
+        in_channels: image channels.
+        width: channels of the first encoder stage (doubled at each further stage).
+        output_stride: 4 or 8 (2 or 3 stride-2 stages); the ham sees ``(H / output_stride) · (W / output_stride)``
+            positions.
+        ham: a solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...) or ``None`` for the baseline without the block.
+        d, rank, steps, grad, solver_kwargs: the :class:`Hamburger` block's arguments (ignored when ``ham=None``).
+
+    ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
+    ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
+    The block is ``self.hamburger`` (``None`` for the baseline); use ``model.hamburger.capture()`` to record it.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, output_stride: int = 4,
+                 ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 7), grad: str = "one-step",
+                 solver_kwargs: dict | None = None):
+        super().__init__()
+        check_steps(num_classes, "num_classes")
+        check_steps(in_channels, "in_channels")
+        check_steps(width, "width")
+        if output_stride not in (4, 8):
+            raise ValueError(f"output_stride must be 4 or 8, got {output_stride!r}")
+        self.num_classes, self.output_stride = num_classes, output_stride
+        stages, c_in = [], in_channels
+        for i in range(int(math.log2(output_stride))):
+            c_out = width * 2 ** i
+            stages += [_conv_block(c_in, c_out, 3, stride=2), _conv_block(c_out, c_out, 3)]
+            c_in = c_out
+        self.encoder = nn.Sequential(*stages)
+        self.squeeze = _conv_block(c_in, c_in, 1)
+        self.hamburger = None if ham is None else Hamburger(c_in, d=d, solver=ham, rank=rank, steps=steps,
+                                                            grad=grad, solver_kwargs=solver_kwargs)
+        self.align = _conv_block(c_in, c_in, 3)
+        self.classifier = nn.Conv2d(c_in, num_classes, 1)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        H, W = images.shape[-2:]
+        if H % self.output_stride or W % self.output_stride:
+            raise ValueError(f"image height and width must be multiples of output_stride={self.output_stride}, "
+                             f"got {H}×{W}")
+        z = self.squeeze(self.encoder(images))
+        if self.hamburger is not None:
+            z = self.hamburger(z, generator=generator)
+        logits = self.classifier(self.align(z))
+        return F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
