@@ -1,0 +1,254 @@
+"""The paper's six figures: compute each with the public API, draw it with :mod:`hamgrad.plots`, save PNG + JSON.
+
+Used by the notebooks in ``notebooks/`` and by ``hamgrad figures``; every step is a function a user can call::
+
+    from hamgrad import paper
+    result = paper.compute("flow", quick=True)        # plain data (what the JSON holds)
+    fig = paper.plot("flow", result)                  # a matplotlib Figure
+    paper.save("flow", result, fig, "figures")        # figures/flow.png and figures/flow.json
+    paper.run_all("figures", quick=False)             # all six, resumable: finished figures are kept
+
+Sizes: ``quick=True`` is the CI size (seconds per figure); the full size is what ``figures/`` in the repository
+holds. The ablation behind figures 4–6 is a resumable :func:`hamgrad.experiments.run_ablation` sweep in
+``work_dir`` (default ``runs/paper-ablation[-quick]``); pass ``ablation_dir`` to use a sweep you ran yourself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import plots
+
+from .experiments import AblationConfig, load_model, load_results, run_ablation
+
+__all__ = ["FIGURES", "compute", "plot", "save", "run", "run_all", "quick_from_env", "ablation_config"]
+
+#: Figure names in the order they are produced (4–6 share the ablation sweep).
+FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps")
+
+
+def quick_from_env() -> bool:
+    """``True`` when the environment variable ``HAMGRAD_QUICK`` is ``1`` (what CI and the notebooks read)."""
+    return os.environ.get("HAMGRAD_QUICK", "0").strip().lower() in ("1", "true", "yes")
+
+
+# ---------------------------------------------------------------------- figures 1–3: the solvers themselves
+def _size(quick: bool) -> dict:
+    """Problem size of figures 1–3: (d, n, r), steps K, and the top-k eigenvalues kept per step."""
+    return dict(d=16, n=48, r=4, K=6, k=6) if quick else dict(d=64, n=256, r=8, K=6, k=12)
+
+
+def _configs() -> list:
+    """(label, solver) pairs of figures 1 and 2: every ham at the paper's temperature, VQ at several."""
+    from .solvers import CD, NMF, SoftVQ
+
+    return [("NMF", NMF(rank=1)), ("VQ, 1/T = 1", SoftVQ(rank=1, inv_t=1.0)),
+            ("VQ, 1/T = 10", SoftVQ(rank=1, inv_t=10.0)), ("VQ, 1/T = 100", SoftVQ(rank=1, inv_t=100.0)),
+            ("CD, 1/T = 100", CD(rank=1, inv_t=100.0))]
+
+
+def _solver_data(d: int, n: int, r: int, seed: int = 0) -> torch.Tensor:
+    """Features with a low-rank structure: ``X = A B + 0.1·noise``, non-negative (so every ham accepts it), float64."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(d, r, generator=g, dtype=torch.float64)
+    B = torch.rand(r, n, generator=g, dtype=torch.float64) ** 4  # sparse-ish codes: clusters for VQ/CD
+    return A @ B + 0.1 * torch.rand(d, n, generator=g, dtype=torch.float64)
+
+
+def _with_rank(solver, r: int):
+    return type(solver)(**{**solver.hparams(), "rank": r})
+
+
+def _spectrum(quick: bool) -> dict:
+    from .analysis import eigvals, jacobian, svdvals
+    from .fixed_point import FixedPoint
+
+    size = _size(quick)
+    x = _solver_data(size["d"], size["n"], size["r"])
+    runs = []
+    for label, proto in _configs():
+        s = _with_rank(proto, size["r"])
+        traj = FixedPoint.from_solver(s).unroll(x, s.init(x, generator=torch.Generator().manual_seed(1)),
+                                               size["K"])
+        eig, rho, sigma = [], [], []
+        for t in range(size["K"]):
+            J = jacobian(s, traj[t], x, wrt="h")
+            spec = eigvals(J, k=size["k"])
+            eig.append(spec.to_dict()["values"])
+            rho.append(float(spec.values.abs().max()))
+            sigma.append(float(svdvals(J, k=1).values[0]))
+        runs.append({"label": label, "solver": s.name, "hparams": s.hparams(), "t": list(range(1, size["K"] + 1)),
+                     "eigvals": eig, "rho": rho, "sigma": sigma})
+    return {"size": size, "note": "J_t = dF/dh at h^(t-1), t = 1..K", "runs": runs}
+
+
+# ---------------------------------------------------------------------- figures 4–6: the trained HamNet
+def ablation_config(quick: bool) -> AblationConfig:
+    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline; tiny when ``quick``."""
+    if quick:
+        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
+    return AblationConfig(seeds=2, iters=300)
+
+
+def _ablation_dir(quick: bool, ablation_dir) -> Path:
+    return Path(ablation_dir) if ablation_dir is not None else Path("runs") / (
+        "paper-ablation-quick" if quick else "paper-ablation")
+
+
+def _sweep(quick: bool, ablation_dir, progress: bool) -> tuple[Path, list]:
+    """The sweep's folder and finished rows. The built-in sweep is run or resumed (finished runs are kept); a folder
+    holding a sweep of another config (one you ran with ``hamgrad ablate``) is read as it is."""
+    out = _ablation_dir(quick, ablation_dir)
+    config = ablation_config(quick)
+    config_path = out / "config.json"
+    if not config_path.exists() or AblationConfig.from_json(config_path.read_text(encoding="utf-8")) == config:
+        run_ablation(config, out, device="cpu", progress=progress)
+    rows = load_results(out)
+    if not rows:
+        raise ValueError(f"ablation_dir={str(out)!r} holds no finished runs")
+    return out, rows
+
+
+def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
+    out, rows = _sweep(quick, ablation_dir, progress)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["solver"], r["grad"]), []).append(100.0 * r["miou"])
+    table = [{"solver": s, "grad": g, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
+             for (s, g), v in groups.items()]
+    curves = [{"solver": r["solver"], "grad": r["grad"], "seed": r["seed"], "step": r["curve"]["step"],
+               "loss": r["curve"]["loss"]} for r in rows]
+    return {"metric": "mIoU", "sweep": str(out), "table": table, "curves": curves,
+            "config": json.loads((out / "config.json").read_text(encoding="utf-8"))}
+
+
+def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
+    """The first finished NMF one-step run of the sweep (or the first ham run), with the sweep's validation data."""
+    out, rows = _sweep(quick, ablation_dir, progress)
+    ham_rows = [r for r in rows if r["solver"] != "none"]
+    if not ham_rows:
+        raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
+    row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])
+    config = AblationConfig.from_json((out / "config.json").read_text(encoding="utf-8"))
+    model = load_model(out, row["run_id"])
+    ds = config.dataset()
+    val = [ds[config.train_samples + i] for i in range(min(config.val_samples, 16))]
+    images = torch.stack([v[0] for v in val])
+    labels = torch.stack([v[1] for v in val])
+    return model, images, labels, row["run_id"]
+
+
+def _block_features(model, images, seed: int = 0):
+    """The Hamburger block's input and output feature maps ``(B, C, H, W)`` and the ham's capture, in eval mode."""
+    seen = {}
+    handle = model.hamburger.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    try:
+        with torch.no_grad(), model.hamburger.capture() as cap:
+            model(images, generator=torch.Generator().manual_seed(seed))
+    finally:
+        handle.remove()
+    return seen["x"], seen["y"], cap
+
+
+def _accumulative_ratio(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
+    from .analysis import accumulative_ratio
+
+    model, images, _, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    before, after, _ = _block_features(model, images)
+    B, C = before.shape[:2]
+    rb = accumulative_ratio(before.reshape(B, C, -1).double()).cpu().numpy()
+    ra = accumulative_ratio(after.reshape(B, C, -1).double()).cpu().numpy()
+    return {"run_id": run_id, "p": 2, "images": B, "k": list(range(1, rb.shape[-1] + 1)),
+            "before": rb.mean(0).tolist(), "after": ra.mean(0).tolist(),
+            "before_std": rb.std(0).tolist(), "after_std": ra.std(0).tolist()}
+
+
+def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False, image: int = 0) -> dict:
+    model, images, labels, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    before, after, cap = _block_features(model, images)
+    b = image
+    variance = before[b].flatten(1).var(dim=1)
+    channels = variance.argsort(descending=True)[:4].tolist()
+    code_energy = cap.C[b].pow(2).sum(dim=1)
+    bases = code_energy.argsort(descending=True)[:4].tolist()
+    H, W = cap.shape
+    return {"run_id": run_id, "image_index": b, "image": images[b].permute(1, 2, 0).clamp(0, 1).tolist(),
+            "label": labels[b].tolist(), "channels": channels,
+            "before": [before[b, c].tolist() for c in channels], "after": [after[b, c].tolist() for c in channels],
+            "bases": bases, "codes": [cap.C[b, j].reshape(H, W).tolist() for j in bases]}
+
+
+# ---------------------------------------------------------------------- dispatch, saving, the whole set
+_COMPUTE = {"spectrum": _spectrum, "ablation": _ablation, "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
+_PLOT = {"spectrum": plots.jacobian_spectrum, "flow": plots.vanishing_exploding,
+         "agreement": plots.gradient_agreement, "ablation": plots.ablation,
+         "accumulative_ratio": plots.accumulative_ratio, "feature_maps": plots.feature_maps}
+
+
+def _check_name(name: str) -> str:
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure name={name!r}; expected one of {FIGURES}")
+    return name
+
+
+def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool = False) -> dict:
+    """The numbers behind figure ``name`` as plain data (lists, floats, str), at the quick or the full size."""
+    kwargs = {"ablation_dir": ablation_dir, "progress": progress} if name in ("ablation", "accumulative_ratio",
+                                                                             "feature_maps") else {}
+    start = time.perf_counter()
+    result = _COMPUTE[_check_name(name)](quick, **kwargs)
+    result.update(figure=name, quick=bool(quick), seconds=round(time.perf_counter() - start, 2),
+                  torch=torch.__version__)
+    return result
+
+
+def plot(name: str, result: dict):
+    """Figure ``name`` drawn from its :func:`compute` result (or the JSON :func:`save` wrote)."""
+    return _PLOT[_check_name(name)](result)
+
+
+def save(name: str, result: dict, fig, out) -> tuple[Path, Path]:
+    """Write ``out/name.png`` and ``out/name.json`` (each to a temporary name first, then moved into place)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    png, js = out / f"{_check_name(name)}.png", out / f"{name}.json"
+    tmp_png, tmp_js = out / f".{name}.png.tmp", out / f".{name}.json.tmp"
+    fig.savefig(tmp_png, dpi=110, format="png")
+    tmp_js.write_text(json.dumps(result, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp_png, png)
+    os.replace(tmp_js, js)
+    return png, js
+
+
+def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: bool = False,
+        force: bool = False) -> dict:
+    """Compute, plot and save one figure; a figure whose JSON in ``out`` is already at this size is only redrawn
+    (``force=True`` recomputes it)."""
+    js = Path(out) / f"{_check_name(name)}.json"
+    if js.exists() and not force:
+        result = json.loads(js.read_text(encoding="utf-8"))
+        if result.get("quick") == bool(quick):
+            save(name, result, plot(name, result), out)
+            return result
+    result = compute(name, quick, ablation_dir=ablation_dir, progress=progress)
+    save(name, result, plot(name, result), out)
+    return result
+
+
+def run_all(out, quick: bool = False, *, names=FIGURES, ablation_dir=None, progress: bool = True,
+            force: bool = False) -> dict:
+    """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`)."""
+    from tqdm.auto import tqdm
+
+    results = {}
+    with tqdm(list(names), desc="figures", unit="fig", disable=not progress) as bar:
+        for name in bar:
+            bar.set_postfix_str(name)
+            results[name] = run(name, out, quick, ablation_dir=ablation_dir, progress=progress, force=force)
+    return results
