@@ -113,7 +113,6 @@ class Hamburger(nn.Module):
         if grad == "one-step-coef" and not callable(getattr(self.solver, "coef_step", None)):
             raise ValueError(f"grad='one-step-coef' needs a solver with coef_step; solver={solver!r} has none")
         self.channels, self.d, self.rank, self.grad = channels, d, rank, grad
-        self.solver_name = solver
         self.nonnegative = bool(getattr(self.solver, "nonnegative", False))
         self.lower_bread = nn.Conv2d(channels, d, 1)
         self.upper_bread = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels))
