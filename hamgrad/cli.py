@@ -13,6 +13,17 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamgrad", description="Gradient analysis for Hamburger-style layers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    figures = sub.add_parser("figures", help="regenerate the paper's six figures (PNG + JSON)",
+                             description="Compute, draw and save every figure of the paper's analysis; resumable: "
+                                         "a figure already in --out at the same size is only redrawn.")
+    figures.add_argument("--out", help="output folder (default figures, or figures_quick with --quick)")
+    figures.add_argument("--quick", action="store_true", help="the small CI size (seconds per figure)")
+    figures.add_argument("--only", help="comma-separated subset of: " + ", ".join(_figure_names()))
+    figures.add_argument("--ablation-dir", help="sweep folder behind figures 4-6 (default runs/paper-ablation"
+                                                "[-quick]; a folder from `hamgrad ablate` is read as it is)")
+    figures.add_argument("--force", action="store_true", help="recompute figures that already exist in --out")
+    figures.set_defaults(func=_cmd_figures)
+
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
                             description="Train and evaluate HamNet for every solver × gradient mode × seed (plus "
                                         "the no-ham baseline); rerun the same command to resume a killed sweep.")
@@ -29,7 +40,52 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--overwrite", action="store_true",
                         help="replace a sweep with a different config found in --out")
     ablate.set_defaults(func=_cmd_ablate)
+
+    spectrum = sub.add_parser("spectrum", help="Jacobian spectra of one solver configuration",
+                              description="Top-k eigenvalues of dF/dh at h^K (the state after the last step) and "
+                                          "top-k singular values of dy/dx through the K unrolled steps (h^0 held "
+                                          "fixed), matrix-free, on uniform random input X ~ U(0, 1) drawn from "
+                                          "--seed; each with its time and matvec count.")
+    spectrum.add_argument("--solver", default="nmf", help="registered solver name (default nmf)")
+    spectrum.add_argument("--d", type=int, default=512, help="channels d (default 512)")
+    spectrum.add_argument("--n", type=int, default=4096, help="positions n (default 4096)")
+    spectrum.add_argument("--rank", type=int, default=64, help="rank r (default 64)")
+    spectrum.add_argument("--steps", type=int, default=6, help="unrolled steps K (default 6)")
+    spectrum.add_argument("-k", type=int, default=6, help="how many eigenvalues and singular values (default 6)")
+    spectrum.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    spectrum.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="default float32")
+    spectrum.add_argument("--seed", type=int, default=0, help="seed of the input, h^0 and start vectors (default 0)")
+    spectrum.add_argument("--tol", type=float, help="relative residual tolerance (default 1e-4 in float32, 1e-8 "
+                                                    "in float64)")
+    spectrum.set_defaults(func=_cmd_spectrum)
     return parser
+
+
+def _figure_names() -> tuple:
+    from .paper import FIGURES
+
+    return FIGURES
+
+
+def _cmd_figures(args) -> int:
+    """``hamgrad figures``: run (or resume) :func:`hamgrad.paper.run_all` and print where each figure went."""
+    import time
+
+    from .paper import run_all
+
+    names = _figure_names() if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    unknown = [n for n in names if n not in _figure_names()]
+    if unknown:
+        print(f"hamgrad figures: error: unknown figure(s) {unknown}; choose from {list(_figure_names())}",
+              file=sys.stderr)
+        return 2
+    out = args.out or ("figures_quick" if args.quick else "figures")
+    start = time.perf_counter()
+    results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force)
+    for name, result in results.items():
+        print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json (computed in {result['seconds']:.1f} s)")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 def _cmd_ablate(args) -> int:
@@ -48,6 +104,52 @@ def _cmd_ablate(args) -> int:
     except (ValueError, TypeError) as err:
         print(f"hamgrad ablate: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_spectrum(args) -> int:
+    """``hamgrad spectrum``: eigenvalues of ∂F/∂h at h^K and singular values of ∂y/∂x, with times and matvecs."""
+    import time
+
+    import torch
+
+    from .analysis import eigvals, jacobian, svdvals, unrolled_jacobian
+    from .fixed_point import FixedPoint
+    from .solvers import get_solver
+
+    try:
+        device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+        solver = get_solver(args.solver, rank=args.rank)
+        if min(args.d, args.n) < 1:
+            raise ValueError(f"--d and --n must be >= 1, got d={args.d}, n={args.n}")
+        g = torch.Generator(device=device).manual_seed(args.seed)
+        x = torch.rand(args.d, args.n, generator=g, device=device, dtype=dtype)
+        start = time.perf_counter()
+        h0 = solver.init(x, generator=g)
+        J_y = unrolled_jacobian(solver, x, h0, steps=args.steps)
+        h_K = FixedPoint.from_solver(solver).unroll(x, h0, args.steps)[-1]
+        J_h = jacobian(solver, h_K, x, wrt="h")
+        setup = time.perf_counter() - start
+        eig = eigvals(J_h, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
+        sv = svdvals(J_y, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
+    except (ValueError, TypeError) as err:
+        print(f"hamgrad spectrum: error: {err}", file=sys.stderr)
+        return 2
+
+    print(f"{solver!r} on X ~ U(0,1) of shape ({args.d}, {args.n}), {args.dtype} on {device}, K={args.steps}, "
+          f"seed {args.seed}; trajectory and linearisations {setup:.2f} s")
+
+    def header(what, op, spec):
+        status = "converged" if spec.converged else "NOT converged"
+        print(f"\n{what}  [{op.shape[0]} x {op.shape[1]}]: {spec.method}, {spec.matvecs} matvecs, "
+              f"{spec.seconds:.2f} s, tol {spec.tol:.0e}, {status}")
+
+    header(f"top-{args.k} eigenvalues of dF/dh at h^{args.steps}", J_h, eig)
+    for i, (lam, res) in enumerate(zip(eig.values.tolist(), eig.residuals.tolist()), 1):
+        print(f"  {i:>3}  {lam.real:+.6f} {lam.imag:+.6f}j   |λ| {abs(lam):.6f}   residual {res:.1e}")
+    header(f"top-{args.k} singular values of dy/dx", J_y, sv)
+    for i, (sigma, res) in enumerate(zip(sv.values.tolist(), sv.residuals.tolist()), 1):
+        print(f"  {i:>3}  {sigma:.6f}   residual {res:.1e}")
     return 0
 
 

@@ -16,6 +16,7 @@ holds. The ablation behind figures 4–6 is a resumable :func:`hamgrad.experimen
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -53,11 +54,15 @@ def _configs() -> list:
             ("CD, 1/T = 100", CD(rank=1, inv_t=100.0))]
 
 
-def _solver_data(d: int, n: int, r: int, seed: int = 0) -> torch.Tensor:
-    """Features with a low-rank structure: ``X = A B + 0.1·noise``, non-negative (so every ham accepts it), float64."""
+def _solver_data(d: int, n: int, r: int, nonnegative: bool, seed: int = 0) -> torch.Tensor:
+    """float64 features ``(d, n)``. NMF gets non-negative low-rank data ``X = A B + 0.1·noise``; VQ and CD get
+    standard Gaussian features, whose directions spread over the sphere (on the non-negative data every column
+    points the same way and the soft assignments collapse onto one basis)."""
     g = torch.Generator().manual_seed(seed)
+    if not nonnegative:
+        return torch.randn(d, n, generator=g, dtype=torch.float64)
     A = torch.rand(d, r, generator=g, dtype=torch.float64)
-    B = torch.rand(r, n, generator=g, dtype=torch.float64) ** 4  # sparse-ish codes: clusters for VQ/CD
+    B = torch.rand(r, n, generator=g, dtype=torch.float64) ** 4
     return A @ B + 0.1 * torch.rand(d, n, generator=g, dtype=torch.float64)
 
 
@@ -65,17 +70,24 @@ def _with_rank(solver, r: int):
     return type(solver)(**{**solver.hparams(), "rank": r})
 
 
-def _spectrum(quick: bool) -> dict:
-    from .analysis import eigvals, jacobian, svdvals
+def _trajectories(quick: bool):
+    """``(label, solver, x, trajectory h^0 … h^K)`` for every configuration of figures 1 and 2."""
     from .fixed_point import FixedPoint
 
     size = _size(quick)
-    x = _solver_data(size["d"], size["n"], size["r"])
-    runs = []
     for label, proto in _configs():
         s = _with_rank(proto, size["r"])
-        traj = FixedPoint.from_solver(s).unroll(x, s.init(x, generator=torch.Generator().manual_seed(1)),
-                                               size["K"])
+        x = _solver_data(size["d"], size["n"], size["r"], nonnegative=getattr(s, "nonnegative", False))
+        h0 = s.init(x, generator=torch.Generator().manual_seed(1))
+        yield label, s, x, FixedPoint.from_solver(s).unroll(x, h0, size["K"])
+
+
+def _spectrum(quick: bool, **_) -> dict:
+    from .analysis import eigvals, jacobian, svdvals
+
+    size = _size(quick)
+    runs = []
+    for label, s, x, traj in _trajectories(quick):
         eig, rho, sigma = [], [], []
         for t in range(size["K"]):
             J = jacobian(s, traj[t], x, wrt="h")
@@ -86,6 +98,69 @@ def _spectrum(quick: bool) -> dict:
         runs.append({"label": label, "solver": s.name, "hparams": s.hparams(), "t": list(range(1, size["K"] + 1)),
                      "eigvals": eig, "rho": rho, "sigma": sigma})
     return {"size": size, "note": "J_t = dF/dh at h^(t-1), t = 1..K", "runs": runs}
+
+
+def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 0):
+    """A contractive user model ``F(h, x) = scale·tanh(W h + U x)`` with ``‖W‖₂ = 1`` (so ``‖J‖₂ <= scale``),
+    read out by ``G(h, x) = V h``; returns ``(FixedPoint, x, h0)`` in float64. Figures 2 and 3 use it as the case
+    where the paper's propositions hold."""
+    from .fixed_point import FixedPoint
+
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=torch.float64)
+    W = W / torch.linalg.matrix_norm(W, ord=2)
+    U = torch.randn(n, m, generator=g, dtype=torch.float64) / m ** 0.5
+    V = torch.randn(8, n, generator=g, dtype=torch.float64) / n ** 0.5
+    fp = FixedPoint(lambda h, x: (scale * torch.tanh(W @ h[0] + U @ x),), readout=lambda h, x: V @ h[0],
+                    name=f"{scale}·tanh(Wh + Ux)")
+    x = torch.randn(m, 4, generator=g, dtype=torch.float64)
+    return fp, x, (torch.randn(n, 4, generator=g, dtype=torch.float64),)
+
+
+def _flow(quick: bool, **_) -> dict:
+    from .analysis import gradient_flow
+
+    size = _size(quick)
+    runs = []
+    fp, x, h0 = contractive_model()
+    cases = [("contractive F: 0.8·tanh(Wh + Ux)", fp, x, h0)]
+    cases += [(label, s, x, traj[0]) for label, s, x, traj in _trajectories(quick)]
+    for label, model, x, h0 in cases:
+        flow = gradient_flow(model, x, h0, steps=size["K"], generator=torch.Generator().manual_seed(2)).to_dict()
+        if not (flow["implicit_converged"] and math.isfinite(flow["implicit_limit"])):
+            flow["implicit_limit"] = None  # not drawn: the backward solve did not converge (e.g. NMF, see MATH.md §3)
+        runs.append({"label": label, **flow})
+    return {"size": size, "runs": runs}
+
+
+def _agreement(quick: bool, **_) -> dict:
+    """Figure 3 on soft VQ at 1/T = 5 on Gaussian features, where the solver converges (ρ(J*) ≈ 0.9) so the
+    implicit gradient at a converged forward pass is a well-defined reference."""
+    from .analysis import compare_gradients
+    from .solvers import SoftVQ
+
+    size = _size(quick)
+    ks = [1, 2, 4, 6] if quick else [1, 2, 3, 4, 6, 8, 12, 16, 24]
+    s = SoftVQ(rank=size["r"], inv_t=5.0)
+    x = _solver_data(size["d"], size["n"], size["r"], nonnegative=False)[None]
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    mode_names = ["one-step", "one-step-coef", "truncated:2", "bptt"]
+    modes = {m: {key: [] for key in ("cosine", "norm_ratio", "seconds", "peak_mb")} for m in mode_names}
+    reference = None
+    for K in ks:
+        valid = [m for m in mode_names if not (m == "truncated:2" and K < 2)]
+        cmp = compare_gradients(s, x, lambda y: (w * y).sum(), steps=K, modes=valid, reference="implicit",
+                                reference_steps=200, generator=torch.Generator().manual_seed(1), strict=True)
+        reference = cmp.reference
+        got = {m.mode: m for m in cmp.modes}
+        for name in mode_names:
+            m = got.get(name)
+            for key, value in (("cosine", m and m.cosine_x), ("norm_ratio", m and m.norm_ratio_x),
+                               ("seconds", m and m.seconds), ("peak_mb", m and m.peak_bytes / 2 ** 20)):
+                modes[name][key].append(math.nan if m is None else float(value))
+    return {"size": size, "label": f"soft VQ, 1/T = 5, d={size['d']}, n={size['n']}, r={size['r']}",
+            "reference": "implicit (200 forward steps)", "K": ks, "modes": modes,
+            "memory_kind": reference.memory_kind}
 
 
 # ---------------------------------------------------------------------- figures 4–6: the trained HamNet
@@ -169,10 +244,10 @@ def _accumulative_ratio(quick: bool, ablation_dir=None, progress: bool = False) 
             "before_std": rb.std(0).tolist(), "after_std": ra.std(0).tolist()}
 
 
-def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False, image: int = 0) -> dict:
+def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     model, images, labels, run_id = _trained_hamnet(quick, ablation_dir, progress)
     before, after, cap = _block_features(model, images)
-    b = image
+    b = 0
     variance = before[b].flatten(1).var(dim=1)
     channels = variance.argsort(descending=True)[:4].tolist()
     code_energy = cap.C[b].pow(2).sum(dim=1)
@@ -185,7 +260,7 @@ def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False, image:
 
 
 # ---------------------------------------------------------------------- dispatch, saving, the whole set
-_COMPUTE = {"spectrum": _spectrum, "ablation": _ablation, "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
+_COMPUTE = {"spectrum": _spectrum, "flow": _flow, "agreement": _agreement, "ablation": _ablation, "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
 _PLOT = {"spectrum": plots.jacobian_spectrum, "flow": plots.vanishing_exploding,
          "agreement": plots.gradient_agreement, "ablation": plots.ablation,
          "accumulative_ratio": plots.accumulative_ratio, "feature_maps": plots.feature_maps}
@@ -199,10 +274,8 @@ def _check_name(name: str) -> str:
 
 def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool = False) -> dict:
     """The numbers behind figure ``name`` as plain data (lists, floats, str), at the quick or the full size."""
-    kwargs = {"ablation_dir": ablation_dir, "progress": progress} if name in ("ablation", "accumulative_ratio",
-                                                                             "feature_maps") else {}
     start = time.perf_counter()
-    result = _COMPUTE[_check_name(name)](quick, **kwargs)
+    result = _COMPUTE[_check_name(name)](quick, ablation_dir=ablation_dir, progress=progress)
     result.update(figure=name, quick=bool(quick), seconds=round(time.perf_counter() - start, 2),
                   torch=torch.__version__)
     return result

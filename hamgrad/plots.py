@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import seaborn as sns
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "accumulative_ratio",
@@ -211,7 +212,10 @@ def feature_maps(result: dict) -> Figure:
             ax.axis("off")
         axes[0, 0].imshow(np.asarray(result["image"]))
         axes[0, 0].set_title("input")
-        axes[0, 1].imshow(np.asarray(result["label"]), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        label = np.asarray(result["label"])
+        classes = ["0.15"] + list(_palette(int(label.max())))  # background dark, classes in the palette
+        axes[0, 1].imshow(label, cmap=ListedColormap(classes), vmin=-0.5, vmax=len(classes) - 0.5,
+                          interpolation="nearest")
         axes[0, 1].set_title("ground truth")
         for j, c in enumerate(channels):
             for row, key in ((1, "before"), (2, "after")):

@@ -1,0 +1,147 @@
+"""The paper figures: run all six at the quick size and check what must hold in the JSON they write, by mathematics
+or by construction (never pixels, never an outcome that could honestly go either way). The same checks run on the
+full-size JSON committed in figures/."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hamgrad import paper
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures_quick")
+    paper.run_all(out, quick=True, ablation_dir=out / "sweep", progress=False)
+    return out
+
+
+def _load(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def _folders(quick_dir):
+    return [quick_dir, REPO / "figures"]
+
+
+def check_spectrum(r: dict) -> None:
+    K, k = r["size"]["K"], r["size"]["k"]
+    assert len(r["runs"]) == 5
+    for run in r["runs"]:
+        assert run["t"] == list(range(1, K + 1))
+        assert len(run["eigvals"]) == K and all(1 <= len(ev) <= k for ev in run["eigvals"])
+        for ev, rho, sigma in zip(run["eigvals"], run["rho"], run["sigma"]):
+            moduli = [math.hypot(*v) for v in ev]
+            assert rho == pytest.approx(max(moduli))
+            assert moduli == sorted(moduli, reverse=True)
+            assert rho <= sigma * (1 + 1e-6)  # ρ(J) <= ‖J‖₂ for every matrix
+
+
+def check_flow(r: dict) -> None:
+    K = r["size"]["K"]
+    contractive = r["runs"][0]
+    assert contractive["label"].startswith("contractive")
+    # ‖J_t‖ <= 0.8 by construction, so ‖∂h^t/∂h^0‖ <= 0.8^t and it decays
+    assert all(v <= 0.8 ** t * (1 + 1e-6) for t, v in zip(contractive["t"], contractive["dh_dh0"]))
+    assert all(b < a for a, b in zip(contractive["dh_dh0"], contractive["dh_dh0"][1:]))
+    assert contractive["L_h"] <= 0.8 + 1e-9 and contractive["bound"] is not None
+    # Proposition 2/3: ‖∂G/∂h (I − J_K)⁻¹ B_K‖ <= L_G·L_x/(1 − L_h) when L_h (which includes ‖J_K‖) < 1
+    assert contractive["implicit_limit"] is not None
+    assert contractive["implicit_limit"] <= contractive["bound"] * (1 + 1e-6)
+    for run in r["runs"]:
+        assert run["t"] == list(range(1, K + 1)) and len(run["dh_dx"]) == K
+        for rho, norm in zip(run["rho_J"], run["norm_J"]):
+            if math.isfinite(rho) and math.isfinite(norm):
+                assert rho <= norm * (1 + 1e-6)
+        if run["bound"] is not None:
+            assert run["L_h"] < 1
+
+
+def check_agreement(r: dict) -> None:
+    ks, modes = r["K"], r["modes"]
+    assert set(modes) == {"one-step", "one-step-coef", "truncated:2", "bptt"}
+    for name, vals in modes.items():
+        assert len(vals["cosine"]) == len(ks)
+        assert all(-1 - 1e-9 <= c <= 1 + 1e-9 for c in vals["cosine"] if math.isfinite(c))
+    # truncated:2 is undefined at K = 1 and equals BPTT at K = 2
+    assert math.isnan(modes["truncated:2"]["cosine"][0])
+    i2 = ks.index(2)
+    assert modes["truncated:2"]["cosine"][i2] == pytest.approx(modes["bptt"]["cosine"][i2], abs=1e-9)
+    # one-step equals BPTT at K = 1
+    assert modes["one-step"]["cosine"][0] == pytest.approx(modes["bptt"]["cosine"][0], abs=1e-9)
+    if r["memory_kind"] == "saved_for_backward":
+        # by construction: one-step saves the same tensors for every K, BPTT saves K steps' worth
+        assert len(set(modes["one-step"]["peak_mb"])) == 1
+        assert all(b > a for a, b in zip(modes["bptt"]["peak_mb"], modes["bptt"]["peak_mb"][1:]))
+
+
+def check_ablation(r: dict) -> None:
+    config = r["config"]
+    cells = {(row["solver"], row["grad"]) for row in r["table"]}
+    expected = {(s, g) for s in config["solvers"] for g in config["grads"]}
+    if config["baseline"]:
+        expected.add(("none", None))
+    assert cells == expected
+    for row in r["table"]:
+        assert row["n"] == config["seeds"] and 0 <= row["mean"] <= row["best"] <= 100
+    assert len(r["curves"]) == len(expected) * config["seeds"]
+    for c in r["curves"]:
+        assert c["step"][-1] == config["iters"] and len(c["loss"]) == len(c["step"])
+
+
+def check_accumulative_ratio(r: dict) -> None:
+    for key in ("before", "after"):
+        ratio = np.asarray(r[key])
+        assert len(ratio) == len(r["k"]) and r["k"][0] == 1
+        assert np.all(np.diff(ratio) >= -1e-12) and ratio[-1] == pytest.approx(1.0)
+        assert np.all((ratio > 0) & (ratio <= 1 + 1e-12))
+
+
+def check_feature_maps(r: dict) -> None:
+    H, W = np.asarray(r["before"][0]).shape
+    assert len(set(r["channels"])) == len(r["channels"]) == len(r["before"]) == len(r["after"])
+    assert all(np.asarray(m).shape == (H, W) for m in r["before"] + r["after"] + r["codes"])
+    img = np.asarray(r["image"])
+    assert img.shape[2] == 3 and np.asarray(r["label"]).shape == img.shape[:2]
+    assert img.shape[0] % H == 0  # the feature map is the image at the network's output stride
+
+
+CHECKS = {"spectrum": check_spectrum, "flow": check_flow, "agreement": check_agreement,
+          "ablation": check_ablation, "accumulative_ratio": check_accumulative_ratio,
+          "feature_maps": check_feature_maps}
+
+
+@pytest.mark.parametrize("name", paper.FIGURES)
+def test_quick_figure_json(quick_dir, name):
+    r = _load(quick_dir, name)
+    assert r["figure"] == name and r["quick"] is True
+    assert (quick_dir / f"{name}.png").stat().st_size > 10_000
+    CHECKS[name](r)
+
+
+@pytest.mark.parametrize("name", paper.FIGURES)
+def test_committed_full_size_figure_json(name):
+    r = _load(REPO / "figures", name)
+    assert r["figure"] == name and r["quick"] is False
+    assert (REPO / "figures" / f"{name}.png").exists()
+    CHECKS[name](r)
+
+
+def test_run_is_resumable_and_redraws_from_json(quick_dir, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished figure was recomputed")
+
+    monkeypatch.setitem(paper._COMPUTE, "spectrum", fail)
+    before = _load(quick_dir, "spectrum")
+    paper.run("spectrum", quick_dir, quick=True)
+    assert _load(quick_dir, "spectrum") == before
+
+
+def test_bad_figure_name():
+    with pytest.raises(ValueError, match="unknown figure"):
+        paper.compute("attention", quick=True)
