@@ -118,17 +118,23 @@ def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 
 
 
 def _flow(quick: bool, **_) -> dict:
-    from .analysis import gradient_flow
+    """Figure 2. The implicit limit (Proposition 2) is computed where it is defined: when ρ(J_K) < 0.99 at the last
+    iterate; elsewhere (NMF's scale-invariance eigenvalue 1, saturated VQ/CD) ``(I − J)`` has no bounded inverse and
+    the inner solves would run to their iteration limit for nothing."""
+    from .analysis import gradient_flow, jacobian, spectral_radius
+    from .fixed_point import FixedPoint
 
     size = _size(quick)
-    runs = []
     fp, x, h0 = contractive_model()
-    cases = [("contractive F: 0.8·tanh(Wh + Ux)", fp, x, h0)]
-    cases += [(label, s, x, traj[0]) for label, s, x, traj in _trajectories(quick)]
-    for label, model, x, h0 in cases:
-        flow = gradient_flow(model, x, h0, steps=size["K"], generator=torch.Generator().manual_seed(2)).to_dict()
+    cases = [("contractive F: 0.8·tanh(Wh + Ux)", fp, x, fp.unroll(x, h0, size["K"]))]
+    cases += list(_trajectories(quick))
+    runs = []
+    for label, model, x, traj in cases:
+        rho_K = spectral_radius(jacobian(model, traj[-1], x, wrt="h"))
+        flow = gradient_flow(model, x, traj[0], steps=size["K"], generator=torch.Generator().manual_seed(2),
+                             implicit=bool(rho_K < 0.99)).to_dict()
         if not (flow["implicit_converged"] and math.isfinite(flow["implicit_limit"])):
-            flow["implicit_limit"] = None  # not drawn: the backward solve did not converge (e.g. NMF, see MATH.md §3)
+            flow["implicit_limit"] = None  # not drawn
         runs.append({"label": label, **flow})
     return {"size": size, "runs": runs}
 
