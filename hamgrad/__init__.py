@@ -8,7 +8,9 @@
 from .fixed_point import FixedPoint
 from .grad import GRAD_MODES, ConvergenceError, ConvergenceWarning, SolveInfo, solve
 from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
-from . import experiments, nn
+from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_norm,
+                       spectral_radius, svdvals)
+from . import analysis, experiments, nn
 
 __version__ = "0.1.0"
 
@@ -16,4 +18,6 @@ __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
     "FixedPoint", "solve", "SolveInfo", "GRAD_MODES", "ConvergenceWarning", "ConvergenceError",
     "nn", "experiments",
+    "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
+    "compare_gradients", "accumulative_ratio",
 ]

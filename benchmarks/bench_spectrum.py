@@ -1,0 +1,170 @@
+"""Spectrum benchmark: the top-k singular values of ∂y/∂x through K NMF steps (h^0 held fixed, as in BPTT).
+
+Run: ``python benchmarks/bench_spectrum.py [--device cpu|cuda] [--quick] [--scipy] [--no-reference]``. Prints times,
+matvec counts (one matvec = J or Jᵀ applied to one vector) and accuracy; nothing is asserted (these machines are
+shared and noisy: the load average is printed with every timing).
+
+1. Per-product cost at the paper size (d, n, r) = (512, 4096, 64), K = 6: one JᵀJ product through hamgrad's
+   hand-derived NMF linearisation vs through ``torch.func`` (``AutogradLinearization`` of the unrolled solve).
+2. Matrix-free vs dense at (64, 256, 8), K = 6 (``--quick``: (32, 128, 4)): ``svdvals(method="lanczos")`` against
+   ``torch.func.jacrev`` + ``torch.linalg.svdvals`` of the 16384 × 16384 Jacobian, in one run; the time ratio
+   (goal ≥ 10×) and the agreement.
+3. The paper size, where the dense Jacobian (2·10^6 × 2·10^6) is out of reach: time, matvecs and residuals of the
+   top-k to ``--tol`` (default 1e-4, the goal: ≤ 25 s on 2 CPU cores), and the accuracy against a reference run to
+   ``--ref-tol`` (default 1e-6) with the same code; ``--scipy`` adds SciPy's ``svds`` on ``J.to_scipy()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch.func import jacrev
+
+import hamgrad as hg
+from hamgrad.analysis import svdvals, unrolled_jacobian
+from hamgrad.analysis.linearize import AutogradLinearization
+from hamgrad.analysis.operators import linear_operator
+from hamgrad.fixed_point import FixedPoint
+
+
+def _load() -> str:
+    return "load %.1f" % os.getloadavg()[0]
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _problem(d, n, r, device, dtype=torch.float32, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.rand(d, n, generator=g, device=device, dtype=dtype)
+    s = hg.NMF(rank=r)
+    return s, x, s.init(x, generator=g)
+
+
+def _unrolled_fn(s, steps):
+    def f(h, x):
+        for _ in range(steps):
+            h = s.step(x, h)
+        return (s.readout(x, h),)
+    return f
+
+
+def _product_time(J, device, reps=3):
+    v = torch.randn(1, J.shape[1], generator=torch.Generator().manual_seed(1), dtype=J.dtype).to(device)
+    J.rapply(J.apply(v))  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        J.rapply(J.apply(v))
+    _sync(device)
+    return (time.perf_counter() - start) / reps
+
+
+def bench_product(device, K=6):
+    s, x, h0 = _problem(512, 4096, 64, device)
+    print(f"\n[1] one JᵀJ product for ∂y/∂x, NMF (512, 4096, 64), K={K}, float32 on {device}")
+    hand = unrolled_jacobian(s, x, h0, steps=K)
+    auto = linear_operator(AutogradLinearization(_unrolled_fn(s, K), h0, x), "x", h0, x, "autograd dy/dx")
+    t_hand, t_auto = _product_time(hand, device), _product_time(auto, device)
+    print(f"  hand-derived NMF linearisation  {1e3 * t_hand:8.1f} ms   ({_load()})")
+    print(f"  torch.func jvp + vjp            {1e3 * t_auto:8.1f} ms   ratio {t_auto / t_hand:.2f}x")
+
+
+def bench_dense(device, d, n, r, k, K=6):
+    s, x, h0 = _problem(d, n, r, device)
+    print(f"\n[2] matrix-free vs dense, top-{k} singular values of ∂y/∂x, NMF ({d}, {n}, {r}), K={K}, float32 "
+          f"on {device}: a {d * n} x {d * n} Jacobian")
+    _sync(device)
+    start = time.perf_counter()
+    J = unrolled_jacobian(s, x, h0, steps=K)
+    spec = svdvals(J, k=k, method="lanczos", tol=1e-4, generator=torch.Generator().manual_seed(0))
+    _sync(device)
+    t_free = time.perf_counter() - start
+    f = _unrolled_fn(s, K)
+    start = time.perf_counter()
+    dense = jacrev(lambda v: f(h0, v.reshape(d, n))[0].reshape(-1), chunk_size=1024)(x.reshape(-1))
+    t_jac = time.perf_counter() - start
+    ref = torch.linalg.svdvals(dense)[:k].double().cpu()
+    _sync(device)
+    t_dense = time.perf_counter() - start
+    err = float(((spec.values - ref).abs() / ref).max())
+    print(f"  matrix-free (lanczos, tol 1e-4)  {t_free:8.2f} s   {spec.matvecs} matvecs   ({_load()})")
+    print(f"  dense (jacrev {t_jac:.1f} s + svdvals) {t_dense:8.2f} s   ({_load()})")
+    print(f"  time ratio dense / matrix-free: {t_dense / t_free:.1f}x (goal >= 10x)")
+    print(f"  values   {[round(v, 6) for v in spec.values.tolist()]}")
+    print(f"  dense    {[round(v, 6) for v in ref.tolist()]}")
+    print(f"  max relative difference {err:.1e}, max residual {float(spec.residuals.max()):.1e}")
+
+
+def bench_paper(device, k, tol, ref_tol, block, reference, scipy, K=6):
+    s, x, h0 = _problem(512, 4096, 64, device)
+    print(f"\n[3] paper size: top-{k} singular values of ∂y/∂x, NMF (512, 4096, 64), K={K}, float32 on {device} "
+          f"({torch.get_num_threads()} threads)")
+    _sync(device)
+    start = time.perf_counter()
+    J = unrolled_jacobian(s, x, h0, steps=K)
+    _sync(device)
+    t_setup = time.perf_counter() - start
+    spec = svdvals(J, k=k, method="lanczos", tol=tol, block=block, generator=torch.Generator().manual_seed(0))
+    print(f"  setup (trajectory, cached intermediates) {t_setup:.2f} s")
+    print(f"  lanczos tol {tol:.0e} block {block}: {spec.seconds:7.1f} s  {spec.matvecs} matvecs  "
+          f"converged={spec.converged}  ({_load()})  goal <= 25 s")
+    print(f"    values    {[round(v, 6) for v in spec.values.tolist()]}")
+    print(f"    residuals {['%.1e' % v for v in spec.residuals.tolist()]}")
+    if reference:
+        ref = svdvals(J, k=k, method="lanczos", tol=ref_tol, block=block, generator=torch.Generator().manual_seed(1))
+        err = ((spec.values - ref.values).abs() / ref.values)
+        print(f"  reference tol {ref_tol:.0e}: {ref.seconds:7.1f} s  {ref.matvecs} matvecs  converged={ref.converged}")
+        print(f"    values    {[round(v, 6) for v in ref.values.tolist()]}")
+        print(f"  accuracy of the tol-{tol:.0e} run: max relative error {float(err.max()):.1e} "
+              f"(per value {['%.0e' % v for v in err.tolist()]})")
+    if scipy:
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator as SciPyOperator, svds
+
+        sp, count = J.to_scipy(), [0]
+
+        def counted(fn):
+            def product(v):
+                count[0] += 1
+                return fn(v)
+            return product
+
+        op = SciPyOperator(sp.shape, matvec=counted(sp.matvec), rmatvec=counted(sp.rmatvec), dtype=sp.dtype)
+        v0 = np.random.default_rng(0).standard_normal(sp.shape[1]).astype(sp.dtype)
+        start = time.perf_counter()
+        values = np.sort(svds(op, k=k, tol=tol, v0=v0, return_singular_vectors=False))[::-1]
+        print(f"  scipy svds tol {tol:.0e}: {time.perf_counter() - start:7.1f} s  {count[0]} matvecs  "
+              f"values {[round(float(v), 6) for v in values]}  ({_load()})")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="dense comparison at (32, 128, 4); no reference run")
+    p.add_argument("-k", type=int, default=6)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--ref-tol", type=float, default=1e-6)
+    p.add_argument("--block", type=int, default=1, help="lanczos block size at the paper size (default 1)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference run at the paper size")
+    p.add_argument("--scipy", action="store_true", help="also time SciPy svds on J.to_scipy() at the paper size")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: product,dense,paper")
+    args = p.parse_args()
+    skip = set(args.skip.split(","))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {_load()}")
+    if "product" not in skip:
+        bench_product(args.device)
+    if "dense" not in skip:
+        bench_dense(args.device, *((32, 128, 4) if args.quick else (64, 256, 8)), args.k)
+    if "paper" not in skip:
+        bench_paper(args.device, args.k, args.tol, args.ref_tol, args.block,
+                    reference=not (args.no_reference or args.quick), scipy=args.scipy)
+
+
+if __name__ == "__main__":
+    main()

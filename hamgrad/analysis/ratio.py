@@ -1,0 +1,31 @@
+"""The accumulative ratio of a feature matrix's spectrum (MATH.md §5; the paper's "Accumulative Ratio" plot)."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_finite, check_float_tensor
+
+__all__ = ["accumulative_ratio"]
+
+
+def accumulative_ratio(Z: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """``ratio(k) = Σ_{i≤k} σ_i^p / Σ_i σ_i^p`` for ``k = 1 … min(d, n)``, batched over leading dimensions.
+
+    Args:
+        Z: feature matrices ``(..., d, n)`` (channels × positions), e.g. a Hamburger's input or output.
+        p: 2 (energy, the default) or 1.
+
+    Returns:
+        A tensor ``(..., min(d, n))`` on ``Z``'s device: non-decreasing, ending at 1 (``ratio[..., k-1]`` is the
+        share of the top k singular values). Plain data with ``.tolist()``.
+    """
+    check_float_tensor(Z, "Z", min_dim=2)
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    check_finite(Z, "Z")
+    powered = torch.linalg.svdvals(Z.detach()) ** p
+    total = powered.sum(dim=-1, keepdim=True)
+    if bool((total == 0).any()):
+        raise ValueError("Z contains an all-zero matrix: its accumulative ratio is undefined")
+    return torch.cumsum(powered, dim=-1) / total

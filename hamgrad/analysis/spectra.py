@@ -1,0 +1,399 @@
+"""Spectra of linear operators: top-k eigenvalues and singular values, with residuals and matvec counts.
+
+=============  ==================================================================================================
+``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK, seeded start vector), ``power``
+               (k = 1; reports non-convergence, e.g. for a complex dominant pair, instead of a number)
+``svdvals``    ``dense`` (``torch.linalg.svd``), ``lanczos`` (torch-native block Lanczos with thick restarts and
+               full reorthogonalisation on ``JᵀJ`` or ``JJᵀ``, whichever is smaller; on the operator's device)
+``auto``       ``dense`` when the operator's larger side is at most :data:`DENSE_MAX`, else ``arnoldi`` / ``lanczos``
+=============  ==================================================================================================
+
+Every routine returns a :class:`Spectrum`: the values, each value's relative residual, the number of matvecs (one
+matvec = the operator or its transpose applied to one vector; for ``dense``, the products that built the matrix),
+a ``converged`` flag (every residual ``<= tol``), the method and the wall time.
+
+Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``); for a singular triplet ``‖Jᵀu − σv‖ / σ`` with
+``u = Jv/σ`` (so ``Jv = σu`` exactly). Either bounds the relative distance of the value to the operator's spectrum
+(for singular values exactly; for eigenvalues of non-normal operators up to the eigenvector condition number).
+It does not prove that no larger value was missed: Krylov methods find the top of a spectrum with high probability.
+
+``spectral_radius`` and ``spectral_norm`` return floats: ``nan`` (and a :class:`hamgrad.ConvergenceWarning`) when
+their method did not converge.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._checks import check_positive
+from ..grad import ConvergenceWarning
+from .operators import LinearOperator
+
+__all__ = ["Spectrum", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "default_tol", "DENSE_MAX",
+           "EIG_METHODS", "SVD_METHODS"]
+
+EIG_METHODS = ("auto", "dense", "arnoldi", "power")
+SVD_METHODS = ("auto", "dense", "lanczos")
+DENSE_MAX = 1024
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """The default relative residual tolerance: 1e-8 in float64, 1e-4 in lower precisions."""
+    return 1e-8 if dtype == torch.float64 else 1e-4
+
+
+@dataclass
+class Spectrum:
+    """The top-k of a spectrum.
+
+    Attributes:
+        values: CPU tensor of length k: complex eigenvalues by decreasing modulus, or real singular values in
+            decreasing order. ``nan`` where a method found no converged value (``power`` on a complex pair).
+        residuals: CPU float64 tensor of length k, each value's relative residual (see the module docstring).
+        matvecs: operator or transpose applications to one vector.
+        converged: every residual is at most ``tol``.
+        method, seconds, tol: how it was computed.
+    """
+
+    values: torch.Tensor
+    residuals: torch.Tensor
+    matvecs: int
+    converged: bool
+    method: str
+    seconds: float
+    tol: float
+
+    def to_dict(self) -> dict:
+        """Plain data; complex values as ``[re, im]`` pairs."""
+        if self.values.is_complex():
+            values = [[float(v.real), float(v.imag)] for v in self.values]
+        else:
+            values = [float(v) for v in self.values]
+        return {"values": values, "residuals": [float(r) for r in self.residuals], "matvecs": self.matvecs,
+                "converged": self.converged, "method": self.method, "seconds": self.seconds, "tol": self.tol}
+
+
+class _Counted:
+    """Counts the vectors an operator is applied to (in either direction)."""
+
+    def __init__(self, op: LinearOperator):
+        self.op, self.count = op, 0
+
+    def apply(self, V):
+        self.count += V.shape[0]
+        return self.op.apply(V)
+
+    def rapply(self, U):
+        self.count += U.shape[0]
+        return self.op.rapply(U)
+
+
+# ---------------------------------------------------------------------- argument checks
+def _check_operator(J, name: str = "J") -> LinearOperator:
+    if isinstance(J, torch.Tensor):
+        return LinearOperator.from_dense(J, name)
+    if not isinstance(J, LinearOperator):
+        raise TypeError(f"{name} must be a hamgrad LinearOperator (hg.jacobian(...)) or a 2-D tensor, "
+                        f"got {type(J).__name__}")
+    return J
+
+
+def _check_k(k, limit: int, what: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {k!r}")
+    if not 1 <= k <= limit:
+        raise ValueError(f"k must satisfy 1 <= k <= {limit} ({what}), got {k}")
+    return k
+
+
+def _check_method(method, allowed) -> str:
+    if method not in allowed:
+        raise ValueError(f"method must be one of {allowed}, got {method!r}")
+    return method
+
+
+def _check_tol(tol, J: LinearOperator) -> float:
+    return default_tol(J.dtype) if tol is None else check_positive(tol, "tol")
+
+
+def _generator(generator) -> torch.Generator:
+    if generator is None:
+        return torch.Generator().manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _randn(shape, generator: torch.Generator, J: LinearOperator) -> torch.Tensor:
+    """Seeded Gaussian vectors, drawn on the generator's device and moved to the operator's."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=J.dtype).to(J.device)
+
+
+# ---------------------------------------------------------------------- eigenvalues
+def _sort_by_modulus(values: torch.Tensor, *rest):
+    order = torch.argsort(values.abs(), descending=True, stable=True)
+    return (values[order], *(r[..., order] for r in rest))
+
+
+def _eig_residuals(counted: _Counted, values: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``‖Jv − λv‖ / |λ|`` for unit columns ``v`` of ``vectors`` (complex), through the operator (real parts and
+    imaginary parts as one block)."""
+    k = vectors.shape[1]
+    vectors = vectors / vectors.norm(dim=0, keepdim=True)
+    block = torch.cat([vectors.real.mT, vectors.imag.mT])
+    images = counted.apply(block.to(counted.op.dtype))
+    Jv = (images[:k] + 1j * images[k:]).mT
+    res = (Jv - values.to(Jv.dtype) * vectors.to(Jv.dtype)).norm(dim=0)
+    return (res / values.abs().clamp_min(torch.finfo(res.real.dtype).tiny)).double().cpu()
+
+
+def _eig_dense(J, counted, k, tol):
+    A = J.dense()
+    counted.count += min(J.shape)
+    values, vectors = torch.linalg.eig(A)
+    values, vectors = _sort_by_modulus(values, vectors)
+    values, vectors = values[:k], vectors[:, :k]
+    vectors = vectors / vectors.norm(dim=0, keepdim=True)
+    res = (A.to(vectors.dtype) @ vectors - values * vectors).norm(dim=0)
+    res = (res / values.abs().clamp_min(torch.finfo(res.dtype).tiny)).double().cpu()
+    return values.cpu(), res
+
+
+def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator):
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator as SciPyOperator, eigs
+
+    n = J.shape[0]
+    if k > n - 2:
+        raise ValueError(f"method='arnoldi' needs k <= n - 2 = {n - 2} (ARPACK), got k={k}; use method='dense'")
+    sp = J.to_scipy()
+
+    def counted_mv(v):
+        counted.count += 1
+        return sp.matvec(v)
+
+    op = SciPyOperator(sp.shape, matvec=counted_mv, dtype=sp.dtype)
+    v0 = _randn((n,), generator, J).cpu().numpy().astype(sp.dtype)
+    try:
+        values, vectors = eigs(op, k=k, which="LM", v0=v0, tol=tol, maxiter=maxiter, ncv=ncv)
+    except ArpackNoConvergence as err:
+        values, vectors = err.eigenvalues, err.eigenvectors
+    values = torch.as_tensor(np.asarray(values, dtype=np.complex128))
+    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.complex128)).reshape(n, -1)
+    values, vectors = _sort_by_modulus(values, vectors)
+    res = _eig_residuals(counted, values.to(J.device), vectors.to(J.device)) if len(values) else torch.zeros(0)
+    missing = k - len(values)  # ARPACK gave up before finding all k
+    values = torch.cat([values, torch.full((missing,), complex("nan+nanj"), dtype=values.dtype)])
+    res = torch.cat([res, torch.full((missing,), math.inf, dtype=torch.float64)])
+    return values.to(torch.complex128), res
+
+
+def _eig_power(J, counted, tol, maxiter, generator):
+    """Power iteration with the Rayleigh quotient ``θ = vᵀJv`` and the residual ``‖Jv − θv‖ / ‖Jv‖`` (the sine of
+    the angle between ``v`` and ``Jv``; at convergence ``‖Jv‖ = |θ|``). The quotient of a real vector is real, so
+    when the dominant eigenvalues are a complex pair (or ``λ`` and ``−λ``) the residual stays large: the value is
+    then ``nan`` with ``converged=False``, never a wrong number."""
+    v = _randn((1, J.shape[1]), generator, J)
+    v = v / v.norm()
+    res, theta = math.inf, math.nan
+    for _ in range(maxiter):
+        w = counted.apply(v)
+        norm = float(w.norm())
+        if norm == 0.0:  # Jv = 0: v is an eigenvector of eigenvalue 0
+            theta, res = 0.0, 0.0
+            break
+        theta = float((w * v).sum())
+        res = float((w - theta * v).norm()) / norm
+        if res <= tol:
+            break
+        v = w / norm
+    value = theta if res <= tol else math.nan
+    return torch.tensor([complex(value, 0.0)], dtype=torch.complex128), torch.tensor([res], dtype=torch.float64)
+
+
+def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, maxiter: int | None = None,
+            ncv: int | None = None, generator: torch.Generator | None = None) -> Spectrum:
+    """The k eigenvalues of largest modulus of a square operator.
+
+    Args:
+        J: a square :class:`LinearOperator` (e.g. ``hg.jacobian(F, h, x, wrt="h")``) or a 2-D tensor.
+        k: how many (1 <= k <= n; ``power`` finds k = 1 only, ``arnoldi`` k <= n - 2).
+        method: ``"auto" | "dense" | "arnoldi" | "power"`` (see the module docstring).
+        tol: relative residual tolerance (default :func:`default_tol` of ``J.dtype``); ARPACK's ``tol`` for
+            ``arnoldi``.
+        maxiter: iteration limit (``arnoldi``: ARPACK restarts, default ``10 n``; ``power``: products, default 1000).
+        ncv: ``arnoldi`` basis size (ARPACK's ``ncv``; default ``min(n, max(2k + 1, 20))``).
+        generator: seeds the start vector (default: a CPU generator seeded with 0).
+
+    Returns:
+        :class:`Spectrum` with complex ``values`` in decreasing modulus.
+    """
+    J = _check_operator(J)
+    if J.shape[0] != J.shape[1]:
+        raise ValueError(f"eigvals needs a square operator, J has shape {J.shape}")
+    n = J.shape[0]
+    _check_method(method, EIG_METHODS)
+    _check_k(k, n, "the operator's size")
+    tol = _check_tol(tol, J)
+    if method == "auto":
+        method = "dense" if n <= DENSE_MAX else "arnoldi"
+    if method == "power" and k != 1:
+        raise ValueError(f"method='power' finds the dominant eigenvalue only: k must be 1, got {k}")
+    generator = _generator(generator)
+    counted = _Counted(J)
+    start = time.perf_counter()
+    if method == "dense":
+        values, res = _eig_dense(J, counted, k, tol)
+    elif method == "arnoldi":
+        values, res = _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator)
+    else:
+        values, res = _eig_power(J, counted, tol, 1000 if maxiter is None else maxiter, generator)
+    seconds = time.perf_counter() - start
+    converged = bool((res <= tol).all()) or method == "dense"
+    return Spectrum(values.to(torch.complex128), res, counted.count, converged, method, seconds, tol)
+
+
+# ---------------------------------------------------------------------- singular values
+def _svd_dense(J, counted, k):
+    A = J.dense()
+    counted.count += min(J.shape)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    U, S, V = U[:, :k], S[:k], Vh[:k].mT
+    res = (A.mT @ U - V * S).norm(dim=0) / S.clamp_min(torch.finfo(S.dtype).tiny)
+    return S.double().cpu(), res.double().cpu()
+
+
+def _orthonormalize(W: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``W`` made orthonormal and orthogonal to the rows of ``V`` (two passes of block Gram–Schmidt)."""
+    for _ in range(2):
+        if V is not None and V.shape[0]:
+            W = W - (W @ V.mT) @ V
+        Q, _ = torch.linalg.qr(W.mT)
+        W = Q.mT
+    return W
+
+
+def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J):
+    """Top-k eigenpairs of a symmetric positive semi-definite operator ``A`` (``op_apply: (b, n) -> (b, n)``) by
+    block Lanczos with thick restarts (Wu–Simon / Krylov–Schur) and full reorthogonalisation.
+
+    The basis ``V`` (rows, orthonormal) satisfies ``A Vᵀ = Vᵀ T + Fᵀ Eᵀ``, with ``T = V A Vᵀ`` assembled from the
+    reorthogonalisation coefficients and ``F`` the residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has
+    residual ``‖F y_last‖`` (``y_last`` the entries of ``y`` on the newest block), so no extra products are needed
+    to test convergence. At ``ncv`` vectors the basis is cut to its ``keep`` best Ritz vectors and ``F`` continues
+    it. Returns ``(theta, residuals, iterations)``: the top-k Ritz values, their residuals ``‖Av − θv‖``.
+    """
+    keep = min(max(k + block, ncv // 2), ncv - block)
+    V = _orthonormalize(_randn((block, n), generator, J), None)
+    T = torch.zeros(0, 0, dtype=torch.float64, device=V.device)
+    Q = V
+    theta = res = None
+    for it in range(1, maxiter + 1):
+        W = op_apply(Q)
+        # Full reorthogonalisation; its coefficients are T's new columns (and rows, by symmetry).
+        coef = W @ V.mT
+        F = W - coef @ V
+        coef2 = F @ V.mT
+        F = F - coef2 @ V
+        m, b = V.shape[0], Q.shape[0]
+        grown = torch.zeros(m, m, dtype=torch.float64, device=V.device)
+        grown[: T.shape[0], : T.shape[0]] = T
+        new = (coef + coef2).double()
+        grown[m - b:, :] = new
+        grown[:, m - b:] = new.mT
+        T = (grown + grown.mT) / 2
+        evals, evecs = torch.linalg.eigh(T)
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        ritz_res = (F.double().mT @ evecs[m - b:, :]).norm(dim=0)  # ‖F y_last‖ for each Ritz vector
+        theta, res = evals[:k], ritz_res[:k]
+        if m >= n or (m >= k and bool((res <= tol * theta.abs()).all())):
+            return theta, res, it
+        if m + block > ncv:  # thick restart: keep the best Ritz vectors; F still continues the basis
+            V = evecs[:, :keep].mT.to(V.dtype) @ V
+            T = torch.diag(evals[:keep])
+        Q = _orthonormalize(F, V)[: n - V.shape[0]]
+        V = torch.cat([V, Q])
+    return theta, res, maxiter
+
+
+def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
+    m, n = J.shape
+    if n <= m:  # JᵀJ on the input side
+        side, op_apply = n, (lambda Vb: counted.rapply(counted.apply(Vb)))
+    else:  # JJᵀ on the output side
+        side, op_apply = m, (lambda Vb: counted.apply(counted.rapply(Vb)))
+    b = min(block, side)
+    ncv = min(side, max(ncv, k + 2 * b))
+    theta, res, _ = _lanczos(op_apply, side, k, tol, b, ncv, maxiter, generator, J)
+    theta = theta.clamp_min(0)
+    sigma = theta.sqrt()
+    # ‖JᵀJ v − σ² v‖ / σ² = ‖Jᵀu − σv‖ / σ with u = Jv / σ
+    rel = res / theta.clamp_min(torch.finfo(torch.float64).tiny)
+    return sigma.cpu(), rel.cpu()
+
+
+def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, maxiter: int | None = None,
+            block: int | None = None, ncv: int | None = None, generator: torch.Generator | None = None) -> Spectrum:
+    """The k largest singular values of an operator.
+
+    Args:
+        J: a :class:`LinearOperator` (e.g. ``hg.analysis.unrolled_jacobian(s, x, steps=6)`` for ``∂y/∂x``) or a 2-D
+            tensor.
+        k: how many (1 <= k <= min(m, n)).
+        method: ``"auto" | "dense" | "lanczos"``.
+        tol: relative residual tolerance ``‖Jᵀu − σv‖ / σ`` (default :func:`default_tol` of ``J.dtype``). A
+            looser tolerance is much cheaper for clustered values: σ_max to 1e-3 needs a fraction of the products
+            that six close values to 1e-6 need.
+        maxiter: ``lanczos`` block iterations (each applies ``J`` and ``Jᵀ`` to ``block`` vectors; default 1000).
+        block: ``lanczos`` block size (default ``k``): the vectors of a block go through the operator together.
+        ncv: ``lanczos`` basis size before a thick restart (default ``max(4k, 8·block, 32)``, capped by the size).
+        generator: seeds the start block (default: a CPU generator seeded with 0).
+
+    Returns:
+        :class:`Spectrum` with real ``values`` in decreasing order.
+    """
+    J = _check_operator(J)
+    _check_method(method, SVD_METHODS)
+    _check_k(k, min(J.shape), "the operator's smaller side")
+    tol = _check_tol(tol, J)
+    if method == "auto":
+        method = "dense" if max(J.shape) <= DENSE_MAX else "lanczos"
+    generator = _generator(generator)
+    counted = _Counted(J)
+    start = time.perf_counter()
+    if method == "dense":
+        values, res = _svd_dense(J, counted, k)
+    else:
+        block = k if block is None else _check_k(block, min(J.shape), "block size")
+        ncv = max(4 * k, 8 * block, 32) if ncv is None else ncv
+        values, res = _svd_lanczos(J, counted, k, tol, block, ncv, 1000 if maxiter is None else maxiter, generator)
+    seconds = time.perf_counter() - start
+    converged = bool((res <= tol).all()) or method == "dense"
+    return Spectrum(values.double(), res.double(), counted.count, converged, method, seconds, tol)
+
+
+# ---------------------------------------------------------------------- scalars
+def _scalar(spectrum: Spectrum, what: str) -> float:
+    if not spectrum.converged:
+        warnings.warn(f"{what}: method {spectrum.method!r} did not converge (relative residual "
+                      f"{float(spectrum.residuals[0]):.3g} > tol {spectrum.tol:.1g} after {spectrum.matvecs} "
+                      f"matvecs); returning nan", ConvergenceWarning, stacklevel=3)
+        return math.nan
+    return float(spectrum.values[0].abs())
+
+
+def spectral_radius(J, method: str = "auto", **kwargs) -> float:
+    """``ρ(J) = max |λ|`` as a float (``nan`` with a :class:`hamgrad.ConvergenceWarning` if not converged).
+    Keyword arguments go to :func:`eigvals`."""
+    return _scalar(eigvals(J, k=1, method=method, **kwargs), "spectral_radius")
+
+
+def spectral_norm(J, method: str = "auto", **kwargs) -> float:
+    """``‖J‖₂ = σ_max`` as a float (``nan`` with a :class:`hamgrad.ConvergenceWarning` if not converged).
+    Keyword arguments go to :func:`svdvals`."""
+    return _scalar(svdvals(J, k=1, method=method, **kwargs), "spectral_norm")

@@ -1,0 +1,147 @@
+"""compare_gradients: identities (a mode against itself), implicit vs converged BPTT, module parameters."""
+
+import json
+
+import pytest
+import torch
+
+import hamgrad as hg
+from hamgrad.analysis import compare_gradients
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _loss(seed=0):
+    def loss(y):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)
+        return (w * y).sum() + (y ** 2).sum()
+    return loss
+
+
+def _nmf_input(device):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(6, 8, generator=g, dtype=torch.float64) + 0.2).to(device)
+
+
+def test_bptt_against_itself_has_cosine_one(device):
+    s = hg.NMF(rank=2)
+    cmp = compare_gradients(s, _nmf_input(device), _loss(), steps=4, modes=["bptt", "one-step"], reference="bptt",
+                            generator=torch.Generator(device=device).manual_seed(1))
+    bptt, one = cmp.modes
+    assert bptt.mode == "bptt" and bptt.cosine_x == pytest.approx(1.0, abs=1e-12)
+    assert bptt.norm_ratio_x == pytest.approx(1.0, abs=1e-12)
+    assert cmp.reference.cosine_x == pytest.approx(1.0, abs=1e-12)
+    assert one.cosine_x < 1 - 1e-6  # one-step drops (I − J)⁻¹: a different gradient at K = 4
+    assert bptt.cosine_params is None and bptt.norm_ratio_params is None
+    assert bptt.seconds > 0 and bptt.memory_kind
+    json.dumps(cmp.to_dict())
+    assert [r["mode"] for r in cmp.rows()] == ["bptt", "one-step"]
+
+
+def test_gradients_equal_a_direct_autograd_computation():
+    s = hg.SoftVQ(rank=2, inv_t=3.0)
+    x = _nmf_input("cpu")
+    h0 = s.init(x, generator=torch.Generator().manual_seed(2))
+    loss = _loss(1)
+    xr = x.clone().requires_grad_(True)
+    h = h0
+    for _ in range(3):
+        h = s.step(xr, h)
+    g_ref = torch.autograd.grad(loss(s.readout(xr, h)), xr)[0]
+    h = h0
+    for _ in range(2):
+        h = s.step(x, h)
+    g_one = torch.autograd.grad(loss(s.readout(xr, s.step(xr, h))), xr)[0]
+    cmp = compare_gradients(s, x, loss, steps=3, modes=["one-step"], reference="bptt", h0=h0)
+    cos = float(g_one.flatten() @ g_ref.flatten() / (g_one.norm() * g_ref.norm()))
+    assert cmp.modes[0].cosine_x == pytest.approx(cos, rel=1e-12)
+    assert cmp.modes[0].norm_ratio_x == pytest.approx(float(g_one.norm() / g_ref.norm()), rel=1e-12)
+
+
+def _contractive(device):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    W = (0.5 * W / torch.linalg.matrix_norm(W, ord=2)).to(device)
+    U = torch.randn(5, 3, generator=g, dtype=torch.float64).to(device)
+    fp = hg.FixedPoint(lambda h, x: (torch.tanh(W @ h[0] + U @ x),), readout=lambda h, x: h[0],
+                       init=lambda x, generator=None: (torch.zeros(5, dtype=x.dtype, device=x.device),))
+    return fp, torch.randn(3, generator=g, dtype=torch.float64).to(device)
+
+
+def test_implicit_agrees_with_converged_bptt_on_a_contraction(device):
+    fp, x = _contractive(device)
+    cmp = compare_gradients(fp, x, lambda y: (y * torch.arange(5.0, dtype=y.dtype, device=y.device)).sum(),
+                            steps=40, modes=["implicit", "one-step", "bptt"], reference="bptt", reference_steps=80)
+    implicit, one, bptt = cmp.modes
+    assert cmp.reference.steps == 80 and implicit.steps == 40
+    assert implicit.cosine_x == pytest.approx(1.0, abs=1e-10)
+    assert implicit.norm_ratio_x == pytest.approx(1.0, abs=1e-8)
+    assert bptt.cosine_x == pytest.approx(1.0, abs=1e-10)
+    assert one.cosine_x < 1 - 1e-4
+
+
+def test_module_parameters_before_and_after_the_solve():
+    torch.manual_seed(0)
+    lower = torch.nn.Linear(4, 6, dtype=torch.float64)
+    head = torch.nn.Linear(8, 2, dtype=torch.float64)
+    module = torch.nn.ModuleDict({"lower": lower, "head": head})
+    inp = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.relu(lower(inp)).T + 0.1  # (6, 8), non-negative, with a graph to `lower`
+    s = hg.NMF(rank=2)
+    h0 = s.init(x.detach(), generator=torch.Generator().manual_seed(2))
+
+    def loss(y):
+        return head(y).square().mean()
+
+    cmp = compare_gradients(s, x, loss, steps=3, modes=["bptt", "one-step"], reference="bptt", h0=h0,
+                            module=module)
+    bptt, one = cmp.modes
+    assert bptt.cosine_params == pytest.approx(1.0, abs=1e-12)
+    # direct autograd for the one-step parameter gradient
+    with torch.no_grad():
+        h = h0
+        for _ in range(2):
+            h = s.step(x, h)
+    ref_params = list(module.parameters())
+    g = torch.autograd.grad(loss(s.readout(x, s.step(x, h))), ref_params, retain_graph=True)
+    h = h0
+    for _ in range(3):
+        h = s.step(x, h)
+    gb = torch.autograd.grad(loss(s.readout(x, h)), ref_params, retain_graph=True)
+    a, b = torch.cat([t.flatten() for t in g]), torch.cat([t.flatten() for t in gb])
+    assert one.cosine_params == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-10)
+    assert one.norm_ratio_params == pytest.approx(float(a.norm() / b.norm()), rel=1e-10)
+
+
+def test_bptt_saves_more_for_backward_than_one_step():
+    s = hg.NMF(rank=4)
+    x = torch.rand(16, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cmp = compare_gradients(s, x, _loss(), steps=12, modes=["bptt", "one-step"], reference="bptt")
+    bptt, one = cmp.modes
+    assert bptt.memory_kind == "saved_for_backward"
+    assert bptt.peak_bytes > 4 * one.peak_bytes
+
+
+def test_errors_name_the_argument():
+    s = hg.NMF(rank=2)
+    x = _nmf_input("cpu")
+    with pytest.raises(ValueError, match="unknown gradient mode"):
+        compare_gradients(s, x, _loss(), steps=2, modes=["bptt", "backprop"])
+    with pytest.raises(ValueError, match="unknown gradient mode"):
+        compare_gradients(s, x, _loss(), steps=2, reference="exact")
+    with pytest.raises(ValueError, match="modes must be"):
+        compare_gradients(s, x, _loss(), steps=2, modes="bptt")
+    with pytest.raises(TypeError, match="loss_fn"):
+        compare_gradients(s, x, None, steps=2)
+    with pytest.raises(TypeError, match="module"):
+        compare_gradients(s, x, _loss(), steps=2, module="net")
+    with pytest.raises(ValueError, match="reference_steps"):
+        compare_gradients(s, x, _loss(), steps=2, reference_steps=0)

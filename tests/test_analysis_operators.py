@@ -1,0 +1,245 @@
+"""Jacobian operators against dense torch.func.jacrev Jacobians; the hand-derived NMF linearisation against autograd."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+from torch.func import jacrev
+
+import hamgrad as hg
+from hamgrad.analysis import LinearOperator, jacobian, unrolled_jacobian
+from hamgrad.analysis.linearize import AutogradLinearization, NMFLinearization, linearize
+from hamgrad.fixed_point import FixedPoint, flatten_state, unflatten_state
+
+D_, N_, R_ = 6, 8, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _solvers():
+    return [hg.NMF(rank=R_), hg.SoftVQ(rank=R_, inv_t=3.0), hg.CD(rank=R_, inv_t=3.0, beta=0.1)]
+
+
+def _point(s, device, steps=2, seed=0, batch=()):
+    """x (NMF-friendly positive data) and a state a few steps into the solve, float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(*batch, D_, N_, generator=g, dtype=torch.float64) + 0.2).to(device)
+    h = s.init(x, generator=torch.Generator(device=device).manual_seed(seed + 1))
+    for _ in range(steps):
+        h = s.step(x, h)
+    return x, h
+
+
+def _dense_step_jacobian(s, h, x, wrt):
+    """The reference: jacrev of the flat step map."""
+    if wrt == "h":
+        return jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))
+    return jacrev(lambda v: flatten_state(s.step(v.reshape(x.shape), h)))(x.reshape(-1))
+
+
+def _rand(shape, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+
+
+@pytest.mark.parametrize("s", _solvers(), ids=lambda s: s.name)
+@pytest.mark.parametrize("wrt", ["h", "x"])
+def test_jvp_and_vjp_equal_dense_jacrev_products(device, s, wrt):
+    x, h = _point(s, device)
+    ref = _dense_step_jacobian(s, h, x, wrt)
+    for F in (s, lambda h, x: s.step(x, h)):  # the solver (hand-derived for NMF) and a plain callable (autograd)
+        J = jacobian(F, h, x, wrt=wrt)
+        assert J.shape == tuple(ref.shape)
+        v, u = _rand(J.shape[1], device, 1), _rand(J.shape[0], device, 2)
+        torch.testing.assert_close(J @ v, ref @ v)
+        torch.testing.assert_close(J.T @ u, ref.T @ u)
+        V = _rand((J.shape[1], 3), device, 3)
+        torch.testing.assert_close(J @ V, ref @ V)
+        torch.testing.assert_close(J.dense(chunk_size=7), ref)
+
+
+@pytest.mark.parametrize("s", _solvers(), ids=lambda s: s.name)
+@pytest.mark.parametrize("wrt", ["h", "x"])
+@pytest.mark.parametrize("readout", [True, False])
+def test_unrolled_jacobian_equals_jacrev_of_the_unrolled_map(device, s, wrt, readout):
+    x, h0 = _point(s, device, steps=0, batch=(2,))
+    K = 3
+
+    def unrolled(h, x):
+        for _ in range(K):
+            h = s.step(x, h)
+        return s.readout(x, h).reshape(-1) if readout else flatten_state(h)
+
+    if wrt == "x":
+        ref = jacrev(lambda v: unrolled(h0, v.reshape(x.shape)))(x.reshape(-1))
+    else:
+        ref = jacrev(lambda v: unrolled(unflatten_state(v, h0), x))(flatten_state(h0))
+    J = unrolled_jacobian(s, x, h0, steps=K, wrt=wrt, readout=readout)
+    torch.testing.assert_close(J.dense(), ref)
+    u = _rand(J.shape[0], device, 4)
+    torch.testing.assert_close(J.T @ u, ref.T @ u)
+
+
+def test_unrolled_jacobian_draws_h0_from_the_generator():
+    s = hg.NMF(rank=R_)
+    x, _ = _point(s, "cpu")
+    J1 = unrolled_jacobian(s, x, steps=2, generator=torch.Generator().manual_seed(3)).dense()
+    J2 = unrolled_jacobian(s, x, steps=2, generator=torch.Generator().manual_seed(3)).dense()
+    h0 = s.init(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(J1, J2)
+    torch.testing.assert_close(J1, unrolled_jacobian(s, x, h0, steps=2).dense())
+
+
+@pytest.mark.parametrize("steps,readout", [(1, False), (3, False), (3, True), (0, True)])
+def test_nmf_hand_derived_linearisation_equals_autograd(device, steps, readout):
+    s = hg.NMF(rank=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 7, 9, generator=g, dtype=torch.float64).to(device)  # a batch of two inputs
+    h = s.init(x, generator=torch.Generator(device=device).manual_seed(1))
+
+    def unrolled(h, x):
+        for _ in range(steps):
+            h = s.step(x, h)
+        return (s.readout(x, h),) if readout else h
+
+    hand, auto = NMFLinearization(s, h, x, steps, readout), AutogradLinearization(unrolled, h, x)
+    for a, r in zip(hand.out, unrolled(h, x)):
+        torch.testing.assert_close(a, r)
+    b = 4  # a block of four tangents
+    dh = tuple(_rand((b, *t.shape), device, i) for i, t in enumerate(h))
+    dx = _rand((b, *x.shape), device, 9)
+    for args in ((dh, dx), (dh, None), (None, dx)):
+        for a, r in zip(hand.jvp(*args), auto.jvp(*args)):
+            torch.testing.assert_close(a, r)
+    gout = tuple(_rand((b, *t.shape), device, 20 + i) for i, t in enumerate(hand.out))
+    for wrt_x in (True, False):
+        (hD, hC), hx = hand.vjp(gout, wrt_x=wrt_x)
+        (aD, aC), ax = auto.vjp(gout, wrt_x=wrt_x)
+        torch.testing.assert_close(hD, aD)
+        torch.testing.assert_close(hC, aC)
+        if wrt_x:
+            torch.testing.assert_close(hx, ax)
+        else:
+            assert hx is None and ax is None
+
+
+def test_linearize_dispatch():
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, "cpu")
+    assert isinstance(linearize(FixedPoint.from_solver(s), h, x), NMFLinearization)
+
+    class MyNMF(hg.NMF):  # a subclass may change the step: only autograd knows its derivative
+        pass
+
+    assert isinstance(linearize(FixedPoint.from_solver(MyNMF(rank=R_)), h, x), AutogradLinearization)
+    assert isinstance(linearize(FixedPoint.from_solver(hg.SoftVQ(rank=R_)), h, x, 2, True), AutogradLinearization)
+    with pytest.raises(ValueError, match="steps"):
+        NMFLinearization(s, h, x, steps=0, readout=False)
+
+
+def test_users_F_with_a_two_tensor_state(device):
+    g = torch.Generator().manual_seed(0)
+    W = (0.3 * torch.randn(4, 4, generator=g, dtype=torch.float64)).to(device)
+    x = torch.randn(4, generator=g, dtype=torch.float64).to(device)
+
+    def F(h, x):
+        a, b = h
+        return torch.tanh(W @ a + x * b.sum()), 0.5 * b + a[:2] * x[:2]
+
+    h = (torch.randn(4, generator=g, dtype=torch.float64).to(device),
+         torch.randn(2, generator=g, dtype=torch.float64).to(device))
+    for wrt, ref in (("h", jacrev(lambda v: flatten_state(F(unflatten_state(v, h), x)))(flatten_state(h))),
+                     ("x", jacrev(lambda v: flatten_state(F(h, v)))(x))):
+        J = jacobian(F, h, x, wrt=wrt)
+        torch.testing.assert_close(J.dense(), ref)
+        torch.testing.assert_close(J.T.dense(), ref.T)
+
+
+def test_composition_transpose_and_dense_orientation(device):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(5, 7, generator=g, dtype=torch.float64).to(device)
+    B = torch.randn(7, 3, generator=g, dtype=torch.float64).to(device)
+    opA, opB = LinearOperator.from_dense(A, "A"), LinearOperator.from_dense(B, "B")
+    AB = opA @ opB
+    assert AB.shape == (5, 3)
+    torch.testing.assert_close(AB.dense(), A @ B)  # tall side: columns by JVPs
+    torch.testing.assert_close(AB.T.dense(), (A @ B).T)  # wide side: rows by VJPs
+    torch.testing.assert_close(opA.dense(chunk_size=2), A)
+    u = _rand(5, device, 1)
+    torch.testing.assert_close(AB.T @ u, (A @ B).T @ u)
+
+
+def test_step_operators_compose_into_the_two_step_jacobian():
+    s = hg.NMF(rank=R_)
+    x, h0 = _point(s, "cpu", steps=0)
+    h1 = s.step(x, h0)
+    J0, J1 = jacobian(s, h0, x), jacobian(s, h1, x)
+    ref = unrolled_jacobian(s, x, h0, steps=2, wrt="h", readout=False).dense()
+    torch.testing.assert_close((J1 @ J0).dense(), ref)
+    torch.testing.assert_close(J1.dense() @ J0.dense(), ref)
+
+
+def test_to_scipy_runs_scipy_solvers_unchanged():
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, "cpu")
+    J = jacobian(s, h, x, wrt="x")
+    ref = J.dense().numpy()
+    op = J.to_scipy()
+    assert op.shape == ref.shape and op.dtype == np.float64
+    v = np.random.default_rng(0).standard_normal(ref.shape[1])
+    u = np.random.default_rng(1).standard_normal(ref.shape[0])
+    np.testing.assert_allclose(op.matvec(v), ref @ v, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(op.rmatvec(u), ref.T @ u, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(op.matmat(np.stack([v, 2 * v], 1)), ref @ np.stack([v, 2 * v], 1), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(op.matvec(v + 1j * v), ref @ v * (1 + 1j), rtol=1e-10, atol=1e-12)
+    sv = spla.svds(op, k=3, return_singular_vectors=False, random_state=0)
+    np.testing.assert_allclose(np.sort(sv)[::-1], np.linalg.svd(ref, compute_uv=False)[:3], rtol=1e-8)
+    Jh = jacobian(s, h, x, wrt="h")
+    A = np.eye(Jh.shape[0]) - 0.5 * Jh.dense().numpy()
+    b = np.random.default_rng(2).standard_normal(Jh.shape[0])
+    I_minus = spla.LinearOperator(A.shape, matvec=lambda v: v - 0.5 * Jh.to_scipy().matvec(v), dtype=np.float64)
+    sol, info = spla.gmres(I_minus, b, rtol=1e-12, atol=0, maxiter=500)
+    assert info == 0
+    np.testing.assert_allclose(sol, np.linalg.solve(A, b), rtol=1e-6, atol=1e-8)
+
+
+def test_errors_name_the_argument():
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, "cpu")
+    with pytest.raises(ValueError, match="wrt"):
+        jacobian(s, h, x, wrt="y")
+    with pytest.raises(ValueError, match="wrt"):
+        unrolled_jacobian(s, x, h, steps=2, wrt="h0")
+    with pytest.raises(TypeError, match="h must be a tuple"):
+        jacobian(s, h[0], x)
+    with pytest.raises(ValueError, match="same structure"):
+        jacobian(lambda h, x: (h[0],), h, x)
+    with pytest.raises(ValueError, match="steps"):
+        unrolled_jacobian(s, x, h, steps=0)
+    J = jacobian(s, h, x)
+    with pytest.raises(ValueError, match="cannot compose"):
+        J @ jacobian(s, h, x, wrt="x").T
+    with pytest.raises(ValueError, match=r"block of shape"):
+        J @ torch.ones(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="1-D or 2-D tensor"):
+        J @ 3.0
+    with pytest.raises(ValueError, match="2-D"):
+        LinearOperator.from_dense(torch.ones(2, 2, 2))
+
+
+def test_repr_and_metadata_are_plain():
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, "cpu")
+    J = jacobian(s, h, x)
+    assert "dnmf/dh" in repr(J) and J.dtype == torch.float64 and J.device.type == "cpu"
+    json.dumps({"shape": J.shape})

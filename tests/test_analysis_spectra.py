@@ -1,0 +1,242 @@
+"""Every spectrum method against dense torch.linalg (and NumPy/SciPy) references, in float64 at small sizes."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.func import jacrev
+
+import hamgrad as hg
+from hamgrad.analysis import LinearOperator, eigvals, jacobian, spectral_norm, spectral_radius, svdvals
+from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
+
+K_TOP = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _matrix(shape, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+
+
+def _assert_eigs_match(spec, A, k, rtol=1e-6):
+    """The k computed eigenvalues have the reference's top-k moduli and each is one of the reference eigenvalues."""
+    ref = torch.linalg.eigvals(A.cpu())
+    ref_mod = ref.abs().sort(descending=True).values[:k]
+    np.testing.assert_allclose(spec.values.abs().numpy(), ref_mod.numpy(), rtol=rtol)
+    for lam in spec.values:
+        assert float((ref - lam).abs().min()) <= rtol * float(lam.abs())
+
+
+def _assert_svds_match(spec, A, k, rtol=1e-6):
+    ref = torch.linalg.svdvals(A.cpu())[:k]
+    np.testing.assert_allclose(spec.values.numpy(), ref.numpy(), rtol=rtol)
+
+
+# ---------------------------------------------------------------------- random matrices wrapped as operators
+@pytest.mark.parametrize("method", ["dense", "arnoldi", "auto"])
+def test_eigvals_of_random_matrices(device, method):
+    A = _matrix((60, 60), 0, device)
+    spec = eigvals(LinearOperator.from_dense(A), k=K_TOP, method=method, tol=1e-12)
+    _assert_eigs_match(spec, A, K_TOP)
+    assert spec.converged and spec.values.dtype == torch.complex128
+    assert spec.method == ("dense" if method == "auto" else method)
+    assert spec.matvecs > 0 and (spec.residuals <= 1e-10).all()
+
+
+@pytest.mark.parametrize("shape", [(80, 50), (50, 80), (70, 70)])
+@pytest.mark.parametrize("method,block", [("dense", None), ("lanczos", 1), ("lanczos", 3), ("lanczos", None)])
+def test_svdvals_of_random_matrices(device, shape, method, block):
+    A = _matrix(shape, 1, device)
+    spec = svdvals(LinearOperator.from_dense(A), k=K_TOP, method=method, tol=1e-10, block=block)
+    _assert_svds_match(spec, A, K_TOP)
+    assert spec.converged and spec.values.dtype == torch.float64
+    np.testing.assert_allclose(spec.values.numpy(), np.linalg.svd(A.cpu().numpy(), compute_uv=False)[:K_TOP],
+                               rtol=1e-6)
+
+
+def test_lanczos_restarts_on_a_large_clustered_spectrum():
+    # 400 singular values with a slowly decaying top: the basis (ncv=24) must restart many times.
+    g = torch.Generator().manual_seed(2)
+    U, _ = torch.linalg.qr(torch.randn(400, 400, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    s = 1.0 / (1.0 + 0.02 * torch.arange(300, dtype=torch.float64))
+    A = U[:, :300] @ torch.diag(s) @ V.T
+    spec = svdvals(A, k=K_TOP, method="lanczos", tol=1e-10, ncv=24)
+    assert spec.converged and spec.matvecs > 2 * 24
+    np.testing.assert_allclose(spec.values.numpy(), s[:K_TOP].numpy(), rtol=1e-8)
+
+
+def test_float32_lanczos_meets_its_default_tolerance():
+    A = _matrix((300, 200), 3).float()
+    spec = svdvals(A, k=4, method="lanczos")
+    assert spec.tol == 1e-4 and spec.converged and (spec.residuals <= 1e-4).all()
+    _assert_svds_match(spec, A.double(), 4, rtol=1e-4)
+
+
+def test_looser_tolerance_costs_fewer_matvecs_and_residuals_bound_the_error():
+    A = _matrix((300, 300), 4)
+    ref = torch.linalg.svdvals(A)[:K_TOP]
+    counts = []
+    for tol in (1e-2, 1e-5, 1e-10):
+        spec = svdvals(A, k=K_TOP, method="lanczos", tol=tol)
+        assert spec.converged and (spec.residuals <= tol).all()
+        # a singular triplet's relative residual bounds the value's relative error
+        assert ((spec.values - ref).abs() / ref <= spec.residuals + 1e-12).all()
+        counts.append(spec.matvecs)
+    assert counts[0] < counts[1] < counts[2]
+
+
+def test_maxiter_reports_non_convergence():
+    A = _matrix((300, 300), 5)
+    spec = svdvals(A, k=K_TOP, method="lanczos", tol=1e-12, maxiter=3)
+    assert not spec.converged and (spec.residuals > 1e-12).any()
+    eig = eigvals(A, k=K_TOP, method="arnoldi", tol=1e-12, maxiter=1, ncv=14)
+    assert not eig.converged
+
+
+# ---------------------------------------------------------------------- power iteration
+def test_power_converges_to_a_real_dominant_eigenvalue(device):
+    Q, _ = torch.linalg.qr(_matrix((40, 40), 6))
+    lam = torch.linspace(-1.0, 1.0, 40, dtype=torch.float64)
+    lam[0] = -3.0  # dominant and negative
+    A = (Q @ torch.diag(lam) @ Q.T).to(device)
+    spec = eigvals(A, k=1, method="power", tol=1e-10)
+    assert spec.converged
+    assert abs(complex(spec.values[0]) - (-3.0)) < 1e-8
+
+
+def test_power_reports_a_complex_dominant_pair_as_not_converged(device):
+    # a rotation by 0.3 rad scaled by 1.2 in one plane (eigenvalues 1.2·e^{±0.3i}), contractions elsewhere
+    c, s = 1.2 * math.cos(0.3), 1.2 * math.sin(0.3)
+    A = torch.diag(torch.linspace(0.1, 0.9, 12, dtype=torch.float64))
+    A[:2, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    Q, _ = torch.linalg.qr(_matrix((12, 12), 7))
+    A = (Q @ A @ Q.T).to(device)
+    spec = eigvals(A, k=1, method="power", maxiter=500)
+    assert not spec.converged
+    assert torch.isnan(spec.values.real).all() and spec.residuals[0] > 1e-2
+    with pytest.warns(hg.ConvergenceWarning, match="did not converge"):
+        assert math.isnan(spectral_radius(A, method="power", maxiter=500))
+    # Arnoldi and dense see the pair
+    for method in ("arnoldi", "dense"):
+        spec = eigvals(A, k=2, method=method, tol=1e-12)
+        np.testing.assert_allclose(sorted(spec.values.imag.tolist()), [-s, s], rtol=1e-8)
+        assert spectral_radius(A, method=method) == pytest.approx(1.2, rel=1e-10)
+
+
+# ---------------------------------------------------------------------- the hams' step Jacobians
+def _ham_point(s, steps=3):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 32, generator=g, dtype=torch.float64) + 0.1
+    h = s.init(x, generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        h = s.step(x, h)
+    return x, h
+
+
+@pytest.mark.parametrize("s", [hg.NMF(rank=4), hg.SoftVQ(rank=4, inv_t=3.0), hg.CD(rank=4, inv_t=3.0)],
+                         ids=lambda s: s.name)
+def test_spectra_of_step_jacobians_match_dense(s):
+    x, h = _ham_point(s)
+    Jh_ref = jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))
+    Jx_ref = jacrev(lambda v: flatten_state(s.step(v.reshape(x.shape), h)))(x.reshape(-1))
+    Jh, Jx = jacobian(s, h, x, wrt="h"), jacobian(s, h, x, wrt="x")
+    assert Jh.shape == (192, 192) and Jx.shape == (192, 512)
+    for method in ("dense", "arnoldi"):
+        _assert_eigs_match(eigvals(Jh, k=K_TOP, method=method, tol=1e-12), Jh_ref, K_TOP)
+    for J, ref in ((Jh, Jh_ref), (Jx, Jx_ref)):
+        for method in ("dense", "lanczos"):
+            spec = svdvals(J, k=K_TOP, method=method, tol=1e-10)
+            _assert_svds_match(spec, ref, K_TOP)
+        assert spectral_norm(J, method="lanczos", tol=1e-10) == pytest.approx(
+            float(torch.linalg.matrix_norm(ref, ord=2)), rel=1e-8)
+
+
+def test_converged_nmf_shows_the_scale_invariance_eigenvalue_one():
+    # MATH.md §3: (D, C) -> (DΛ, Λ⁻¹C) leaves DC and F unchanged, so J* has the eigenvalue 1 (r times).
+    g = torch.Generator().manual_seed(0)
+    d, n, r = 16, 32, 4
+    x = torch.rand(d, r, generator=g, dtype=torch.float64) @ torch.rand(r, n, generator=g, dtype=torch.float64)
+    s = hg.NMF(rank=r)
+    h = s.init(x, generator=g)
+    with torch.no_grad():
+        for _ in range(2000):
+            h = s.step(x, h)
+    assert float(state_residual(s.step(x, h), h)) < 1e-3
+    ref = torch.linalg.eigvals(jacobian(s, h, x).dense())
+    for method in ("dense", "arnoldi"):
+        spec = eigvals(jacobian(s, h, x), k=K_TOP, method=method, tol=1e-10)
+        assert spec.converged
+        assert abs(complex(spec.values[0]) - 1.0) < 1e-3
+        assert float(spec.values[0].abs()) == pytest.approx(float(ref.abs().max()), rel=1e-8)
+    # the direction (D, −C) of the scale orbit is (nearly) an eigenvector of eigenvalue 1, invisible to y = DC
+    D, C = h
+    v = flatten_state((D, -C))
+    v = v / v.norm()
+    J = jacobian(s, h, x)
+    assert float((J @ v - v).norm()) < 1e-3
+    _, dy = torch.func.jvp(lambda D, C: s.readout(x, (D, C)), (D, C), (D, -C))
+    assert float(dy.abs().max()) < 1e-12
+
+
+# ---------------------------------------------------------------------- results and errors
+def test_results_are_plain_data():
+    A = _matrix((30, 30), 8)
+    eig, sv = eigvals(A, k=3), svdvals(A, k=3)
+    for spec in (eig, sv):
+        d = json.loads(json.dumps(spec.to_dict()))
+        assert set(d) == {"values", "residuals", "matvecs", "converged", "method", "seconds", "tol"}
+    assert all(len(pair) == 2 for pair in eig.to_dict()["values"])
+    assert eig.to_dict()["values"][0][0] == pytest.approx(float(eig.values[0].real))
+    assert isinstance(spectral_norm(A), float) and isinstance(spectral_radius(A), float)
+    assert spectral_norm(A) == pytest.approx(float(torch.linalg.svdvals(A)[0]), rel=1e-10)
+
+
+def test_seeded_start_vectors_are_reproducible():
+    A = _matrix((200, 200), 9)
+    runs = [svdvals(A, k=3, method="lanczos", tol=1e-6, generator=torch.Generator().manual_seed(4))
+            for _ in range(2)]
+    assert runs[0].matvecs == runs[1].matvecs
+    torch.testing.assert_close(runs[0].values, runs[1].values, rtol=0, atol=0)
+
+
+def test_errors_name_the_argument():
+    A = _matrix((10, 8), 10)
+    S = _matrix((10, 10), 11)
+    with pytest.raises(ValueError, match="k must satisfy"):
+        svdvals(A, k=0)
+    with pytest.raises(ValueError, match="k must satisfy"):
+        svdvals(A, k=9)
+    with pytest.raises(TypeError, match="k must be an int"):
+        eigvals(S, k=2.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        svdvals(A, k=2, method="arnoldi")
+    with pytest.raises(ValueError, match="method must be one of"):
+        eigvals(S, k=2, method="lanczos")
+    with pytest.raises(ValueError, match="square"):
+        eigvals(A, k=2)
+    with pytest.raises(ValueError, match="k must be 1"):
+        eigvals(S, k=2, method="power")
+    with pytest.raises(ValueError, match="k <= n - 2"):
+        eigvals(S, k=9, method="arnoldi")
+    with pytest.raises(ValueError, match="tol"):
+        svdvals(A, k=2, tol=0.0)
+    with pytest.raises(TypeError, match="J must be"):
+        svdvals([[1.0]], k=1)
+    with pytest.raises(TypeError, match="generator"):
+        svdvals(A, k=1, generator=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spectral_norm(A)  # converged: no warning
