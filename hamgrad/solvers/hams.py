@@ -1,7 +1,10 @@
 """The three hams of the paper, exactly as MATH.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
-``DCCᵀ`` is ``D(CCᵀ)``.
+``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are computed as transposes of ``(..., n, r)`` products
+(``DᵀX = (XᵀD)ᵀ``): the same numbers, but the GEMM with the long ``n`` side as rows is markedly faster on CPU BLAS
+(``benchmarks/bench_core.py``), and the following ``X Cᵀ`` then reads a contiguous ``Cᵀ``. So ``C`` is usually a
+non-contiguous view: use ``reshape``, not ``view``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from .base import Solver, register_solver
 def _unit_columns(D: torch.Tensor, eps: float) -> torch.Tensor:
     """Columns scaled to unit ℓ2 norm (norms below ``eps`` are clamped)."""
     return D / D.norm(dim=-2, keepdim=True).clamp_min(eps)
+
+
+def _project(D: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Dᵀ x`` of shape ``(..., r, n)``, computed as ``(xᵀ D)ᵀ`` (see the module docstring)."""
+    return (x.mT @ D).mT
 
 
 def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,10 +46,10 @@ class NMF(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return torch.softmax(D.mT @ x, dim=-2)
+        return torch.softmax(_project(D, x), dim=-2)
 
     def _mu_codes(self, x, D, C):
-        return C * (D.mT @ x) / ((D.mT @ D) @ C + self.eps)
+        return C * _project(D, x) / (_project(D.mT @ D, C) + self.eps)
 
     def _step(self, x, D, C):
         C = self._mu_codes(x, D, C)
@@ -72,10 +80,10 @@ class SoftVQ(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return torch.softmax(self.inv_t * (D.mT @ x), dim=-2)
+        return torch.softmax(self.inv_t * _project(D, x), dim=-2)
 
     def _cos_codes(self, D, x_unit):
-        return torch.softmax(self.inv_t * (_unit_columns(D, self.eps).mT @ x_unit), dim=-2)
+        return torch.softmax(self.inv_t * _project(_unit_columns(D, self.eps), x_unit), dim=-2)
 
     def _step(self, x, D, C):
         C = self._cos_codes(D, _unit_columns(x, self.eps))
@@ -107,7 +115,7 @@ class CD(Solver):
     _random_bases = SoftVQ._random_bases
 
     def _init_codes(self, x, D):
-        return torch.softmax(self.inv_t * (D.mT @ _unit_columns(x, self.eps)), dim=-2)
+        return torch.softmax(self.inv_t * _project(D, _unit_columns(x, self.eps)), dim=-2)
 
     def _step(self, x, D, C):
         C = self._init_codes(x, D)
@@ -115,7 +123,7 @@ class CD(Solver):
 
     def _readout_codes(self, x, D, C):
         eye = torch.eye(self.rank, dtype=D.dtype, device=D.device)
-        return torch.linalg.solve(D.mT @ D + self.beta * eye, D.mT @ x)
+        return torch.linalg.solve(D.mT @ D + self.beta * eye, _project(D, x))
 
     def _coef_codes(self, x, D, C):
         return self._readout_codes(x, D, C)
