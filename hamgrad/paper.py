@@ -23,10 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import plots
-
+from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_radius,
+                       svdvals)
 from .experiments import AblationConfig, load_model, load_results, run_ablation
+from .fixed_point import FixedPoint
+from .solvers import CD, NMF, SoftVQ
 
 __all__ = ["FIGURES", "compute", "plot", "save", "run", "run_all", "quick_from_env", "ablation_config"]
 
@@ -47,8 +51,6 @@ def _size(quick: bool) -> dict:
 
 def _configs() -> list:
     """(label, solver) pairs of figures 1 and 2: every ham at the paper's temperature, VQ at several."""
-    from .solvers import CD, NMF, SoftVQ
-
     return [("NMF", NMF(rank=1)), ("VQ, 1/T = 1", SoftVQ(rank=1, inv_t=1.0)),
             ("VQ, 1/T = 10", SoftVQ(rank=1, inv_t=10.0)), ("VQ, 1/T = 100", SoftVQ(rank=1, inv_t=100.0)),
             ("CD, 1/T = 100", CD(rank=1, inv_t=100.0))]
@@ -72,8 +74,6 @@ def _with_rank(solver, r: int):
 
 def _trajectories(quick: bool):
     """``(label, solver, x, trajectory h^0 … h^K)`` for every configuration of figures 1 and 2."""
-    from .fixed_point import FixedPoint
-
     size = _size(quick)
     for label, proto in _configs():
         s = _with_rank(proto, size["r"])
@@ -83,8 +83,6 @@ def _trajectories(quick: bool):
 
 
 def _spectrum(quick: bool, **_) -> dict:
-    from .analysis import eigvals, jacobian, svdvals
-
     size = _size(quick)
     runs = []
     for label, s, x, traj in _trajectories(quick):
@@ -104,8 +102,6 @@ def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 
     """A contractive user model ``F(h, x) = scale·tanh(W h + U x)`` with ``‖W‖₂ = 1`` (so ``‖J‖₂ <= scale``),
     read out by ``G(h, x) = V h``; returns ``(FixedPoint, x, h0)`` in float64. Figures 2 and 3 use it as the case
     where the paper's propositions hold."""
-    from .fixed_point import FixedPoint
-
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(n, n, generator=g, dtype=torch.float64)
     W = W / torch.linalg.matrix_norm(W, ord=2)
@@ -121,9 +117,6 @@ def _flow(quick: bool, **_) -> dict:
     """Figure 2. The implicit limit (Proposition 2) is computed where it is defined: when ρ(J_K) < 0.99 at the last
     iterate; elsewhere (NMF's scale-invariance eigenvalue 1, saturated VQ/CD) ``(I − J)`` has no bounded inverse and
     the inner solves would run to their iteration limit for nothing."""
-    from .analysis import gradient_flow, jacobian, spectral_radius
-    from .fixed_point import FixedPoint
-
     size = _size(quick)
     fp, x, h0 = contractive_model()
     cases = [("contractive F: 0.8·tanh(Wh + Ux)", fp, x, fp.unroll(x, h0, size["K"]))]
@@ -142,9 +135,6 @@ def _flow(quick: bool, **_) -> dict:
 def _agreement(quick: bool, **_) -> dict:
     """Figure 3 on soft VQ at 1/T = 2 on Gaussian features, where the solver converges (ρ(J*) ≈ 0.99 at the full
     size, slowly), so the implicit gradient after 500 forward steps (GMRES backward) is a well-defined reference."""
-    from .analysis import compare_gradients
-    from .solvers import SoftVQ
-
     size = _size(quick)
     ks = [1, 2, 4, 6] if quick else [1, 2, 3, 4, 6, 8, 12, 16, 24]
     s = SoftVQ(rank=size["r"], inv_t=2.0)
@@ -239,8 +229,6 @@ def _block_features(model, images, seed: int = 0):
 
 
 def _accumulative_ratio(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
-    from .analysis import accumulative_ratio
-
     model, images, _, run_id = _trained_hamnet(quick, ablation_dir, progress)
     before, after, _ = _block_features(model, images)
     B, C = before.shape[:2]
@@ -267,7 +255,8 @@ def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dic
 
 
 # ---------------------------------------------------------------------- dispatch, saving, the whole set
-_COMPUTE = {"spectrum": _spectrum, "flow": _flow, "agreement": _agreement, "ablation": _ablation, "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
+_COMPUTE = {"spectrum": _spectrum, "flow": _flow, "agreement": _agreement, "ablation": _ablation,
+            "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
 _PLOT = {"spectrum": plots.jacobian_spectrum, "flow": plots.vanishing_exploding,
          "agreement": plots.gradient_agreement, "ablation": plots.ablation,
          "accumulative_ratio": plots.accumulative_ratio, "feature_maps": plots.feature_maps}
@@ -324,8 +313,6 @@ def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: boo
 def run_all(out, quick: bool = False, *, names=FIGURES, ablation_dir=None, progress: bool = True,
             force: bool = False) -> dict:
     """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`)."""
-    from tqdm.auto import tqdm
-
     results = {}
     with tqdm(list(names), desc="figures", unit="fig", disable=not progress) as bar:
         for name in bar:

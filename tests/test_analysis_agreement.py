@@ -9,14 +9,6 @@ import hamgrad as hg
 from hamgrad.analysis import compare_gradients
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _loss(seed=0):
     def loss(y):

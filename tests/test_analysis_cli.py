@@ -11,14 +11,6 @@ from hamgrad.cli import main
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_spectrum_prints_top_k_eigenvalues_and_singular_values(capsys):
     d, n, r, K, k, seed = 8, 12, 2, 3, 3, 4

@@ -12,14 +12,6 @@ from hamgrad.analysis import gradient_flow, implicit_jacobian
 from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _norm2(A):
     return float(torch.linalg.matrix_norm(A, ord=2))

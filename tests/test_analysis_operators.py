@@ -16,14 +16,6 @@ from hamgrad.fixed_point import FixedPoint, flatten_state, unflatten_state
 D_, N_, R_ = 6, 8, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _solvers():
     return [hg.NMF(rank=R_), hg.SoftVQ(rank=R_, inv_t=3.0), hg.CD(rank=R_, inv_t=3.0, beta=0.1)]

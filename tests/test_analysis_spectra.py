@@ -16,14 +16,6 @@ from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
 K_TOP = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These products are tiny: one thread avoids OpenMP contention on a busy 2-core machine (results unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _matrix(shape, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)

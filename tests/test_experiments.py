@@ -14,15 +14,6 @@ from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class
 from hamgrad.experiments import runner
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and on a shared CPU it avoids the slowdown of
-    torch's threads waiting on each other while other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Interrupt(Exception):
     """Stands in for a kill in the middle of a sweep."""

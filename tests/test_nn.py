@@ -15,15 +15,6 @@ SOLVERS = ["nmf", "vq", "cd"]
 MODES = ["bptt", "one-step", "one-step-coef", "truncated:2", "implicit"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and on a shared CPU it avoids the slowdown of
-    torch's threads waiting on each other while other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _ham(solver="nmf", grad="one-step", **kw):
     return Hamburger(8, d=16, solver=solver, rank=4, steps=(3, 4), grad=grad, **kw)
