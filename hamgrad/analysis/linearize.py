@@ -76,6 +76,12 @@ class AutogradLinearization:
         return (tuple(out[0]), out[1]) if wrt_x else (tuple(out[0]), None)
 
 
+def _tmm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``Aᵀ B`` (or ``A B`` for symmetric ``A``) of shape ``(..., r, n)``, computed as ``(Bᵀ A)ᵀ``: the GEMM with the
+    long ``n`` side as rows is faster on CPU BLAS, and the codes' layout then matches the solvers'."""
+    return (B.mT @ A).mT
+
+
 def _sum(*terms):
     """The sum of the terms that are not ``None`` (``None`` if all are)."""
     present = [t for t in terms if t is not None]
@@ -110,9 +116,9 @@ class NMFLinearization:
         self.x, self.h, self.readout = X, (D, C), readout
         self.cache = []  # per step: D, C, N, G, M, C', P, S, Q, D'
         for _ in range(steps):
-            N = D.mT @ X
+            N = _tmm(D, X)
             G = D.mT @ D
-            M = G @ C + eps
+            M = _tmm(G, C) + eps
             C1 = C * N / M
             P = X @ C1.mT
             S = C1 @ C1.mT
@@ -134,15 +140,15 @@ class NMFLinearization:
         X = self.x
         dD, dC = dh if dh is not None else (None, None)
         if self.cache and dx is not None:
-            DX_all = torch.split(self.D_all.mT @ dx, self.final[0].shape[-1], dim=-2)  # D_tᵀ dX
+            DX_all = torch.split(_tmm(self.D_all, dx), self.final[0].shape[-1], dim=-2)  # D_tᵀ dX
             XC_all = torch.split(dx @ self.C_all.mT, self.final[0].shape[-1], dim=-1)  # dX C_{t+1}ᵀ
         for t, (D, C, N, G, M, C1, P, S, Q, D1) in enumerate(self.cache):
-            dN = _sum(None if dD is None else dD.mT @ X, None if dx is None else DX_all[t])
+            dN = _sum(None if dD is None else _tmm(dD, X), None if dx is None else DX_all[t])
             if dD is not None:
                 dG = dD.mT @ D
-                dM = _sum((dG + dG.mT) @ C, None if dC is None else G @ dC)
+                dM = _sum(_tmm(dG + dG.mT, C), None if dC is None else _tmm(G, dC))
             else:
-                dM = None if dC is None else G @ dC
+                dM = None if dC is None else _tmm(G, dC)
             dC1 = _sum(None if dC is None else dC * N, None if dN is None else C * dN,
                        None if dM is None else -C1 * dM) / M
             dP = _sum(None if dx is None else XC_all[t], X @ dC1.mT)
@@ -162,7 +168,7 @@ class NMFLinearization:
         X = self.x
         if self.readout:
             (gy,), (D, C) = g, self.final
-            gD, gC = gy @ C.mT, D.mT @ gy
+            gD, gC = gy @ C.mT, _tmm(D, gy)
         else:
             gD, gC = g
         bar_P, bar_N = [], []
@@ -172,13 +178,13 @@ class NMFLinearization:
             bQ = -gq * D1
             bP = gq * D
             bS = D.mT @ bQ
-            gC1 = gC + (bS + bS.mT) @ C1 + bP.mT @ X
+            gC1 = gC + _tmm(bS + bS.mT, C1) + _tmm(bP, X)
             gD = gq * P + bQ @ S
             # C' = C ⊙ N ⊘ M,  M = G C + eps,  G = DᵀD,  N = DᵀX
             gm = gC1 / M
             bM = -gm * C1
             bN = gm * C
-            gC = gm * N + G @ bM
+            gC = gm * N + _tmm(G, bM)
             bG = bM @ C.mT
             gD = gD + D @ (bG + bG.mT) + X @ bN.mT
             bar_P.append(bP)

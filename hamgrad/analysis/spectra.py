@@ -268,57 +268,68 @@ def _svd_dense(J, counted, k):
     return S.double().cpu(), res.double().cpu()
 
 
-def _orthonormalize(W: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
-    """Rows of ``W`` made orthonormal and orthogonal to the rows of ``V`` (two passes of block Gram–Schmidt)."""
-    for _ in range(2):
-        if V is not None and V.shape[0]:
-            W = W - (W @ V.mT) @ V
-        Q, _ = torch.linalg.qr(W.mT)
-        W = Q.mT
-    return W
+def _orthonormal_rows(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, r)``: orthonormal rows spanning the rows of ``F`` and the magnitudes ``|R_ii|`` of its QR factor."""
+    if F.shape[0] == 1:
+        norm = F.norm()
+        return F / norm, norm.reshape(1)
+    Q, R = torch.linalg.qr(F.mT)
+    return Q.mT, R.diagonal().abs()
+
+
+def _project_out(W: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W`` minus its projection on the orthonormal rows of ``V``, by two passes of classical Gram–Schmidt
+    (each pass reads ``V`` twice: at 10^6-long vectors the basis's memory traffic is what this costs), and the
+    coefficients ``W Vᵀ``."""
+    coef = W @ V.mT
+    F = torch.addmm(W, coef, V, alpha=-1)
+    coef2 = F @ V.mT
+    F.addmm_(coef2, V, alpha=-1)
+    return F, coef + coef2
 
 
 def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J):
     """Top-k eigenpairs of a symmetric positive semi-definite operator ``A`` (``op_apply: (b, n) -> (b, n)``) by
-    block Lanczos with thick restarts (Wu–Simon / Krylov–Schur) and full reorthogonalisation.
+    block Lanczos with thick restarts (Wu–Simon; the symmetric Krylov–Schur) and full reorthogonalisation.
 
-    The basis ``V`` (rows, orthonormal) satisfies ``A Vᵀ = Vᵀ T + Fᵀ Eᵀ``, with ``T = V A Vᵀ`` assembled from the
-    reorthogonalisation coefficients and ``F`` the residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has
-    residual ``‖F y_last‖`` (``y_last`` the entries of ``y`` on the newest block), so no extra products are needed
-    to test convergence. At ``ncv`` vectors the basis is cut to its ``keep`` best Ritz vectors and ``F`` continues
-    it. Returns ``(theta, residuals, iterations)``: the top-k Ritz values, their residuals ``‖Av − θv‖``.
+    The basis ``V`` (the first ``m`` rows of a buffer of ``ncv`` rows, orthonormal) satisfies
+    ``A Vᵀ = Vᵀ T + Fᵀ E``, with ``T = V A Vᵀ`` assembled from the reorthogonalisation coefficients and ``F`` the
+    residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has residual ``‖Fᵀ y_last‖`` (``y_last`` the
+    entries of ``y`` on the newest block), so testing convergence costs no product. When the buffer is full the
+    basis is cut to its ``keep`` best Ritz vectors (``T`` becomes their diagonal) and ``F`` continues it. If ``F``
+    vanishes (an invariant subspace) the basis continues with random directions. Returns ``(theta, residuals)``:
+    the top-k Ritz values and their residuals ``‖Av − θv‖``.
     """
+    ncv = min(ncv, n)
     keep = min(max(k + block, ncv // 2), ncv - block)
-    V = _orthonormalize(_randn((block, n), generator, J), None)
-    T = torch.zeros(0, 0, dtype=torch.float64, device=V.device)
-    Q = V
+    basis = torch.empty(ncv, n, dtype=J.dtype, device=J.device)
+    T = torch.zeros(ncv, ncv, dtype=torch.float64, device=J.device)
+    Q, _ = _orthonormal_rows(_randn((block, n), generator, J))
+    basis[:block] = Q
+    m = block
     theta = res = None
-    for it in range(1, maxiter + 1):
+    for _ in range(maxiter):
+        b = Q.shape[0]
         W = op_apply(Q)
-        # Full reorthogonalisation; its coefficients are T's new columns (and rows, by symmetry).
-        coef = W @ V.mT
-        F = W - coef @ V
-        coef2 = F @ V.mT
-        F = F - coef2 @ V
-        m, b = V.shape[0], Q.shape[0]
-        grown = torch.zeros(m, m, dtype=torch.float64, device=V.device)
-        grown[: T.shape[0], : T.shape[0]] = T
-        new = (coef + coef2).double()
-        grown[m - b:, :] = new
-        grown[:, m - b:] = new.mT
-        T = (grown + grown.mT) / 2
-        evals, evecs = torch.linalg.eigh(T)
+        F, coef = _project_out(W, basis[:m])
+        T[m - b:m, :m] = coef.double()
+        T[:m, m - b:m] = coef.double().mT
+        evals, evecs = torch.linalg.eigh((T[:m, :m] + T[:m, :m].mT) / 2)
         evals, evecs = evals.flip(0), evecs.flip(1)
-        ritz_res = (F.double().mT @ evecs[m - b:, :]).norm(dim=0)  # ‖F y_last‖ for each Ritz vector
-        theta, res = evals[:k], ritz_res[:k]
-        if m >= n or (m >= k and bool((res <= tol * theta.abs()).all())):
-            return theta, res, it
-        if m + block > ncv:  # thick restart: keep the best Ritz vectors; F still continues the basis
-            V = evecs[:, :keep].mT.to(V.dtype) @ V
-            T = torch.diag(evals[:keep])
-        Q = _orthonormalize(F, V)[: n - V.shape[0]]
-        V = torch.cat([V, Q])
-    return theta, res, maxiter
+        theta, res = evals[:k], (F.double().mT @ evecs[m - b:m, :k]).norm(dim=0)
+        if m == n or (m >= k and bool((res <= tol * theta.abs()).all())):
+            break
+        if m + block > ncv:  # thick restart
+            basis[:keep] = evecs[:, :keep].mT.to(J.dtype) @ basis[:m]
+            T.zero_()
+            T[:keep, :keep] = torch.diag(evals[:keep])
+            m = keep
+        Q, r = _orthonormal_rows(F[: n - m])
+        if bool((r <= 100 * torch.finfo(J.dtype).eps * W.norm(dim=1).max()).any()):  # breakdown: invariant space
+            Q, _ = _orthonormal_rows(_project_out(_randn((Q.shape[0], n), generator, J), basis[:m])[0])
+        basis[m:m + Q.shape[0]] = Q
+        m += Q.shape[0]
+    return theta, res
 
 
 def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
@@ -329,7 +340,7 @@ def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
         side, op_apply = m, (lambda Vb: counted.apply(counted.rapply(Vb)))
     b = min(block, side)
     ncv = min(side, max(ncv, k + 2 * b))
-    theta, res, _ = _lanczos(op_apply, side, k, tol, b, ncv, maxiter, generator, J)
+    theta, res = _lanczos(op_apply, side, k, tol, b, ncv, maxiter, generator, J)
     theta = theta.clamp_min(0)
     sigma = theta.sqrt()
     # ‖JᵀJ v − σ² v‖ / σ² = ‖Jᵀu − σv‖ / σ with u = Jv / σ
@@ -350,8 +361,12 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
             looser tolerance is much cheaper for clustered values: σ_max to 1e-3 needs a fraction of the products
             that six close values to 1e-6 need.
         maxiter: ``lanczos`` block iterations (each applies ``J`` and ``Jᵀ`` to ``block`` vectors; default 1000).
-        block: ``lanczos`` block size (default ``k``): the vectors of a block go through the operator together.
-        ncv: ``lanczos`` basis size before a thick restart (default ``max(4k, 8·block, 32)``, capped by the size).
+        block: ``lanczos`` block size, default ``min(k, 2)``. The vectors of a block go through the operator
+            together (cheaper per vector), and a block of b vectors finds values of multiplicity up to b, which a
+            single vector misses (it can also skip a value in a tight cluster): use a block at least as large as
+            the multiplicities you expect. Larger blocks need more products in all.
+        ncv: ``lanczos`` basis size before a thick restart (default ``max(64, 4(k + block))``, capped by the size;
+            the basis is ``ncv`` vectors of the operator's smaller side).
         generator: seeds the start block (default: a CPU generator seeded with 0).
 
     Returns:
@@ -369,8 +384,8 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
     if method == "dense":
         values, res = _svd_dense(J, counted, k)
     else:
-        block = k if block is None else _check_k(block, min(J.shape), "block size")
-        ncv = max(4 * k, 8 * block, 32) if ncv is None else ncv
+        block = min(k, 2) if block is None else _check_k(block, min(J.shape), "block size")
+        ncv = max(64, 4 * (k + block)) if ncv is None else ncv
         values, res = _svd_lanczos(J, counted, k, tol, block, ncv, 1000 if maxiter is None else maxiter, generator)
     seconds = time.perf_counter() - start
     converged = bool((res <= tol).all()) or method == "dense"
