@@ -27,7 +27,6 @@ import hamgrad as hg
 from hamgrad.analysis import svdvals, unrolled_jacobian
 from hamgrad.analysis.linearize import AutogradLinearization
 from hamgrad.analysis.operators import linear_operator
-from hamgrad.fixed_point import FixedPoint
 
 
 def _load() -> str:

@@ -9,7 +9,6 @@ import hamgrad as hg
 from hamgrad.analysis import compare_gradients
 
 
-
 def _loss(seed=0):
     def loss(y):
         g = torch.Generator().manual_seed(seed)

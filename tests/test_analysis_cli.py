@@ -11,7 +11,6 @@ from hamgrad.cli import main
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 
-
 def test_spectrum_prints_top_k_eigenvalues_and_singular_values(capsys):
     d, n, r, K, k, seed = 8, 12, 2, 3, 3, 4
     rc = main(["spectrum", "--solver", "nmf", "--d", str(d), "--n", str(n), "--rank", str(r), "--steps", str(K),

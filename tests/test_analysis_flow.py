@@ -12,7 +12,6 @@ from hamgrad.analysis import gradient_flow, implicit_jacobian
 from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
 
 
-
 def _norm2(A):
     return float(torch.linalg.matrix_norm(A, ord=2))
 

@@ -16,7 +16,6 @@ from hamgrad.fixed_point import FixedPoint, flatten_state, unflatten_state
 D_, N_, R_ = 6, 8, 2
 
 
-
 def _solvers():
     return [hg.NMF(rank=R_), hg.SoftVQ(rank=R_, inv_t=3.0), hg.CD(rank=R_, inv_t=3.0, beta=0.1)]
 

@@ -16,7 +16,6 @@ from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
 K_TOP = 6
 
 
-
 def _matrix(shape, seed, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device)
@@ -68,6 +67,17 @@ def test_lanczos_restarts_on_a_large_clustered_spectrum():
     spec = svdvals(A, k=K_TOP, method="lanczos", tol=1e-10, ncv=24)
     assert spec.converged and spec.matvecs > 2 * 24
     np.testing.assert_allclose(spec.values.numpy(), s[:K_TOP].numpy(), rtol=1e-8)
+
+
+def test_default_block_finds_a_repeated_singular_value():
+    g = torch.Generator().manual_seed(3)
+    U, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(90, 90, generator=g, dtype=torch.float64))
+    s = torch.linspace(1.0, 0.1, 90, dtype=torch.float64)
+    s[0] = s[1] = 3.0  # multiplicity 2 at the top
+    A = U[:, :90] @ torch.diag(s) @ V.T
+    spec = svdvals(A, k=3, method="lanczos", tol=1e-10)
+    np.testing.assert_allclose(spec.values.numpy(), s[:3].numpy(), rtol=1e-8)
 
 
 def test_float32_lanczos_meets_its_default_tolerance():
@@ -229,6 +239,14 @@ def test_errors_name_the_argument():
         svdvals([[1.0]], k=1)
     with pytest.raises(TypeError, match="generator"):
         svdvals(A, k=1, generator=3)
+    with pytest.raises(ValueError, match="block must satisfy"):
+        svdvals(A, k=2, method="lanczos", block=9)
+    with pytest.raises(ValueError, match="ncv"):
+        svdvals(A, k=2, method="lanczos", ncv=0)
+    with pytest.raises(ValueError, match="maxiter"):
+        svdvals(A, k=2, method="lanczos", maxiter=0)
+    with pytest.raises(ValueError, match="ncv must be an int with k < ncv"):
+        eigvals(S, k=2, method="arnoldi", ncv=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         spectral_norm(A)  # converged: no warning

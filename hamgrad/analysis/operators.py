@@ -9,7 +9,8 @@
   ``∂y/∂x``, ``∂h^K/∂h^0``, …: one forward sweep of JVPs (or reverse sweep of VJPs) through the K steps from a
   trajectory computed once (:mod:`hamgrad.analysis.linearize`).
 
-A state ``h`` is a tuple of tensors; the operators flatten it in tuple order (:func:`hamgrad.fixed_point.flatten_state`).
+A state ``h`` is a tuple of tensors; the operators flatten it in tuple order
+(:func:`hamgrad.fixed_point.flatten_state`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,13 @@ Every routine returns a :class:`Spectrum`: the values, each value's relative res
 matvec = the operator or its transpose applied to one vector; for ``dense``, the products that built the matrix),
 a ``converged`` flag (every residual ``<= tol``), the method and the wall time.
 
-Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``); for a singular triplet ``‖Jᵀu − σv‖ / σ`` with
-``u = Jv/σ`` (so ``Jv = σu`` exactly). Either bounds the relative distance of the value to the operator's spectrum
-(for singular values exactly; for eigenvalues of non-normal operators up to the eigenvector condition number).
-It does not prove that no larger value was missed: Krylov methods find the top of a spectrum with high probability.
+Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``; ``power`` divides by ``‖Jv‖``); for a singular
+triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly). Either bounds the relative distance of the
+value to the operator's spectrum (for singular values exactly; for eigenvalues of non-normal operators up to the
+eigenvector condition number).
+It does not prove that no larger value was missed: a Krylov method finds the top of a spectrum with high
+probability, but a start block of b vectors can skip a value of multiplicity above b, or one inside a tight
+cluster (``svdvals``' ``block``).
 
 ``spectral_radius`` and ``spectral_norm`` return floats: ``nan`` (and a :class:`hamgrad.ConvergenceWarning`) when
 their method did not converge.
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_positive
+from .._checks import check_positive, check_steps
 from ..grad import ConvergenceWarning
 from .operators import LinearOperator
 
@@ -57,7 +60,7 @@ class Spectrum:
             decreasing order. ``nan`` where a method found no converged value (``power`` on a complex pair).
         residuals: CPU float64 tensor of length k, each value's relative residual (see the module docstring).
         matvecs: operator or transpose applications to one vector.
-        converged: every residual is at most ``tol``.
+        converged: every residual is at most ``tol`` (always ``True`` for ``dense``: a direct method).
         method, seconds, tol: how it was computed.
     """
 
@@ -104,11 +107,11 @@ def _check_operator(J, name: str = "J") -> LinearOperator:
     return J
 
 
-def _check_k(k, limit: int, what: str) -> int:
+def _check_k(k, limit: int, what: str, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {k!r}")
+        raise TypeError(f"{name} must be an int, got {k!r}")
     if not 1 <= k <= limit:
-        raise ValueError(f"k must satisfy 1 <= k <= {limit} ({what}), got {k}")
+        raise ValueError(f"{name} must satisfy 1 <= {name} <= {limit} ({what}), got {k}")
     return k
 
 
@@ -153,7 +156,7 @@ def _eig_residuals(counted: _Counted, values: torch.Tensor, vectors: torch.Tenso
     return (res / values.abs().clamp_min(torch.finfo(res.real.dtype).tiny)).double().cpu()
 
 
-def _eig_dense(J, counted, k, tol):
+def _eig_dense(J, counted, k):
     A = J.dense()
     counted.count += min(J.shape)
     values, vectors = torch.linalg.eig(A)
@@ -244,11 +247,15 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         method = "dense" if n <= DENSE_MAX else "arnoldi"
     if method == "power" and k != 1:
         raise ValueError(f"method='power' finds the dominant eigenvalue only: k must be 1, got {k}")
+    if maxiter is not None:
+        check_steps(maxiter, "maxiter")
+    if ncv is not None and (isinstance(ncv, bool) or not isinstance(ncv, int) or not k < ncv <= n):
+        raise ValueError(f"ncv must be an int with k < ncv <= n = {n} (k = {k}), got {ncv!r}")
     generator = _generator(generator)
     counted = _Counted(J)
     start = time.perf_counter()
     if method == "dense":
-        values, res = _eig_dense(J, counted, k, tol)
+        values, res = _eig_dense(J, counted, k)
     elif method == "arnoldi":
         values, res = _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator)
     else:
@@ -384,8 +391,10 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
     if method == "dense":
         values, res = _svd_dense(J, counted, k)
     else:
-        block = min(k, 2) if block is None else _check_k(block, min(J.shape), "block size")
-        ncv = max(64, 4 * (k + block)) if ncv is None else ncv
+        block = min(k, 2) if block is None else _check_k(block, min(J.shape), "the smaller side", "block")
+        ncv = max(64, 4 * (k + block)) if ncv is None else check_steps(ncv, "ncv")
+        if maxiter is not None:
+            check_steps(maxiter, "maxiter")
         values, res = _svd_lanczos(J, counted, k, tol, block, ncv, 1000 if maxiter is None else maxiter, generator)
     seconds = time.perf_counter() - start
     converged = bool((res <= tol).all()) or method == "dense"
