@@ -7,13 +7,18 @@ import math
 import torch
 
 
+def check_int(value, name: str, minimum: int) -> int:
+    """An int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_steps(steps, name: str = "steps") -> int:
     """An int >= 1."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"{name} must be an int >= 1, got {steps!r}")
-    if steps < 1:
-        raise ValueError(f"{name} must be >= 1, got {steps}")
-    return steps
+    return check_int(steps, name, 1)
 
 
 def check_positive(value, name: str) -> float:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import math
 
+from .._checks import check_int
 
-def check_int(value, name: str, minimum: int) -> int:
-    """An int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+__all__ = ["check_int", "check_pair", "check_nonnegative", "check_index"]
 
 
 def check_pair(value, name: str, minimum: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from .._checks import check_int
 from ..data import GlobalContextShapes
 from ..grad import parse_grad_mode
 from ..solvers import available_solvers
@@ -28,14 +29,6 @@ class RunSpec:
         if self.solver is None:
             return f"none_seed{self.seed}"
         return f"{self.solver}_{self.grad.replace(':', '')}_seed{self.seed}"
-
-
-def _int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _number(value, name: str, minimum: float, inclusive: bool) -> float:
@@ -112,10 +105,10 @@ class AblationConfig:
                 raise ValueError(f"unknown solver {s!r} in solvers; registered: {known}")
         for name in ("seeds", "steps", "width", "d", "rank", "iters", "batch_size", "log_every",
                      "checkpoint_every", "image_size", "train_samples", "val_samples"):
-            _int(getattr(self, name), name, 1)
-        _int(self.data_seed, "data_seed", 0)
+            check_int(getattr(self, name), name, 1)
+        check_int(self.data_seed, "data_seed", 0)
         if self.eval_steps is not None:
-            _int(self.eval_steps, "eval_steps", 1)
+            check_int(self.eval_steps, "eval_steps", 1)
         for g in self.grads:
             parse_grad_mode(g, self.steps)
             parse_grad_mode(g, self.resolved_eval_steps)
