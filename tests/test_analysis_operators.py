@@ -234,3 +234,13 @@ def test_repr_and_metadata_are_plain():
     J = jacobian(s, h, x)
     assert "dnmf/dh" in repr(J) and J.dtype == torch.float64 and J.device.type == "cpu"
     json.dumps({"shape": J.shape})
+
+
+def test_half_precision_inputs_are_analysed_in_float32():
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, "cpu")
+    J16 = unrolled_jacobian(s, x.half(), tuple(t.half() for t in h), steps=2)
+    assert J16.dtype == torch.float32
+    J32 = unrolled_jacobian(s, x.half().float(), tuple(t.half().float() for t in h), steps=2)
+    torch.testing.assert_close(J16.dense(), J32.dense())
+    assert jacobian(s, tuple(t.bfloat16() for t in h), x.bfloat16()).dtype == torch.float32

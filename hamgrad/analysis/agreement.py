@@ -56,6 +56,7 @@ class GradientComparison:
 
 
 def _cosine_and_ratio(g: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """``(cos(g, ref), ‖g‖ / ‖ref‖)`` in float64; ``nan`` where a norm is zero."""
     g, ref = g.double(), ref.double()
     g_norm, ref_norm = float(g.norm()), float(ref.norm())
     cosine = float(g @ ref) / (g_norm * ref_norm) if g_norm > 0 and ref_norm > 0 else math.nan
@@ -106,6 +107,7 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
 
     def run(mode: str, k: int):
+        """One mode's flat gradients w.r.t. ``x`` and the parameters, its loss and measurement."""
         def forward_backward():
             y, _ = solve(fp, x_in, k, grad=mode, h0=h0, **solve_kwargs)
             loss = loss_fn(y)
@@ -122,6 +124,7 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
     ref_x, ref_p, ref_loss, ref_m = run(reference, ref_steps)
 
     def row(mode, k, gx, gp, loss, m):
+        """The :class:`ModeGradient` of one run against the reference."""
         cx, rx = _cosine_and_ratio(gx, ref_x)
         cp, rp = _cosine_and_ratio(gp, ref_p) if params else (None, None)
         return ModeGradient(mode, k, cx, rx, cp, rp, loss, m.seconds, m.peak_bytes, m.memory_kind)

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_float_tensor, check_steps
+from .._checks import check_steps
 from .._krylov import gmres
-from ..fixed_point import as_state, state_residual
+from ..fixed_point import state_residual
 from ..grad import as_fixed_point
 from .linearize import linearize
-from .operators import LinearOperator, _flatten_block, _unflatten_block, linear_operator
+from .operators import LinearOperator, flatten_block, unflatten_block, analysis_point, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian"]
@@ -74,8 +74,7 @@ def implicit_jacobian(model, h, x: torch.Tensor, *, tol: float | None = None, ma
     :class:`hamgrad._krylov.LinearSolveResult` (check their ``converged``).
     """
     fp = as_fixed_point(model)
-    h = as_state(h, "h")
-    x = check_float_tensor(x, "x").detach()
+    x, h = analysis_point(x, h)
     step, out = linearize(fp, h, x, steps=1), linearize(fp, h, x, steps=0, readout=True)
     tol = default_tol(x.dtype) * 1e-2 if tol is None else tol
     solves = []
@@ -87,20 +86,20 @@ def implicit_jacobian(model, h, x: torch.Tensor, *, tol: float | None = None, ma
         return res.x
 
     def i_minus_j(v):
-        return v - _flatten_block(step.jvp(_unflatten_block(v.unsqueeze(0), like), None))[0]
+        return v - flatten_block(step.jvp(unflatten_block(v.unsqueeze(0), like), None))[0]
 
     def i_minus_jt(u):
-        return u - _flatten_block(step.vjp(_unflatten_block(u.unsqueeze(0), like))[0])[0]
+        return u - flatten_block(step.vjp(unflatten_block(u.unsqueeze(0), like))[0])[0]
 
     def apply(V):
-        b = _flatten_block(step.jvp(None, V.reshape(V.shape[0], *x.shape)))
+        b = flatten_block(step.jvp(None, V.reshape(V.shape[0], *x.shape)))
         z = torch.stack([one(i_minus_j, bi) for bi in b])
-        return _flatten_block(out.jvp(_unflatten_block(z, like), V.reshape(V.shape[0], *x.shape)))
+        return flatten_block(out.jvp(unflatten_block(z, like), V.reshape(V.shape[0], *x.shape)))
 
     def rapply(U):
-        gh, gx = out.vjp(_unflatten_block(U, out.out), wrt_x=True)
-        w = torch.stack([one(i_minus_jt, gi) for gi in _flatten_block(gh)])
-        _, bx = step.vjp(_unflatten_block(w, like), wrt_x=True)
+        gh, gx = out.vjp(unflatten_block(U, out.out), wrt_x=True)
+        w = torch.stack([one(i_minus_jt, gi) for gi in flatten_block(gh)])
+        _, bx = step.vjp(unflatten_block(w, like), wrt_x=True)
         return (bx + gx).reshape(U.shape[0], -1)
 
     m = sum(t.numel() for t in out.out)
@@ -147,15 +146,16 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
     start = time.perf_counter()
     fp = as_fixed_point(model)
     check_steps(steps)
-    x = check_float_tensor(x, "x").detach()
+    x, h0 = analysis_point(x, h0, "h0")
     tol = default_tol(x.dtype) if tol is None else tol
     with torch.no_grad():
-        h0 = fp.init(x, generator=generator) if h0 is None else tuple(t.detach() for t in as_state(h0, "h0"))
+        h0 = fp.init(x, generator=generator) if h0 is None else h0
         traj = fp.unroll(x, h0, steps)
     flow = GradientFlow()
     spectra = []
 
     def norm(op):
+        """``‖op‖₂`` (``nan`` if its spectrum did not converge); the spectrum is kept for the totals."""
         spectra.append(svdvals(op, k=1, tol=tol, generator=generator))
         return float(spectra[-1].values[0]) if spectra[-1].converged else math.nan
 

@@ -36,6 +36,7 @@ __all__ = ["AutogradLinearization", "NMFLinearization", "linearize"]
 
 
 def _detached(h) -> tuple:
+    """The tensors of ``h`` without their graphs."""
     return tuple(t.detach() for t in h)
 
 

@@ -24,14 +24,15 @@ from torch.func import vmap
 from .._checks import check_float_tensor, check_steps
 from ..fixed_point import FixedPoint, as_state, flatten_state, unflatten_state
 from ..grad import as_fixed_point
+from ..solvers import compute_dtype
 from .linearize import AutogradLinearization, linearize
 
-__all__ = ["LinearOperator", "jacobian", "unrolled_jacobian", "linear_operator", "WRT"]
+__all__ = ["LinearOperator", "jacobian", "unrolled_jacobian", "linear_operator", "analysis_point", "WRT"]
 
 WRT = ("h", "x")
 
-_flatten_block = vmap(flatten_state)
-_unflatten_block = vmap(unflatten_state, in_dims=(0, None))
+flatten_block = vmap(flatten_state)  # a block of states (leading batch dim) -> (b, dim h)
+unflatten_block = vmap(unflatten_state, in_dims=(0, None))  # (b, dim h), like -> a block of states
 
 
 class LinearOperator:
@@ -140,7 +141,18 @@ class LinearOperator:
 
 
 # ---------------------------------------------------------------------- Jacobians of steps and of unrolled solves
+def analysis_point(x: torch.Tensor, h=None, name: str = "h") -> tuple:
+    """``(x, h)`` checked and detached, in the precision the analysis computes in: half-precision tensors become
+    float32, as inside the solvers (``h`` may be ``None``)."""
+    x = check_float_tensor(x, "x").detach()
+    x = x.to(compute_dtype(x.dtype))
+    if h is not None:
+        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in as_state(h, name))
+    return x, h
+
+
 def _check_wrt(wrt, allowed) -> str:
+    """``wrt`` if it is one of ``allowed``, else a ValueError naming it."""
     if wrt not in allowed:
         raise ValueError(f"wrt must be one of {allowed}, got {wrt!r}")
     return wrt
@@ -155,12 +167,12 @@ def linear_operator(lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str) ->
 
     def apply(V):
         if wrt == "x":
-            return _flatten_block(lin.jvp(None, V.reshape(V.shape[0], *x.shape)))
-        return _flatten_block(lin.jvp(_unflatten_block(V, h_like), None))
+            return flatten_block(lin.jvp(None, V.reshape(V.shape[0], *x.shape)))
+        return flatten_block(lin.jvp(unflatten_block(V, h_like), None))
 
     def rapply(U):
-        gh, gx = lin.vjp(_unflatten_block(U, out_like), wrt_x=wrt == "x")
-        return gx.reshape(U.shape[0], -1) if wrt == "x" else _flatten_block(gh)
+        gh, gx = lin.vjp(unflatten_block(U, out_like), wrt_x=wrt == "x")
+        return gx.reshape(U.shape[0], -1) if wrt == "x" else flatten_block(gh)
 
     return LinearOperator((m, n), apply, rapply, dtype=x.dtype, device=x.device, name=name)
 
@@ -178,11 +190,11 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
 
     Returns:
         A :class:`LinearOperator`: ``J @ v`` is a JVP, ``J.T @ u`` a VJP (its forward graph is built once and
-        reused), on ``x``'s device and dtype. ``h`` and ``x`` are detached: the operator is a constant.
+        reused), on ``x``'s device and dtype (float32 for half precision). ``h`` and ``x`` are detached: the
+        operator is a constant.
     """
     _check_wrt(wrt, WRT)
-    h = tuple(t.detach() for t in as_state(h, "h"))
-    check_float_tensor(x, "x")
+    x, h = analysis_point(x, h)
     if callable(F) and not isinstance(F, FixedPoint):
         lin = AutogradLinearization(F, h, x)
         name = getattr(F, "__name__", "F")
@@ -214,9 +226,9 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
     _check_wrt(wrt, WRT)
     check_steps(steps)
     fp = as_fixed_point(model)
-    check_float_tensor(x, "x")
-    x = x.detach()
-    with torch.no_grad():
-        h = fp.init(x, generator=generator) if h0 is None else tuple(t.detach() for t in as_state(h0, "h0"))
+    x, h = analysis_point(x, h0, "h0")
+    if h is None:
+        with torch.no_grad():
+            h = fp.init(x, generator=generator)
     name = f"d{'y' if readout else f'h^{steps}'}/d{'x' if wrt == 'x' else 'h^0'}"
     return linear_operator(linearize(fp, h, x, steps, readout), wrt, h, x, name)

@@ -99,6 +99,7 @@ class _Counted:
 
 # ---------------------------------------------------------------------- argument checks
 def _check_operator(J, name: str = "J") -> LinearOperator:
+    """``J`` as a :class:`LinearOperator` (a 2-D tensor is wrapped)."""
     if isinstance(J, torch.Tensor):
         return LinearOperator.from_dense(J, name)
     if not isinstance(J, LinearOperator):
@@ -108,6 +109,7 @@ def _check_operator(J, name: str = "J") -> LinearOperator:
 
 
 def _check_k(k, limit: int, what: str, name: str = "k") -> int:
+    """An int in ``[1, limit]``; errors name the argument."""
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{name} must be an int, got {k!r}")
     if not 1 <= k <= limit:
@@ -116,16 +118,19 @@ def _check_k(k, limit: int, what: str, name: str = "k") -> int:
 
 
 def _check_method(method, allowed) -> str:
+    """``method`` if it is one of ``allowed``."""
     if method not in allowed:
         raise ValueError(f"method must be one of {allowed}, got {method!r}")
     return method
 
 
 def _check_tol(tol, J: LinearOperator) -> float:
+    """``tol``, or the default for ``J``'s dtype."""
     return default_tol(J.dtype) if tol is None else check_positive(tol, "tol")
 
 
 def _generator(generator) -> torch.Generator:
+    """The start vectors' generator: the given one, or a CPU generator seeded with 0."""
     if generator is None:
         return torch.Generator().manual_seed(0)
     if not isinstance(generator, torch.Generator):
@@ -140,6 +145,7 @@ def _randn(shape, generator: torch.Generator, J: LinearOperator) -> torch.Tensor
 
 # ---------------------------------------------------------------------- eigenvalues
 def _sort_by_modulus(values: torch.Tensor, *rest):
+    """``values`` by decreasing modulus, and the columns of ``rest`` in the same order."""
     order = torch.argsort(values.abs(), descending=True, stable=True)
     return (values[order], *(r[..., order] for r in rest))
 
@@ -157,6 +163,7 @@ def _eig_residuals(counted: _Counted, values: torch.Tensor, vectors: torch.Tenso
 
 
 def _eig_dense(J, counted, k):
+    """Top-k eigenvalues of the dense matrix and their residuals."""
     A = J.dense()
     counted.count += min(J.shape)
     values, vectors = torch.linalg.eig(A)
@@ -169,6 +176,7 @@ def _eig_dense(J, counted, k):
 
 
 def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator):
+    """Top-k eigenvalues by ARPACK (``nan`` and residual ``inf`` for those it did not find)."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator as SciPyOperator, eigs
 
     n = J.shape[0]
@@ -267,6 +275,7 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
 
 # ---------------------------------------------------------------------- singular values
 def _svd_dense(J, counted, k):
+    """Top-k singular values of the dense matrix and their residuals."""
     A = J.dense()
     counted.count += min(J.shape)
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
@@ -340,6 +349,7 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J):
 
 
 def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
+    """Top-k singular values by :func:`_lanczos` on ``JᵀJ`` or ``JJᵀ`` (the smaller side)."""
     m, n = J.shape
     if n <= m:  # JᵀJ on the input side
         side, op_apply = n, (lambda Vb: counted.rapply(counted.apply(Vb)))
@@ -403,6 +413,7 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
 
 # ---------------------------------------------------------------------- scalars
 def _scalar(spectrum: Spectrum, what: str) -> float:
+    """The top value's modulus, or ``nan`` with a warning if the spectrum did not converge."""
     if not spectrum.converged:
         warnings.warn(f"{what}: method {spectrum.method!r} did not converge (relative residual "
                       f"{float(spectrum.residuals[0]):.3g} > tol {spectrum.tol:.1g} after {spectrum.matvecs} "
