@@ -49,11 +49,11 @@ def _size(quick: bool) -> dict:
     return dict(d=16, n=48, r=4, K=6, k=6) if quick else dict(d=64, n=256, r=8, K=6, k=12)
 
 
-def _configs() -> list:
-    """(label, solver) pairs of figures 1 and 2: every ham at the paper's temperature, VQ at several."""
-    return [("NMF", NMF(rank=1)), ("VQ, 1/T = 1", SoftVQ(rank=1, inv_t=1.0)),
-            ("VQ, 1/T = 10", SoftVQ(rank=1, inv_t=10.0)), ("VQ, 1/T = 100", SoftVQ(rank=1, inv_t=100.0)),
-            ("CD, 1/T = 100", CD(rank=1, inv_t=100.0))]
+def _configs(r: int) -> list:
+    """(label, solver) pairs of figures 1 and 2 at rank r: every ham at the paper's temperature, VQ at several."""
+    return [("NMF", NMF(rank=r)), ("VQ, 1/T = 1", SoftVQ(rank=r, inv_t=1.0)),
+            ("VQ, 1/T = 10", SoftVQ(rank=r, inv_t=10.0)), ("VQ, 1/T = 100", SoftVQ(rank=r, inv_t=100.0)),
+            ("CD, 1/T = 100", CD(rank=r, inv_t=100.0))]
 
 
 def _solver_data(d: int, n: int, r: int, nonnegative: bool, seed: int = 0) -> torch.Tensor:
@@ -68,15 +68,10 @@ def _solver_data(d: int, n: int, r: int, nonnegative: bool, seed: int = 0) -> to
     return A @ B + 0.1 * torch.rand(d, n, generator=g, dtype=torch.float64)
 
 
-def _with_rank(solver, r: int):
-    return type(solver)(**{**solver.hparams(), "rank": r})
-
-
 def _trajectories(quick: bool):
     """``(label, solver, x, trajectory h^0 … h^K)`` for every configuration of figures 1 and 2."""
     size = _size(quick)
-    for label, proto in _configs():
-        s = _with_rank(proto, size["r"])
+    for label, s in _configs(size["r"]):
         x = _solver_data(size["d"], size["n"], size["r"], nonnegative=getattr(s, "nonnegative", False))
         h0 = s.init(x, generator=torch.Generator().manual_seed(1))
         yield label, s, x, FixedPoint.from_solver(s).unroll(x, h0, size["K"])

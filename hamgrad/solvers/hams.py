@@ -125,8 +125,7 @@ class CD(Solver):
         eye = torch.eye(self.rank, dtype=D.dtype, device=D.device)
         return torch.linalg.solve(D.mT @ D + self.beta * eye, _project(D, x))
 
-    def _coef_codes(self, x, D, C):
-        return self._readout_codes(x, D, C)
+    _coef_codes = _readout_codes
 
     def _objective(self, x, D, C):
         codes = self._readout_codes(x, D, C)
