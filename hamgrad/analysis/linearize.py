@@ -32,7 +32,7 @@ from torch.func import vmap
 from ..fixed_point import FixedPoint, as_state
 from ..solvers import NMF
 
-__all__ = ["AutogradLinearization", "NMFLinearization", "linearize"]
+__all__ = ["AutogradLinearization", "NMFLinearization", "hand_derived", "linearize"]
 
 
 def _detached(h) -> tuple:
@@ -83,6 +83,22 @@ def _tmm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return (B.mT @ A).mT
 
 
+def _codes_layout(C: torch.Tensor) -> torch.Tensor:
+    """``C`` of shape ``(..., r, n)`` stored as its transpose (the layout of :func:`_tmm`'s products): elementwise
+    operations between tensors of mixed layouts are about ten times slower on CPU, so every code-shaped tensor
+    here, cached or tangent, shares this one."""
+    return C.mT.contiguous().mT
+
+
+def _fma(*pairs) -> torch.Tensor:
+    """``Σ a ⊙ b`` over the pairs ``(a, b)`` whose ``a`` is not ``None`` (at least one), one pass per term."""
+    present = [(a, b) for a, b in pairs if a is not None]
+    total = present[0][0] * present[0][1]
+    for a, b in present[1:]:
+        total.addcmul_(a, b)
+    return total
+
+
 def _sum(*terms):
     """The sum of the terms that are not ``None`` (``None`` if all are)."""
     present = [t for t in terms if t is not None]
@@ -112,10 +128,11 @@ class NMFLinearization:
         if steps < 0 or (steps == 0 and not readout):
             raise ValueError(f"steps must be >= 1 (or 0 with readout=True), got steps={steps}")
         D, C = _detached(as_state(h, "h"))
+        C = _codes_layout(C)
         X = x.detach()
         eps = solver.eps
         self.x, self.h, self.readout = X, (D, C), readout
-        self.cache = []  # per step: D, C, N, G, M, C', P, S, Q, D'
+        self.cache = []  # per step: D, C, N, G, M, C', P, S, Q, D', N/M, C/M, C'/M
         for _ in range(steps):
             N = _tmm(D, X)
             G = D.mT @ D
@@ -125,7 +142,7 @@ class NMFLinearization:
             S = C1 @ C1.mT
             Q = D @ S + eps
             D1 = D * P / Q
-            self.cache.append((D, C, N, G, M, C1, P, S, Q, D1))
+            self.cache.append((D, C, N, G, M, C1, P, S, Q, D1, N / M, C / M, C1 / M))
             D, C = D1, C1
         self.final = (D, C)
         self.out = (D @ C,) if readout else (D, C)
@@ -133,26 +150,38 @@ class NMFLinearization:
             # the K inputs D_t and outputs C_{t+1} side by side: one product with dX for all steps
             self.D_all = torch.cat([c[0] for c in self.cache], dim=-1)  # (..., d, K r)
             self.C_all = torch.cat([c[5] for c in self.cache], dim=-2)  # (..., K r, n)
+        self.gram_D = self.gram_C = None  # D_allᵀD_all and C_all C_allᵀ (or the readout's DᵀD, CCᵀ), when needed
 
     def jvp(self, dh=None, dx=None) -> tuple:
         """The tangent of the output for tangents ``dh = (dD, dC)`` and ``dx`` (leading batch dim; ``None`` = 0)."""
         if dh is None and dx is None:
             raise ValueError("jvp needs a tangent for h or for x (both are None)")
-        X = self.x
+        if dh is None and not self.cache:  # the readout alone does not depend on x
+            return (torch.zeros((dx.shape[0], *self.out[0].shape), dtype=dx.dtype, device=dx.device),)
         dD, dC = dh if dh is not None else (None, None)
-        if self.cache and dx is not None:
-            DX_all = torch.split(_tmm(self.D_all, dx), self.final[0].shape[-1], dim=-2)  # D_tᵀ dX
-            XC_all = torch.split(dx @ self.C_all.mT, self.final[0].shape[-1], dim=-1)  # dX C_{t+1}ᵀ
-        for t, (D, C, N, G, M, C1, P, S, Q, D1) in enumerate(self.cache):
-            dN = _sum(None if dD is None else _tmm(dD, X), None if dx is None else DX_all[t])
+        dC = None if dC is None else _codes_layout(dC)
+        if self.cache and dx is not None:  # D_tᵀ dX and dX C_{t+1}ᵀ for all t, one product each
+            return self._jvp(dD, dC, _tmm(self.D_all, dx), dx @ self.C_all.mT)
+        return self._jvp(dD, dC, None, None)
+
+    def _jvp(self, dD, dC, DX_all, XC_all) -> tuple:
+        """The JVP given the input tangent's products with every step's ``D_t`` and ``C_{t+1}``, side by side
+        (``(b, K r, n)`` and ``(b, d, K r)``; ``None``: no input tangent)."""
+        X, r = self.x, self.final[0].shape[-1]
+        if DX_all is not None:
+            DX_all, XC_all = torch.split(DX_all, r, dim=-2), torch.split(XC_all, r, dim=-1)
+        for t, (D, C, N, G, M, C1, P, S, Q, D1, NM, CM, C1M) in enumerate(self.cache):
+            dN = _sum(None if dD is None else _tmm(dD, X), None if DX_all is None else DX_all[t])
             if dD is not None:
                 dG = dD.mT @ D
                 dM = _sum(_tmm(dG + dG.mT, C), None if dC is None else _tmm(G, dC))
             else:
                 dM = None if dC is None else _tmm(G, dC)
-            dC1 = _sum(None if dC is None else dC * N, None if dN is None else C * dN,
-                       None if dM is None else -C1 * dM) / M
-            dP = _sum(None if dx is None else XC_all[t], X @ dC1.mT)
+            # dC' = dC ⊙ N/M + dN ⊙ C/M − dM ⊙ C'/M, accumulated in place (these r × n passes are memory-bound)
+            dC1 = _fma((dC, NM), (dN, CM))
+            if dM is not None:
+                dC1.addcmul_(dM, C1M, value=-1)
+            dP = _sum(None if XC_all is None else XC_all[t], X @ dC1.mT)
             dS = dC1 @ C1.mT
             dQ = _sum(None if dD is None else dD @ S, D @ (dS + dS.mT))
             dD = _sum(None if dD is None else dD * P, D * dP, -D1 * dQ) / Q
@@ -160,50 +189,98 @@ class NMFLinearization:
         if not self.readout:
             return dD, dC
         D, C = self.final
-        if dD is None and dC is None:  # the readout does not depend on x
-            return (torch.zeros((dx.shape[0], *self.out[0].shape), dtype=dx.dtype, device=dx.device),)
         return (_sum(None if dD is None else dD @ C, None if dC is None else D @ dC),)
 
     def vjp(self, g, wrt_x: bool = False) -> tuple:
         """``((D̄, C̄), X̄)`` for a block of output cotangents; ``X̄`` only if ``wrt_x``."""
+        (gD, gC), bar_P, bar_N = self._vjp(g, need_h=True)
+        if not wrt_x:
+            return (gD, gC), None
+        if not self.cache:  # the readout alone does not depend on x
+            return (gD, gC), torch.zeros((gD.shape[0], *self.x.shape), dtype=gD.dtype, device=gD.device)
+        # X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t, as two products over all steps
+        bar_x = bar_P @ self.C_all
+        bar_x += self.D_all @ bar_N
+        return (gD, gC), bar_x
+
+    def _vjp(self, g, need_h: bool) -> tuple:
+        """``((D̄, C̄), P̄, N̄)``: the state's cotangent (``(None, None)`` unless ``need_h``) and the cotangents of
+        every step's ``P_t = X C_{t+1}ᵀ`` and ``N_t = D_tᵀ X``, side by side (``(b, d, K r)`` and ``(b, K r, n)``;
+        ``None`` without steps), from which ``X̄ = P̄ [C_1 … C_K] + [D_0 … D_{K−1}] N̄``."""
         X = self.x
         if self.readout:
             (gy,), (D, C) = g, self.final
             gD, gC = gy @ C.mT, _tmm(D, gy)
         else:
-            gD, gC = g
-        bar_P, bar_N = [], []
-        for D, C, N, G, M, C1, P, S, Q, D1 in reversed(self.cache):
+            gD, gC = g[0], _codes_layout(g[1])
+        steps, r = len(self.cache), gD.shape[-1]
+        if not steps:
+            return (gD, gC), None, None
+        bar_P = []
+        # N̄ in the codes layout, filled step by step (rows t r … (t + 1) r of N̄ belong to step t)
+        bar_N = torch.empty((*gC.shape[:-2], X.shape[-1], steps * r), dtype=gC.dtype, device=gC.device).mT
+        for t in reversed(range(steps)):
+            D, C, N, G, M, C1, P, S, Q, D1 = self.cache[t][:10]
             # D' = D ⊙ P ⊘ Q,  Q = D S + eps,  S = C'C'ᵀ,  P = X C'ᵀ
             gq = gD / Q
             bQ = -gq * D1
             bP = gq * D
             bS = D.mT @ bQ
-            gC1 = gC + _tmm(bS + bS.mT, C1) + _tmm(bP, X)
+            gm = _tmm(bP, X)
+            gm += gC
+            gm += _tmm(bS + bS.mT, C1)  # C̄' so far
             gD = gq * P + bQ @ S
             # C' = C ⊙ N ⊘ M,  M = G C + eps,  G = DᵀD,  N = DᵀX
-            gm = gC1 / M
-            bM = -gm * C1
-            bN = gm * C
-            gC = gm * N + _tmm(G, bM)
-            bG = bM @ C.mT
-            gD = gD + D @ (bG + bG.mT) + X @ bN.mT
+            gm /= M
+            bN = torch.mul(gm, C, out=bar_N[..., t * r:(t + 1) * r, :])
             bar_P.append(bP)
-            bar_N.append(bN)
-        if not wrt_x:
-            return (gD, gC), None
-        if not self.cache:  # the readout alone does not depend on x
-            return (gD, gC), torch.zeros((gD.shape[0], *X.shape), dtype=gD.dtype, device=gD.device)
-        # X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t, as two products over all steps (lists are in reverse step order)
-        bar_x = torch.cat(bar_P[::-1], dim=-1) @ self.C_all
-        bar_x += self.D_all @ torch.cat(bar_N[::-1], dim=-2)
-        return (gD, gC), bar_x
+            if t == 0 and not need_h:  # the initial state's cotangent is not wanted
+                break
+            bM = gm * C1  # −M̄
+            gC = gm * N
+            gC -= _tmm(G, bM)
+            bG = bM @ C.mT  # −Ḡ
+            gD = gD - D @ (bG + bG.mT) + X @ bN.mT
+        return ((gD, gC) if need_h else (None, None)), torch.cat(bar_P[::-1], dim=-1), bar_N
+
+    def x_cogram(self, g) -> tuple:
+        """``(∂out/∂x)(∂out/∂x)ᵀ g`` for a block of output cotangents, without forming the ``d × n`` input tangent:
+        with ``X̄ = P̄ C_all + D_all N̄`` (:meth:`_vjp`), the JVP needs only ``D_allᵀ X̄ = (D_allᵀ P̄) C_all + (D_allᵀ
+        D_all) N̄`` and ``X̄ C_allᵀ = P̄ (C_all C_allᵀ) + D_all (N̄ C_allᵀ)``: three ``K r × K r × n`` products in place
+        of four ``d × n × K r`` ones."""
+        if not self.cache:
+            raise ValueError("x_cogram needs at least one step: the readout alone does not depend on x")
+        _, bar_P, bar_N = self._vjp(g, need_h=False)
+        if self.gram_D is None:
+            self.gram_D, self.gram_C = self.D_all.mT @ self.D_all, self.C_all @ self.C_all.mT
+        DX_all = _tmm(_tmm(bar_P, self.D_all), self.C_all)  # (D_allᵀ P̄) C_all
+        DX_all += _tmm(self.gram_D, bar_N)
+        XC_all = bar_P @ self.gram_C + self.D_all @ (bar_N @ self.C_all.mT)
+        return self._jvp(None, None, DX_all, XC_all)
+
+    def h_gram(self, dh) -> tuple:
+        """``(∂y/∂h)ᵀ(∂y/∂h) dh`` of the readout alone (``steps=0, readout=True``), without the ``d × n`` tangent:
+        ``(dD CCᵀ + D dC Cᵀ, DᵀdD C + DᵀD dC)``."""
+        if self.cache or not self.readout:
+            raise ValueError("h_gram is the readout's Gram product: it needs steps=0 and readout=True")
+        (dD, dC), (D, C) = dh, self.final
+        if self.gram_C is None:
+            self.gram_D, self.gram_C = D.mT @ D, C @ C.mT
+        return (dD @ self.gram_C + D @ (dC @ C.mT),
+                _tmm(torch.cat([(D.mT @ dD).mT, self.gram_D.expand(*dC.shape[:-2], -1, -1)], dim=-2),
+                     torch.cat([C.expand(*dC.shape[:-2], -1, -1), dC], dim=-2)))
+
+
+def hand_derived(fp: FixedPoint) -> bool:
+    """Whether :func:`linearize` uses the hand-derived :class:`NMFLinearization` for ``fp``: exactly the built-in
+    NMF (a subclass may change the step, and only autograd knows its derivative)."""
+    return type(fp.solver) is NMF
 
 
 def linearize(fp: FixedPoint, h, x: torch.Tensor, steps: int = 1, readout: bool = False):
     """The linearisation of ``steps`` applications of ``fp``'s F from ``h`` (followed by the readout ``(G(h, x),)``
     if ``readout``; ``steps = 0`` with ``readout`` is the readout alone) — hand-derived for the built-in NMF."""
-    if type(fp.solver) is NMF:  # exactly NMF: a subclass may change the step, and only autograd knows its derivative
+    if hand_derived(fp):
         return NMFLinearization(fp.solver, h, x, steps, readout)
 
     def unrolled(h, x):

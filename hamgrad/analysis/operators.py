@@ -25,7 +25,7 @@ from .._checks import check_float_tensor, check_steps
 from ..fixed_point import FixedPoint, as_state, flatten_state, unflatten_state
 from ..grad import as_fixed_point
 from ..solvers import compute_dtype
-from .linearize import AutogradLinearization, linearize
+from .linearize import AutogradLinearization, NMFLinearization, hand_derived, linearize
 
 __all__ = ["LinearOperator", "jacobian", "unrolled_jacobian", "linear_operator", "analysis_point", "WRT"]
 
@@ -44,16 +44,24 @@ class LinearOperator:
         rapply: ``U (b, m) -> (b, n)``, the rows of ``U`` mapped by the transpose (``U A``).
         dtype, device: of the vectors it acts on.
         name: a label for error messages and ``repr``.
+        gram: optional ``V (b, n) -> (b, n)``, the rows of ``V`` mapped by ``AᵀA``, when there is a cheaper way than
+            ``rapply(apply(V))`` (the default).
+        cogram: optional ``U (b, m) -> (b, m)``, the rows of ``U`` mapped by ``AAᵀ`` (default ``apply(rapply(U))``).
 
     ``A @ v`` for a vector ``v`` of length n, ``A @ V`` for a matrix ``(n, b)`` (columns mapped, as for a matrix),
-    ``A @ B`` for another operator (composition), ``A.T`` the transpose, ``A.dense()``, ``A.to_scipy()``.
+    ``A @ B`` for another operator (composition; ``(A @ B).factors`` is ``(A, B)``), ``A.T`` the transpose,
+    ``A.gram(V)``, ``A.cogram(U)``, ``A.dense()``, ``A.to_scipy()``.
     """
 
     def __init__(self, shape: tuple[int, int], apply: Callable, rapply: Callable, *, dtype: torch.dtype,
-                 device: torch.device | str, name: str = "A"):
+                 device: torch.device | str, name: str = "A", gram: Callable | None = None,
+                 cogram: Callable | None = None):
         self.shape = (int(shape[0]), int(shape[1]))
         self._apply, self._rapply = apply, rapply
+        self._gram = gram or (lambda V: rapply(apply(V)))
+        self._cogram = cogram or (lambda U: apply(rapply(U)))
         self.dtype, self.device, self.name = dtype, torch.device(device), name
+        self.factors: tuple[LinearOperator, LinearOperator] | None = None  # (A, B) for a composition A @ B
 
     @classmethod
     def from_dense(cls, A: torch.Tensor, name: str = "A") -> "LinearOperator":
@@ -82,14 +90,24 @@ class LinearOperator:
         """Rows of ``U (b, m)`` mapped by the transpose: ``(b, n)``."""
         return self._rapply(self._check_block(U, self.shape[0], "rapply"))
 
+    def gram(self, V: torch.Tensor) -> torch.Tensor:
+        """Rows of ``V (b, n)`` mapped by ``AᵀA``: ``(b, n)``."""
+        return self._gram(self._check_block(V, self.shape[1], "gram"))
+
+    def cogram(self, U: torch.Tensor) -> torch.Tensor:
+        """Rows of ``U (b, m)`` mapped by ``AAᵀ``: ``(b, m)``."""
+        return self._cogram(self._check_block(U, self.shape[0], "cogram"))
+
     def __matmul__(self, other):
         if isinstance(other, LinearOperator):
             if other.shape[0] != self.shape[1]:
                 raise ValueError(f"cannot compose {self.name} {self.shape} @ {other.name} {other.shape}: "
                                  f"inner sizes {self.shape[1]} and {other.shape[0]} differ")
-            return LinearOperator((self.shape[0], other.shape[1]), lambda V: self._apply(other._apply(V)),
-                                  lambda U: other._rapply(self._rapply(U)), dtype=self.dtype, device=self.device,
-                                  name=f"{self.name} @ {other.name}")
+            product = LinearOperator((self.shape[0], other.shape[1]), lambda V: self._apply(other._apply(V)),
+                                     lambda U: other._rapply(self._rapply(U)), dtype=self.dtype, device=self.device,
+                                     name=f"{self.name} @ {other.name}")
+            product.factors = (self, other)
+            return product
         if isinstance(other, torch.Tensor) and other.dim() == 1:
             return self.apply(other.unsqueeze(0))[0]
         if isinstance(other, torch.Tensor) and other.dim() == 2:
@@ -101,8 +119,10 @@ class LinearOperator:
     @property
     def T(self) -> "LinearOperator":
         """The transpose (a VJP operator when ``self`` is a JVP operator)."""
+        if self.factors is not None:
+            return self.factors[1].T @ self.factors[0].T
         return LinearOperator((self.shape[1], self.shape[0]), self._rapply, self._apply, dtype=self.dtype,
-                              device=self.device, name=f"{self.name}.T")
+                              device=self.device, name=f"{self.name}.T", gram=self._cogram, cogram=self._gram)
 
     # ------------------------------------------------------------------ conversions
     def dense(self, chunk_size: int = 256) -> torch.Tensor:
@@ -174,7 +194,16 @@ def linear_operator(lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str) ->
         gh, gx = lin.vjp(unflatten_block(U, out_like), wrt_x=wrt == "x")
         return gx.reshape(U.shape[0], -1) if wrt == "x" else flatten_block(gh)
 
-    return LinearOperator((m, n), apply, rapply, dtype=x.dtype, device=x.device, name=name)
+    gram = cogram = None
+    if isinstance(lin, NMFLinearization):  # the hand-derived Gram products, without d × n tangents
+        if wrt == "x" and lin.cache:
+            def cogram(U):
+                return flatten_block(lin.x_cogram(unflatten_block(U, out_like)))
+        elif wrt == "h" and not lin.cache:
+            def gram(V):
+                return flatten_block(lin.h_gram(unflatten_block(V, h_like)))
+    return LinearOperator((m, n), apply, rapply, dtype=x.dtype, device=x.device, name=name, gram=gram,
+                          cogram=cogram)
 
 
 def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
@@ -222,6 +251,10 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
     One product is one JVP (or VJP) through the K steps. For the built-in NMF the trajectory and the steps'
     intermediates are computed once, at construction; for other models each block of JVPs reruns the forward
     pass once (under ``vmap``) and the VJPs reuse one autograd graph.
+
+    For the built-in NMF, whose readout ``y = DC`` does not depend on ``x``, ``∂y/∂x`` is returned as the composition
+    ``(∂y/∂h^K) @ (∂h^K/∂x)`` (``.factors``) through the state, which is smaller than ``x``: :func:`svdvals` then
+    works in the state space, with hand-derived Gram products that never form a ``d × n`` tangent.
     """
     _check_wrt(wrt, WRT)
     check_steps(steps)
@@ -231,4 +264,10 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
         with torch.no_grad():
             h = fp.init(x, generator=generator)
     name = f"d{'y' if readout else f'h^{steps}'}/d{'x' if wrt == 'x' else 'h^0'}"
+    if readout and wrt == "x" and hand_derived(fp):
+        state = linearize(fp, h, x, steps)
+        J = (linear_operator(linearize(fp, state.final, x, 0, readout=True), "h", state.final, x, f"dy/dh^{steps}")
+             @ linear_operator(state, "x", h, x, f"dh^{steps}/dx"))
+        J.name = name
+        return J
     return linear_operator(linearize(fp, h, x, steps, readout), wrt, h, x, name)

@@ -96,6 +96,14 @@ class _Counted:
         self.count += U.shape[0]
         return self.op.rapply(U)
 
+    def gram(self, V):
+        self.count += 2 * V.shape[0]
+        return self.op.gram(V)
+
+    def cogram(self, U):
+        self.count += 2 * U.shape[0]
+        return self.op.cogram(U)
+
 
 # ---------------------------------------------------------------------- argument checks
 def _check_operator(J, name: str = "J") -> LinearOperator:
@@ -284,80 +292,115 @@ def _svd_dense(J, counted, k):
     return S.double().cpu(), res.double().cpu()
 
 
-def _orthonormal_rows(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Q, r)``: orthonormal rows spanning the rows of ``F`` and the magnitudes ``|R_ii|`` of its QR factor."""
-    if F.shape[0] == 1:
-        norm = F.norm()
-        return F / norm, norm.reshape(1)
-    Q, R = torch.linalg.qr(F.mT)
-    return Q.mT, R.diagonal().abs()
+def _gram(F: torch.Tensor, FW: torch.Tensor | None) -> torch.Tensor:
+    """``F W Fᵀ`` (``FW = F W``; ``None`` for ``W = I``), symmetrised, as float64 (computed in ``F``'s dtype: at
+    long vectors a float64 copy would cost more than the product)."""
+    S = (F @ (F if FW is None else FW).mT).double()
+    return (S + S.mT) / 2
 
 
-def _project_out(W: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W`` minus its projection on the orthonormal rows of ``V``, by two passes of classical Gram–Schmidt
-    (each pass reads ``V`` twice: at 10^6-long vectors the basis's memory traffic is what this costs), and the
-    coefficients ``W Vᵀ``."""
-    coef = W @ V.mT
+def _orthonormalize(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
+    """``(Q, QW, r)``: rows spanning the rows of ``F``, orthonormal in ``⟨a, b⟩ = a W bᵀ`` (``FW = F W``; ``None``
+    for ``W = I``, then ``QW`` is ``None`` too), and the square roots of the eigenvalues of ``F W Fᵀ`` (a tiny one
+    flags a breakdown)."""
+    lam, U = torch.linalg.eigh(_gram(F, FW))
+    r = lam.clamp_min(0).sqrt()
+    L = (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype)
+    return L @ F, (None if FW is None else L @ FW), r
+
+
+def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``, with ``VW = V M``), by two
+    passes of classical Gram–Schmidt (each pass reads the basis twice: at long vectors the basis's memory traffic is
+    what this costs), and the coefficients ``W (VW)ᵀ``."""
+    coef = W @ VW.mT
     F = torch.addmm(W, coef, V, alpha=-1)
-    coef2 = F @ V.mT
+    coef2 = F @ VW.mT
     F.addmm_(coef2, V, alpha=-1)
     return F, coef + coef2
 
 
-def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J):
-    """Top-k eigenpairs of a symmetric positive semi-definite operator ``A`` (``op_apply: (b, n) -> (b, n)``) by
+def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None):
+    """Top-k eigenpairs of an operator ``A`` that is self-adjoint and positive semi-definite in the inner product
+    ``⟨a, b⟩ = a W bᵀ`` (``inner``: rows mapped by ``W``, symmetric positive semi-definite; ``None``: ``W = I``), by
     block Lanczos with thick restarts (Wu–Simon; the symmetric Krylov–Schur) and full reorthogonalisation.
 
-    The basis ``V`` (the first ``m`` rows of a buffer of ``ncv`` rows, orthonormal) satisfies
-    ``A Vᵀ = Vᵀ T + Fᵀ E``, with ``T = V A Vᵀ`` assembled from the reorthogonalisation coefficients and ``F`` the
-    residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has residual ``‖Fᵀ y_last‖`` (``y_last`` the
+    ``op_apply`` maps the ``W``-images ``QW`` of a block of basis rows ``Q`` to ``QAᵀ`` (so ``A = K W`` needs only
+    ``K``). The basis ``V`` (the first ``m`` rows of a buffer of ``ncv`` rows, ``W``-orthonormal) satisfies
+    ``A Vᵀ = Vᵀ T + Fᵀ E``, with ``T = V W A Vᵀ`` assembled from the reorthogonalisation coefficients and ``F`` the
+    residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has residual ``‖Fᵀ y_last‖_W`` (``y_last`` the
     entries of ``y`` on the newest block), so testing convergence costs no product. When the buffer is full the
     basis is cut to its ``keep`` best Ritz vectors (``T`` becomes their diagonal) and ``F`` continues it. If ``F``
     vanishes (an invariant subspace) the basis continues with random directions. Returns ``(theta, residuals)``:
-    the top-k Ritz values and their residuals ``‖Av − θv‖``.
+    the top-k Ritz values and their residuals ``‖Av − θv‖_W``.
     """
     ncv = min(ncv, n)
     keep = min(max(k + block, ncv // 2), ncv - block)
+    image = (lambda F: None) if inner is None else inner
     basis = torch.empty(ncv, n, dtype=J.dtype, device=J.device)
+    wbasis = basis if inner is None else torch.empty_like(basis)  # the basis rows mapped by W
     T = torch.zeros(ncv, ncv, dtype=torch.float64, device=J.device)
-    Q, _ = _orthonormal_rows(_randn((block, n), generator, J))
-    basis[:block] = Q
+
+    def append(F, FW, m):
+        """Orthonormalise the rows of ``F`` and store them (and their images) from row ``m`` on."""
+        Q, QW, r = _orthonormalize(F, FW)
+        basis[m:m + Q.shape[0]] = Q
+        if inner is not None:
+            wbasis[m:m + Q.shape[0]] = QW
+        return Q, (Q if QW is None else QW), r
+
+    start = _randn((block, n), generator, J)
+    Q, QW, _ = append(start, image(start), 0)
     m = block
     theta = res = None
     for _ in range(maxiter):
         b = Q.shape[0]
-        W = op_apply(Q)
-        F, coef = _project_out(W, basis[:m])
+        AQ = op_apply(QW)
+        F, coef = _project_out(AQ, basis[:m], wbasis[:m])
+        FW = image(F)
         T[m - b:m, :m] = coef.double()
         T[:m, m - b:m] = coef.double().mT
         evals, evecs = torch.linalg.eigh((T[:m, :m] + T[:m, :m].mT) / 2)
         evals, evecs = evals.flip(0), evecs.flip(1)
-        theta, res = evals[:k], (F.double().mT @ evecs[m - b:m, :k]).norm(dim=0)
+        y = evecs[m - b:m, :k]
+        # ‖Fᵀy‖_W² = yᵀ (F W Fᵀ) y
+        theta, res = evals[:k], (_gram(F, FW) @ y * y).sum(0).clamp_min(0).sqrt()
         if m == n or (m >= k and bool((res <= tol * theta.abs()).all())):
             break
-        if m + block > ncv:  # thick restart
-            basis[:keep] = evecs[:, :keep].mT.to(J.dtype) @ basis[:m]
+        if m + block > ncv:  # thick restart (the products as tall-skinny GEMMs, the faster shape)
+            Y = evecs[:, :keep].to(J.dtype)
+            basis[:keep] = (basis[:m].mT @ Y).mT
+            if inner is not None:
+                wbasis[:keep] = (wbasis[:m].mT @ Y).mT
             T.zero_()
             T[:keep, :keep] = torch.diag(evals[:keep])
             m = keep
-        Q, r = _orthonormal_rows(F[: n - m])
-        if bool((r <= 100 * torch.finfo(J.dtype).eps * W.norm(dim=1).max()).any()):  # breakdown: invariant space
-            Q, _ = _orthonormal_rows(_project_out(_randn((Q.shape[0], n), generator, J), basis[:m])[0])
-        basis[m:m + Q.shape[0]] = Q
+        Q, QW, r = append(F[: n - m], None if FW is None else FW[: n - m], m)
+        if bool((r <= 100 * torch.finfo(J.dtype).eps * evals[0].abs().clamp_min(torch.finfo(J.dtype).tiny)).any()):
+            # breakdown (an invariant subspace): continue with random directions
+            R = _project_out(_randn((Q.shape[0], n), generator, J), basis[:m], wbasis[:m])[0]
+            Q, QW, _ = append(R, image(R), m)
         m += Q.shape[0]
     return theta, res
 
 
 def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
-    """Top-k singular values by :func:`_lanczos` on ``JᵀJ`` or ``JJᵀ`` (the smaller side)."""
+    """Top-k singular values by :func:`_lanczos` on ``JᵀJ`` or ``JJᵀ`` (the smaller side), or, for ``J = G M``
+    composed through a smaller inner space, on ``M Mᵀ GᵀG`` there (self-adjoint in ``⟨a, b⟩ = a GᵀG bᵀ``: its
+    eigenvalues are those of ``JJᵀ``, and ``‖·‖_{GᵀG}`` residuals are residuals of ``JJᵀ`` at ``u = G v``)."""
     m, n = J.shape
-    if n <= m:  # JᵀJ on the input side
-        side, op_apply = n, (lambda Vb: counted.rapply(counted.apply(Vb)))
+    inner = None
+    if J.factors is not None and J.factors[1].shape[0] < min(m, n):
+        G, M = J.factors
+        counted.op = M  # count the products through M; G's Gram products are not counted
+        side, op_apply, inner = M.shape[0], counted.cogram, G.gram
+    elif n <= m:  # JᵀJ on the input side
+        side, op_apply = n, counted.gram
     else:  # JJᵀ on the output side
-        side, op_apply = m, (lambda Vb: counted.apply(counted.rapply(Vb)))
+        side, op_apply = m, counted.cogram
     b = min(block, side)
     ncv = min(side, max(ncv, k + 2 * b))
-    theta, res = _lanczos(op_apply, side, k, tol, b, ncv, maxiter, generator, J)
+    theta, res = _lanczos(op_apply, side, k, tol, b, ncv, maxiter, generator, J, inner)
     theta = theta.clamp_min(0)
     sigma = theta.sqrt()
     # ‖JᵀJ v − σ² v‖ / σ² = ‖Jᵀu − σv‖ / σ with u = Jv / σ
