@@ -11,6 +11,7 @@ from torch.func import jacrev
 import hamgrad as hg
 from hamgrad.analysis import LinearOperator, jacobian, unrolled_jacobian
 from hamgrad.analysis.linearize import AutogradLinearization, NMFLinearization, linearize
+from hamgrad.analysis.operators import linear_operator
 from hamgrad.fixed_point import FixedPoint, flatten_state, unflatten_state
 
 D_, N_, R_ = 6, 8, 2
@@ -167,6 +168,44 @@ def test_composition_transpose_and_dense_orientation(device):
     torch.testing.assert_close(opA.dense(chunk_size=2), A)
     u = _rand(5, device, 1)
     torch.testing.assert_close(AB.T @ u, (A @ B).T @ u)
+    assert AB.factors == (opA, opB)
+    assert AB.T.factors[0].shape == (3, 7) and AB.T.factors[1].shape == (7, 5)
+    # Gram products (default: through apply and rapply), also of the transpose and of the composition
+    V, U = _rand((2, 3), device, 2), _rand((2, 5), device, 3)
+    torch.testing.assert_close(AB.gram(V), V @ (A @ B).T @ (A @ B))
+    torch.testing.assert_close(AB.cogram(U), U @ (A @ B) @ (A @ B).T)
+    torch.testing.assert_close(AB.T.gram(U), AB.cogram(U))
+    W = _rand((2, 7), device, 4)
+    torch.testing.assert_close(opA.T.cogram(W), W @ A.T @ A)
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_nmf_gram_products_equal_dense_jacobian_products(device, batch):
+    """The hand-derived Gram products (no d × n tangent) against products with the dense jacrev Jacobians."""
+    s, K = hg.NMF(rank=R_), 3
+    x, h0 = _point(s, device, steps=0, batch=batch)
+
+    def state_after(x):
+        h = h0
+        for _ in range(K):
+            h = s.step(x, h)
+        return h
+
+    hK = state_after(x)
+    Mref = jacrev(lambda v: flatten_state(state_after(v.reshape(x.shape))))(x.reshape(-1))  # ∂h^K/∂x
+    Gref = jacrev(lambda v: s.readout(x, unflatten_state(v, hK)).reshape(-1))(flatten_state(hK))  # ∂y/∂h^K
+    J = unrolled_jacobian(s, x, h0, steps=K)  # ∂y/∂x, composed through the state
+    G, M = J.factors
+    assert G.shape == tuple(Gref.shape) and M.shape == tuple(Mref.shape)
+    Z = _rand((3, M.shape[0]), device, 5)
+    torch.testing.assert_close(M.cogram(Z), Z @ Mref @ Mref.T)
+    torch.testing.assert_close(G.gram(Z), Z @ Gref.T @ Gref)
+    torch.testing.assert_close(J.dense(), Gref @ Mref)
+    # the output-side Gram product of the unfactored ∂y/∂x (hand-derived too)
+    Y = _rand((2, J.shape[0]), device, 6)
+    flat = linear_operator(NMFLinearization(s, h0, x, K, readout=True), "x", h0, x, "dy/dx")
+    assert flat.factors is None
+    torch.testing.assert_close(flat.cogram(Y), Y @ (Gref @ Mref) @ (Gref @ Mref).T)
 
 
 def test_step_operators_compose_into_the_two_step_jacobian():

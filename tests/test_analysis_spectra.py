@@ -108,6 +108,51 @@ def test_maxiter_reports_non_convergence():
     assert not eig.converged
 
 
+def test_svdvals_of_a_composition_work_in_its_smaller_inner_space():
+    # J = G M through a 30-dimensional inner space, G with a null space of dimension 5 (like y = DC's scale orbit):
+    # Lanczos runs on M Mᵀ GᵀG in the GᵀG inner product there, and finds the singular values of the 80 × 70 product.
+    g = torch.Generator().manual_seed(9)
+    G = torch.randn(80, 25, generator=g, dtype=torch.float64) @ torch.randn(25, 30, generator=g, dtype=torch.float64)
+    M = torch.randn(30, 70, generator=g, dtype=torch.float64)
+    calls = []
+
+    def gram(V):
+        calls.append(V.shape[0])
+        return V @ G.T @ G
+
+    opG = LinearOperator(G.shape, lambda V: V @ G.T, lambda U: U @ G, dtype=G.dtype, device="cpu", name="G", gram=gram)
+    J = opG @ LinearOperator.from_dense(M, "M")
+    for k in (1, K_TOP, 25):  # up to the rank of G M
+        spec = svdvals(J, k=k, method="lanczos", tol=1e-10)
+        assert spec.converged
+        _assert_svds_match(spec, G @ M, k, rtol=1e-8)
+    assert calls  # the inner-space path ran
+    # past the rank the Krylov space exhausts what GᵀG sees: the remaining values are zeros, reported as such
+    spec = svdvals(J, k=27, method="lanczos", tol=1e-10)
+    assert spec.converged and (spec.values[25:] == 0).all()
+    np.testing.assert_allclose(spec.values[:25].numpy(), torch.linalg.svdvals(G @ M)[:25].numpy(), rtol=1e-8)
+
+
+def test_svdvals_of_the_unrolled_nmf_dy_dx_match_dense():
+    s = hg.NMF(rank=4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 32, generator=g, dtype=torch.float64) + 0.1
+    h0 = s.init(x, generator=torch.Generator().manual_seed(1))
+
+    def y_of(v):
+        h = h0
+        for _ in range(3):
+            h = s.step(v.reshape(x.shape), h)
+        return s.readout(x, h).reshape(-1)
+
+    ref = jacrev(y_of)(x.reshape(-1))
+    J = hg.analysis.unrolled_jacobian(s, x, h0, steps=3)
+    assert J.factors is not None and J.factors[1].shape[0] == 16 * 4 + 4 * 32
+    spec = svdvals(J, k=K_TOP, method="lanczos", tol=1e-10)
+    assert spec.converged
+    _assert_svds_match(spec, ref, K_TOP, rtol=1e-8)
+
+
 # ---------------------------------------------------------------------- power iteration
 def test_power_converges_to_a_real_dominant_eigenvalue(device):
     Q, _ = torch.linalg.qr(_matrix((40, 40), 6))

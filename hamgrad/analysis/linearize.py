@@ -15,7 +15,10 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
   and of ``y = DC``, derived by hand, with every step's intermediates (``DᵀX``, ``XCᵀ``, …) cached and no graph.
   The products with the ``d × n`` input are gathered across the K steps into one product each (``[D_0 … D_{K−1}]ᵀ dX``,
   ``dX [C_1 … C_K]ᵀ``, and in the VJP ``X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t`` as two products), which is where a
-  product through the paper-size NMF spends its time. ``tests/test_analysis_operators.py`` holds it against autograd.
+  product through the paper-size NMF spends its time. It also applies the Gram products ``x_cogram`` (``(∂out/∂x)
+  (∂out/∂x)ᵀ``, without ever forming a ``d × n`` tangent) and ``h_gram`` (the readout's ``(∂y/∂h)ᵀ(∂y/∂h)``), which
+  :func:`hamgrad.analysis.svdvals` uses to find the singular values of ``∂y/∂x`` in the state space.
+  ``tests/test_analysis_operators.py`` holds all of them against autograd and dense Jacobians.
 
 :func:`linearize` picks the implementation for a model.
 """
@@ -84,10 +87,38 @@ def _tmm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 def _codes_layout(C: torch.Tensor) -> torch.Tensor:
-    """``C`` of shape ``(..., r, n)`` stored as its transpose (the layout of :func:`_tmm`'s products): elementwise
-    operations between tensors of mixed layouts are about ten times slower on CPU, so every code-shaped tensor
-    here, cached or tangent, shares this one."""
-    return C.mT.contiguous().mT
+    """``C`` of shape ``(..., r, n)`` stored with ``n`` outermost and ``r`` innermost (physically ``(n, ..., r)``;
+    for a 2-D ``C`` that is its transpose, the layout of :func:`_tmm`'s products). Every code-shaped tensor here,
+    cached or tangent, has this layout: elementwise operations between mixed layouts are about ten times slower on
+    CPU, and a block of code tangents is then one ``n × (b r)`` matrix for the products below."""
+    return C.movedim(-1, 0).contiguous().movedim(0, -1)
+
+
+def _codes_from(S: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``(S B)ᵀ`` of shape ``(..., r, n)`` for a shared ``S (n, k)`` and a block ``B (..., k, r)``: one GEMM
+    ``S [B_1 … B_b]`` whose result is already in :func:`_codes_layout` (broadcast ``matmul`` when ``S`` is batched)."""
+    if S.dim() != 2:
+        return (S @ B).mT
+    lead, (k, r) = B.shape[:-2], B.shape[-2:]
+    return (S @ B.movedim(-2, 0).reshape(k, -1)).reshape(S.shape[0], *lead, r).movedim(0, -1)
+
+
+def _codes_mix(F: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``Sᵀ F`` of shape ``(..., k, n)`` for a block of codes ``F (..., r, n)`` and a shared ``S (r, k)``, as one GEMM
+    on the ``(n ⋯, r)`` rows of ``F`` (broadcast ``matmul`` when ``S`` is batched)."""
+    if S.dim() != 2:
+        return _tmm(S, F)
+    lead, (r, n) = F.shape[:-2], F.shape[-2:]
+    return (F.movedim(-1, 0).reshape(-1, r) @ S).reshape(n, *lead, S.shape[-1]).movedim(0, -1)
+
+
+def _codes_times(F: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``F Sᵀ`` of shape ``(..., r, k)`` for a block of codes ``F (..., r, n)`` and a shared ``S (k, n)``, as one GEMM
+    ``S [F_1ᵀ … F_bᵀ]`` on the ``(n, ⋯ r)`` layout of ``F`` (broadcast ``matmul`` when ``S`` is batched)."""
+    if S.dim() != 2:
+        return F @ S.mT
+    lead, (r, n) = F.shape[:-2], F.shape[-2:]
+    return (S @ F.movedim(-1, 0).reshape(n, -1)).reshape(S.shape[0], *lead, r).movedim(0, -1)
 
 
 def _fma(*pairs) -> torch.Tensor:
@@ -121,7 +152,9 @@ class NMFLinearization:
       readout ``dy = dD C + D dC``.
     - VJP: the transposes of the same products in reverse order; ``X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t``.
 
-    ``steps = 0`` with ``readout=True`` is the readout alone.
+    ``steps = 0`` with ``readout=True`` is the readout alone. A block of code tangents is stored ``n``-outermost
+    (:func:`_codes_layout`), so that its products with ``X`` and with the cached codes are single GEMMs and its
+    elementwise updates (cached ratios ``N/M``, ``C/M``, ``C'/M``; in place where possible) never mix layouts.
     """
 
     def __init__(self, solver: NMF, h, x: torch.Tensor, steps: int = 1, readout: bool = False):
@@ -132,6 +165,7 @@ class NMFLinearization:
         X = x.detach()
         eps = solver.eps
         self.x, self.h, self.readout = X, (D, C), readout
+        self.xt = X.mT.contiguous() if X.dim() == 2 else X.mT  # Xᵀ (n, d), the fast operand for code products
         self.cache = []  # per step: D, C, N, G, M, C', P, S, Q, D', N/M, C/M, C'/M
         for _ in range(steps):
             N = _tmm(D, X)
@@ -171,18 +205,18 @@ class NMFLinearization:
         if DX_all is not None:
             DX_all, XC_all = torch.split(DX_all, r, dim=-2), torch.split(XC_all, r, dim=-1)
         for t, (D, C, N, G, M, C1, P, S, Q, D1, NM, CM, C1M) in enumerate(self.cache):
-            dN = _sum(None if dD is None else _tmm(dD, X), None if DX_all is None else DX_all[t])
+            dN = _sum(None if dD is None else _codes_from(self.xt, dD), None if DX_all is None else DX_all[t])
             if dD is not None:
                 dG = dD.mT @ D
-                dM = _sum(_tmm(dG + dG.mT, C), None if dC is None else _tmm(G, dC))
+                dM = _sum(_codes_from(C.mT, dG + dG.mT), None if dC is None else _codes_mix(dC, G))
             else:
-                dM = None if dC is None else _tmm(G, dC)
+                dM = None if dC is None else _codes_mix(dC, G)
             # dC' = dC ⊙ N/M + dN ⊙ C/M − dM ⊙ C'/M, accumulated in place (these r × n passes are memory-bound)
             dC1 = _fma((dC, NM), (dN, CM))
             if dM is not None:
                 dC1.addcmul_(dM, C1M, value=-1)
-            dP = _sum(None if XC_all is None else XC_all[t], X @ dC1.mT)
-            dS = dC1 @ C1.mT
+            dP = _sum(None if XC_all is None else XC_all[t], _codes_times(dC1, X).mT)
+            dS = _codes_times(dC1, C1)
             dQ = _sum(None if dD is None else dD @ S, D @ (dS + dS.mT))
             dD = _sum(None if dD is None else dD * P, D * dP, -D1 * dQ) / Q
             dC = dC1
@@ -210,7 +244,7 @@ class NMFLinearization:
         X = self.x
         if self.readout:
             (gy,), (D, C) = g, self.final
-            gD, gC = gy @ C.mT, _tmm(D, gy)
+            gD, gC = gy @ C.mT, _codes_layout(_tmm(D, gy))
         else:
             gD, gC = g[0], _codes_layout(g[1])
         steps, r = len(self.cache), gD.shape[-1]
@@ -218,7 +252,7 @@ class NMFLinearization:
             return (gD, gC), None, None
         bar_P = []
         # N̄ in the codes layout, filled step by step (rows t r … (t + 1) r of N̄ belong to step t)
-        bar_N = torch.empty((*gC.shape[:-2], X.shape[-1], steps * r), dtype=gC.dtype, device=gC.device).mT
+        bar_N = torch.empty((X.shape[-1], *gC.shape[:-2], steps * r), dtype=gC.dtype, device=gC.device).movedim(0, -1)
         for t in reversed(range(steps)):
             D, C, N, G, M, C1, P, S, Q, D1 = self.cache[t][:10]
             # D' = D ⊙ P ⊘ Q,  Q = D S + eps,  S = C'C'ᵀ,  P = X C'ᵀ
@@ -226,9 +260,9 @@ class NMFLinearization:
             bQ = -gq * D1
             bP = gq * D
             bS = D.mT @ bQ
-            gm = _tmm(bP, X)
+            gm = _codes_from(self.xt, bP)
             gm += gC
-            gm += _tmm(bS + bS.mT, C1)  # C̄' so far
+            gm += _codes_from(C1.mT, bS + bS.mT)  # C̄' so far
             gD = gq * P + bQ @ S
             # C' = C ⊙ N ⊘ M,  M = G C + eps,  G = DᵀD,  N = DᵀX
             gm /= M
@@ -238,9 +272,9 @@ class NMFLinearization:
                 break
             bM = gm * C1  # −M̄
             gC = gm * N
-            gC -= _tmm(G, bM)
-            bG = bM @ C.mT  # −Ḡ
-            gD = gD - D @ (bG + bG.mT) + X @ bN.mT
+            gC -= _codes_mix(bM, G)
+            bG = _codes_times(bM, C)  # −Ḡ
+            gD = gD - D @ (bG + bG.mT) + _codes_times(bN, X).mT
         return ((gD, gC) if need_h else (None, None)), torch.cat(bar_P[::-1], dim=-1), bar_N
 
     def x_cogram(self, g) -> tuple:
@@ -253,9 +287,9 @@ class NMFLinearization:
         _, bar_P, bar_N = self._vjp(g, need_h=False)
         if self.gram_D is None:
             self.gram_D, self.gram_C = self.D_all.mT @ self.D_all, self.C_all @ self.C_all.mT
-        DX_all = _tmm(_tmm(bar_P, self.D_all), self.C_all)  # (D_allᵀ P̄) C_all
-        DX_all += _tmm(self.gram_D, bar_N)
-        XC_all = bar_P @ self.gram_C + self.D_all @ (bar_N @ self.C_all.mT)
+        DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all))  # (D_allᵀ P̄) C_all
+        DX_all += _codes_mix(bar_N, self.gram_D)
+        XC_all = bar_P @ self.gram_C + self.D_all @ _codes_times(bar_N, self.C_all)
         return self._jvp(None, None, DX_all, XC_all)
 
     def h_gram(self, dh) -> tuple:

@@ -331,8 +331,10 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
     residual block of the newest block. A Ritz pair ``(θ, Vᵀy)`` has residual ``‖Fᵀ y_last‖_W`` (``y_last`` the
     entries of ``y`` on the newest block), so testing convergence costs no product. When the buffer is full the
     basis is cut to its ``keep`` best Ritz vectors (``T`` becomes their diagonal) and ``F`` continues it. If ``F``
-    vanishes (an invariant subspace) the basis continues with random directions. Returns ``(theta, residuals)``:
-    the top-k Ritz values and their residuals ``‖Av − θv‖_W``.
+    vanishes (an invariant subspace) the basis continues with random directions; if ``W`` sees none of those outside
+    the basis (a singular ``W`` whose range the basis spans), the Ritz values are the whole nonzero spectrum and the
+    rest of the top k are zeros. Returns ``(theta, residuals)``: the top-k Ritz values and their residuals
+    ``‖Av − θv‖_W`` (``nan`` and ``inf`` for values that ``maxiter`` left unreached).
     """
     ncv = min(ncv, n)
     keep = min(max(k + block, ncv // 2), ncv - block)
@@ -341,17 +343,16 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
     wbasis = basis if inner is None else torch.empty_like(basis)  # the basis rows mapped by W
     T = torch.zeros(ncv, ncv, dtype=torch.float64, device=J.device)
 
-    def append(F, FW, m):
-        """Orthonormalise the rows of ``F`` and store them (and their images) from row ``m`` on."""
-        Q, QW, r = _orthonormalize(F, FW)
+    def store(Q, QW, m):
+        """Put the rows of ``Q`` (and their images) at row ``m`` of the basis."""
         basis[m:m + Q.shape[0]] = Q
         if inner is not None:
             wbasis[m:m + Q.shape[0]] = QW
-        return Q, (Q if QW is None else QW), r
+        return Q, (Q if QW is None else QW)
 
     start = _randn((block, n), generator, J)
-    Q, QW, _ = append(start, image(start), 0)
-    m = block
+    Q, QW = store(*_orthonormalize(start, image(start))[:2], 0)
+    m, exhausted = block, False
     theta = res = None
     for _ in range(maxiter):
         b = Q.shape[0]
@@ -375,12 +376,24 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
             T.zero_()
             T[:keep, :keep] = torch.diag(evals[:keep])
             m = keep
-        Q, QW, r = append(F[: n - m], None if FW is None else FW[: n - m], m)
+        Q, QW, r = _orthonormalize(F[: n - m], None if FW is None else FW[: n - m])
         if bool((r <= 100 * torch.finfo(J.dtype).eps * evals[0].abs().clamp_min(torch.finfo(J.dtype).tiny)).any()):
-            # breakdown (an invariant subspace): continue with random directions
-            R = _project_out(_randn((Q.shape[0], n), generator, J), basis[:m], wbasis[:m])[0]
-            Q, QW, _ = append(R, image(R), m)
+            # breakdown (an invariant subspace): continue with random directions, keeping those W still sees
+            R0 = _randn((Q.shape[0], n), generator, J)
+            seen_before = _gram(R0, image(R0)).diagonal().clamp_min(0).sqrt()
+            R = _project_out(R0, basis[:m], wbasis[:m])[0]
+            Q, QW, r = _orthonormalize(R, image(R))
+            seen = r > 1e3 * torch.finfo(J.dtype).eps * seen_before.max()
+            if not bool(seen.any()):  # W sees nothing outside the basis: its Ritz values are the whole spectrum
+                exhausted = True
+                break
+            Q, QW = Q[seen], (None if QW is None else QW[seen])
+        Q, QW = store(Q, QW, m)
         m += Q.shape[0]
+    missing = k - theta.shape[0]
+    if missing > 0:  # fewer Ritz values than asked: past the rank (zeros, exactly) or not reached (maxiter)
+        theta = torch.cat([theta, theta.new_full((missing,), 0.0 if exhausted else math.nan)])
+        res = torch.cat([res, res.new_full((missing,), 0.0 if exhausted else math.inf)])
     return theta, res
 
 
