@@ -7,7 +7,9 @@
 - :func:`jacobian` ``(F, h, x, wrt)``: ``∂F/∂h`` or ``∂F/∂x`` of one step at a point.
 - :func:`unrolled_jacobian` ``(model, x, h0, steps, wrt)``: the Jacobian of ``K`` unrolled steps (and the readout),
   ``∂y/∂x``, ``∂h^K/∂h^0``, …: one forward sweep of JVPs (or reverse sweep of VJPs) through the K steps from a
-  trajectory computed once (:mod:`hamgrad.analysis.linearize`).
+  trajectory computed once (:mod:`hamgrad.analysis.linearize`). For the built-in NMF, ``∂y/∂x`` is the composition
+  ``(∂y/∂h^K) @ (∂h^K/∂x)`` through the smaller state space, with hand-derived Gram products (``J.gram``,
+  ``J.cogram``), which :func:`hamgrad.analysis.svdvals` uses.
 
 A state ``h`` is a tuple of tensors; the operators flatten it in tuple order
 (:func:`hamgrad.fixed_point.flatten_state`).

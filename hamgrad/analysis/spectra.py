@@ -4,16 +4,21 @@
 ``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK, seeded start vector), ``power``
                (k = 1; reports non-convergence, e.g. for a complex dominant pair, instead of a number)
 ``svdvals``    ``dense`` (``torch.linalg.svd``), ``lanczos`` (torch-native block Lanczos with thick restarts and
-               full reorthogonalisation on ``JᵀJ`` or ``JJᵀ``, whichever is smaller; on the operator's device)
+               full reorthogonalisation on ``JᵀJ`` or ``JJᵀ``, whichever is smaller, through the operator's
+               ``gram``/``cogram``; for a composition ``J = G @ M`` through a smaller inner space, on
+               ``M Mᵀ GᵀG`` there, in the ``GᵀG`` inner product; on the operator's device)
 ``auto``       ``dense`` when the operator's larger side is at most :data:`DENSE_MAX`, else ``arnoldi`` / ``lanczos``
 =============  ==================================================================================================
 
 Every routine returns a :class:`Spectrum`: the values, each value's relative residual, the number of matvecs (one
-matvec = the operator or its transpose applied to one vector; for ``dense``, the products that built the matrix),
-a ``converged`` flag (every residual ``<= tol``), the method and the wall time.
+matvec = the operator or its transpose applied to one vector, a Gram product counting two; for ``dense``, the
+products that built the matrix; for a composition searched in its inner space, the products through ``M`` and
+``Mᵀ``, the outer factor's Gram products ``GᵀG`` aside), a ``converged`` flag (every residual ``<= tol``), the
+method and the wall time.
 
 Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``; ``power`` divides by ``‖Jv‖``); for a singular
-triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly). Either bounds the relative distance of the
+triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly), or its mirror ``‖Jv − σu‖ / σ`` with
+``v = Jᵀu/σ`` when the search runs on the output side or in an inner space. Either bounds the relative distance of the
 value to the operator's spectrum (for singular values exactly; for eigenvalues of non-normal operators up to the
 eigenvector condition number).
 It does not prove that no larger value was missed: a Krylov method finds the top of a spectrum with high
