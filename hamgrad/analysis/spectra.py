@@ -12,9 +12,9 @@
 
 Every routine returns a :class:`Spectrum`: the values, each value's relative residual, the number of matvecs (one
 matvec = the operator or its transpose applied to one vector, a Gram product counting two; for ``dense``, the
-products that built the matrix; for a composition searched in its inner space, the products through ``M`` and
-``Mᵀ``, the outer factor's Gram products ``GᵀG`` aside), a ``converged`` flag (every residual ``<= tol``), the
-method and the wall time.
+products that built the matrix; for a composition searched in its inner space, two per Krylov vector: it takes one
+Gram product of each factor, together one application of ``J`` and one of ``Jᵀ``), a ``converged`` flag (every
+residual ``<= tol``), the method and the wall time.
 
 Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``; ``power`` divides by ``‖Jv‖``); for a singular
 triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly), or its mirror ``‖Jv − σu‖ / σ`` with
@@ -410,7 +410,7 @@ def _svd_lanczos(J, counted, k, tol, block, ncv, maxiter, generator):
     inner = None
     if J.factors is not None and J.factors[1].shape[0] < min(m, n):
         G, M = J.factors
-        counted.op = M  # count the products through M; G's Gram products are not counted
+        counted.op = M  # two matvecs per Krylov vector (M Mᵀ and GᵀG together are one J and one Jᵀ)
         side, op_apply, inner = M.shape[0], counted.cogram, G.gram
     elif n <= m:  # JᵀJ on the input side
         side, op_apply = n, counted.gram
