@@ -121,8 +121,10 @@ class LinearOperator:
     @property
     def T(self) -> "LinearOperator":
         """The transpose (a VJP operator when ``self`` is a JVP operator)."""
-        if self.factors is not None:
-            return self.factors[1].T @ self.factors[0].T
+        if self.factors is not None:  # (A B)ᵀ = Bᵀ Aᵀ, still a composition
+            transpose = self.factors[1].T @ self.factors[0].T
+            transpose.name = f"{self.name}.T"
+            return transpose
         return LinearOperator((self.shape[1], self.shape[0]), self._rapply, self._apply, dtype=self.dtype,
                               device=self.device, name=f"{self.name}.T", gram=self._cogram, cogram=self._gram)
 

@@ -444,7 +444,8 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
             single vector misses (it can also skip a value in a tight cluster): use a block at least as large as
             the multiplicities you expect. Larger blocks need more products in all.
         ncv: ``lanczos`` basis size before a thick restart (default ``max(64, 4(k + block))``, capped by the size;
-            the basis is ``ncv`` vectors of the operator's smaller side).
+            the basis is ``ncv`` vectors of the side the search runs on: the operator's smaller side, or the inner
+            space of a composition, where a second buffer holds their ``GᵀG`` images).
         generator: seeds the start block (default: a CPU generator seeded with 0).
 
     Returns:
