@@ -30,17 +30,12 @@ import hamgrad as hg
 from hamgrad.analysis import svdvals, unrolled_jacobian
 from hamgrad.analysis.linearize import AutogradLinearization, NMFLinearization
 from hamgrad.analysis.operators import linear_operator
+from hamgrad.profiling import synchronize
 
 
 def _load() -> str:
     """The 1-minute load average (the machine is shared)."""
     return "load %.1f" % os.getloadavg()[0]
-
-
-def _sync(device):
-    """Wait for the device (CUDA) before reading a clock."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _problem(d, n, r, device, dtype=torch.float32, seed=0):
@@ -64,11 +59,11 @@ def _product_time(product, size, device, b=2, reps=3):
     """Mean seconds per vector of ``product`` on a block of ``b`` vectors of length ``size``."""
     v = torch.randn(b, size, generator=torch.Generator().manual_seed(1)).to(device)
     product(v)  # warm-up
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         product(v)
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / reps / b
 
 
@@ -93,18 +88,18 @@ def bench_dense(device, d, n, r, k, K=6):
     s, x, h0 = _problem(d, n, r, device)
     print(f"\n[2] matrix-free vs dense, top-{k} singular values of ∂y/∂x, NMF ({d}, {n}, {r}), K={K}, float32 "
           f"on {device}: a {d * n} x {d * n} Jacobian")
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     J = unrolled_jacobian(s, x, h0, steps=K)
     spec = svdvals(J, k=k, method="lanczos", tol=1e-4, generator=torch.Generator().manual_seed(0))
-    _sync(device)
+    synchronize(device)
     t_free = time.perf_counter() - start
     f = _unrolled_fn(s, K)
     start = time.perf_counter()
     dense = jacrev(lambda v: f(h0, v.reshape(d, n))[0].reshape(-1), chunk_size=1024)(x.reshape(-1))
     t_jac = time.perf_counter() - start
     ref = torch.linalg.svdvals(dense)[:k].double().cpu()
-    _sync(device)
+    synchronize(device)
     t_dense = time.perf_counter() - start
     err = float(((spec.values - ref).abs() / ref).max())
     print(f"  matrix-free (lanczos, tol 1e-4)  {t_free:8.2f} s   {spec.matvecs} matvecs   ({_load()})")
@@ -120,10 +115,10 @@ def bench_paper(device, k, tol, ref_tol, block, reference, scipy, K=6):
     s, x, h0 = _problem(512, 4096, 64, device)
     print(f"\n[3] paper size: top singular values of ∂y/∂x, NMF (512, 4096, 64), K={K}, float32 on {device} "
           f"({torch.get_num_threads()} threads)")
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     J = unrolled_jacobian(s, x, h0, steps=K)
-    _sync(device)
+    synchronize(device)
     print(f"  setup (trajectory, cached intermediates) {time.perf_counter() - start:.2f} s")
     runs = []
     for kk, tt in ((1, 1e-3), (k, 1e-3), (k, tol)):

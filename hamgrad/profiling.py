@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Measurement", "measure"]
+__all__ = ["Measurement", "measure", "synchronize"]
 
 
 @dataclass
@@ -30,7 +30,9 @@ class Measurement:
         return {"seconds": self.seconds, "peak_bytes": self.peak_bytes, "memory_kind": self.memory_kind}
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (CUDA) before reading a clock; nothing to wait for on CPU."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -39,12 +41,12 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu") -> Mea
     """Run ``fn()`` once and return its wall time and peak memory (see the module docstring) with its result."""
     device = torch.device(device)
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
         result = fn()
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         return Measurement(seconds, torch.cuda.max_memory_allocated(device) - base, "cuda_max_allocated", result)
     seen: dict[tuple, int] = {}

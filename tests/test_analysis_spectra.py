@@ -260,39 +260,32 @@ def test_seeded_start_vectors_are_reproducible():
     torch.testing.assert_close(runs[0].values, runs[1].values, rtol=0, atol=0)
 
 
-def test_errors_name_the_argument():
-    A = _matrix((10, 8), 10)
-    S = _matrix((10, 10), 11)
-    with pytest.raises(ValueError, match="k must satisfy"):
-        svdvals(A, k=0)
-    with pytest.raises(ValueError, match="k must satisfy"):
-        svdvals(A, k=9)
-    with pytest.raises(TypeError, match="k must be an int"):
-        eigvals(S, k=2.0)
-    with pytest.raises(ValueError, match="method must be one of"):
-        svdvals(A, k=2, method="arnoldi")
-    with pytest.raises(ValueError, match="method must be one of"):
-        eigvals(S, k=2, method="lanczos")
-    with pytest.raises(ValueError, match="square"):
-        eigvals(A, k=2)
-    with pytest.raises(ValueError, match="k must be 1"):
-        eigvals(S, k=2, method="power")
-    with pytest.raises(ValueError, match="k <= n - 2"):
-        eigvals(S, k=9, method="arnoldi")
-    with pytest.raises(ValueError, match="tol"):
-        svdvals(A, k=2, tol=0.0)
-    with pytest.raises(TypeError, match="J must be"):
-        svdvals([[1.0]], k=1)
-    with pytest.raises(TypeError, match="generator"):
-        svdvals(A, k=1, generator=3)
-    with pytest.raises(ValueError, match="block must satisfy"):
-        svdvals(A, k=2, method="lanczos", block=9)
-    with pytest.raises(ValueError, match="ncv"):
-        svdvals(A, k=2, method="lanczos", ncv=0)
-    with pytest.raises(ValueError, match="maxiter"):
-        svdvals(A, k=2, method="lanczos", maxiter=0)
-    with pytest.raises(ValueError, match="ncv must be an int with k < ncv"):
-        eigvals(S, k=2, method="arnoldi", ncv=2)
+_A, _S = _matrix((10, 8), 10), _matrix((10, 10), 11)  # a rectangular and a square operator
+
+
+@pytest.mark.parametrize("error,match,call", [
+    (ValueError, "k must satisfy", lambda: svdvals(_A, k=0)),
+    (ValueError, "k must satisfy", lambda: svdvals(_A, k=9)),
+    (TypeError, "k must be an int", lambda: eigvals(_S, k=2.0)),
+    (ValueError, "method must be one of", lambda: svdvals(_A, k=2, method="arnoldi")),
+    (ValueError, "method must be one of", lambda: eigvals(_S, k=2, method="lanczos")),
+    (ValueError, "square", lambda: eigvals(_A, k=2)),
+    (ValueError, "k must be 1", lambda: eigvals(_S, k=2, method="power")),
+    (ValueError, "k <= n - 2", lambda: eigvals(_S, k=9, method="arnoldi")),
+    (ValueError, "tol", lambda: svdvals(_A, k=2, tol=0.0)),
+    (TypeError, "J must be", lambda: svdvals([[1.0]], k=1)),
+    (TypeError, "generator", lambda: svdvals(_A, k=1, generator=3)),
+    (ValueError, "block must satisfy", lambda: svdvals(_A, k=2, method="lanczos", block=9)),
+    (ValueError, "ncv", lambda: svdvals(_A, k=2, method="lanczos", ncv=0)),
+    (ValueError, "maxiter", lambda: svdvals(_A, k=2, method="lanczos", maxiter=0)),
+    (ValueError, "ncv must be an int with k < ncv", lambda: eigvals(_S, k=2, method="arnoldi", ncv=2)),
+])
+def test_errors_name_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_converged_scalar_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        spectral_norm(A)  # converged: no warning
+        spectral_norm(_A)  # converged: no warning

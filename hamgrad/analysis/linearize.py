@@ -25,6 +25,7 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -184,7 +185,6 @@ class NMFLinearization:
             # the K inputs D_t and outputs C_{t+1} side by side: one product with dX for all steps
             self.D_all = torch.cat([c[0] for c in self.cache], dim=-1)  # (..., d, K r)
             self.C_all = torch.cat([c[5] for c in self.cache], dim=-2)  # (..., K r, n)
-        self.gram_D = self.gram_C = None  # D_allᵀD_all and C_all C_allᵀ (or the readout's DᵀD, CCᵀ), when needed
 
     def jvp(self, dh=None, dx=None) -> tuple:
         """The tangent of the output for tangents ``dh = (dD, dC)`` and ``dx`` (leading batch dim; ``None`` = 0)."""
@@ -285,11 +285,10 @@ class NMFLinearization:
         if not self.cache:
             raise ValueError("x_cogram needs at least one step: the readout alone does not depend on x")
         _, bar_P, bar_N = self._vjp(g, need_h=False)
-        if self.gram_D is None:
-            self.gram_D, self.gram_C = self.D_all.mT @ self.D_all, self.C_all @ self.C_all.mT
+        gram_D, gram_C = self._step_grams
         DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all))  # (D_allᵀ P̄) C_all
-        DX_all += _codes_mix(bar_N, self.gram_D)
-        XC_all = bar_P @ self.gram_C + self.D_all @ _codes_times(bar_N, self.C_all)
+        DX_all += _codes_mix(bar_N, gram_D)
+        XC_all = bar_P @ gram_C + self.D_all @ _codes_times(bar_N, self.C_all)
         return self._jvp(None, None, DX_all, XC_all)
 
     def h_gram(self, dh) -> tuple:
@@ -298,11 +297,14 @@ class NMFLinearization:
         if self.cache or not self.readout:
             raise ValueError("h_gram is the readout's Gram product: it needs steps=0 and readout=True")
         (dD, dC), (D, C) = dh, self.final
-        if self.gram_C is None:
-            self.gram_D, self.gram_C = D.mT @ D, C @ C.mT
-        return (dD @ self.gram_C + D @ (dC @ C.mT),
-                _tmm(torch.cat([(D.mT @ dD).mT, self.gram_D.expand(*dC.shape[:-2], -1, -1)], dim=-2),
-                     torch.cat([C.expand(*dC.shape[:-2], -1, -1), dC], dim=-2)))
+        dC = _codes_layout(dC)
+        return (dD @ (C @ C.mT) + D @ _codes_times(dC, C),
+                _codes_from(C.mT, dD.mT @ D) + _codes_mix(dC, D.mT @ D))
+
+    @cached_property
+    def _step_grams(self) -> tuple:
+        """``(D_allᵀ D_all, C_all C_allᵀ)``, computed on first use by :meth:`x_cogram`."""
+        return self.D_all.mT @ self.D_all, self.C_all @ self.C_all.mT
 
 
 def hand_derived(fp: FixedPoint) -> bool:
