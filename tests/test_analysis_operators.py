@@ -124,6 +124,30 @@ def test_nmf_hand_derived_linearisation_equals_autograd(device, steps, readout):
             assert hx is None and ax is None
 
 
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_nmf_products_leave_what_they_return_and_are_given_untouched(device, batch):
+    """The hand-derived products reuse internal buffers from call to call: their results, and their arguments, must
+    survive later calls (of the same block size and of others), and a repeated call must give the same values."""
+    s = hg.NMF(rank=R_)
+    x, h = _point(s, device, batch=batch)
+    lin = NMFLinearization(s, h, x, steps=3)
+
+    def products(b, seed):
+        dh = tuple(_rand((b, *t.shape), device, seed + i) for i, t in enumerate(h))
+        dx = _rand((b, *x.shape), device, seed + 5)
+        (gD, gC), gx = lin.vjp(dh, wrt_x=True)
+        return [*dh, dx], [*lin.jvp(dh, dx), gD, gC, gx, *lin.x_cogram(dh)]
+
+    given, results = products(2, 0)
+    given_before, results_before = [t.clone() for t in given], [t.clone() for t in results]
+    for b, seed in ((2, 10), (3, 20), (2, 30)):
+        products(b, seed)
+    for now, before in zip(given + results, given_before + results_before):
+        assert torch.equal(now, before)
+    for again, before in zip(products(2, 0)[1], results_before):
+        torch.testing.assert_close(again, before)
+
+
 def test_linearize_dispatch():
     s = hg.NMF(rank=R_)
     x, h = _point(s, "cpu")

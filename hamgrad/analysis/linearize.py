@@ -95,22 +95,39 @@ def _codes_layout(C: torch.Tensor) -> torch.Tensor:
     return C.movedim(-1, 0).contiguous().movedim(0, -1)
 
 
-def _codes_from(S: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+def _codes_from(S: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
+                accumulate: bool = False) -> torch.Tensor:
     """``(S B)ᵀ`` of shape ``(..., r, n)`` for a shared ``S (n, k)`` and a block ``B (..., k, r)``: one GEMM
-    ``S [B_1 … B_b]`` whose result is already in :func:`_codes_layout` (broadcast ``matmul`` when ``S`` is batched)."""
+    ``S [B_1 … B_b]`` whose result is already in :func:`_codes_layout` (broadcast ``matmul`` when ``S`` is batched).
+    With ``out`` (in that layout) the result is written there, or added to it if ``accumulate``."""
     if S.dim() != 2:
-        return (S @ B).mT
+        return _into((S @ B).mT, out, accumulate)
     lead, (k, r) = B.shape[:-2], B.shape[-2:]
-    return (S @ B.movedim(-2, 0).reshape(k, -1)).reshape(S.shape[0], *lead, r).movedim(0, -1)
+    if out is None:
+        out = torch.empty((S.shape[0], *lead, r), dtype=B.dtype, device=B.device).movedim(0, -1)
+    out.movedim(-1, 0).view(S.shape[0], -1).addmm_(S, B.movedim(-2, 0).reshape(k, -1), beta=float(accumulate))
+    return out
 
 
-def _codes_mix(F: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+def _codes_mix(F: torch.Tensor, S: torch.Tensor, out: torch.Tensor | None = None,
+               accumulate: bool = False) -> torch.Tensor:
     """``Sᵀ F`` of shape ``(..., k, n)`` for a block of codes ``F (..., r, n)`` and a shared ``S (r, k)``, as one GEMM
-    on the ``(n ⋯, r)`` rows of ``F`` (broadcast ``matmul`` when ``S`` is batched)."""
+    on the ``(n ⋯, r)`` rows of ``F`` (broadcast ``matmul`` when ``S`` is batched). With ``out`` (in
+    :func:`_codes_layout`) the result is written there, or added to it if ``accumulate``."""
     if S.dim() != 2:
-        return _tmm(S, F)
+        return _into(_tmm(S, F), out, accumulate)
     lead, (r, n) = F.shape[:-2], F.shape[-2:]
-    return (F.movedim(-1, 0).reshape(-1, r) @ S).reshape(n, *lead, S.shape[-1]).movedim(0, -1)
+    if out is None:
+        out = torch.empty((n, *lead, S.shape[-1]), dtype=F.dtype, device=F.device).movedim(0, -1)
+    out.movedim(-1, 0).view(-1, S.shape[-1]).addmm_(F.movedim(-1, 0).reshape(-1, r), S, beta=float(accumulate))
+    return out
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None, accumulate: bool) -> torch.Tensor:
+    """``result`` written to ``out`` (added if ``accumulate``), or ``result`` itself without ``out``."""
+    if out is None:
+        return result
+    return out.add_(result) if accumulate else out.copy_(result)
 
 
 def _codes_times(F: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -122,10 +139,11 @@ def _codes_times(F: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return (S @ F.movedim(-1, 0).reshape(n, -1)).reshape(S.shape[0], *lead, r).movedim(0, -1)
 
 
-def _fma(*pairs) -> torch.Tensor:
-    """``Σ a ⊙ b`` over the pairs ``(a, b)`` whose ``a`` is not ``None`` (at least one), one pass per term."""
+def _fma(out: torch.Tensor | None, *pairs) -> torch.Tensor:
+    """``Σ a ⊙ b`` over the pairs ``(a, b)`` whose ``a`` is not ``None`` (at least one), one pass per term, written
+    to ``out`` (a new tensor if ``None``)."""
     present = [(a, b) for a, b in pairs if a is not None]
-    total = present[0][0] * present[0][1]
+    total = torch.mul(*present[0], out=out)
     for a, b in present[1:]:
         total.addcmul_(a, b)
     return total
@@ -156,6 +174,9 @@ class NMFLinearization:
     ``steps = 0`` with ``readout=True`` is the readout alone. A block of code tangents is stored ``n``-outermost
     (:func:`_codes_layout`), so that its products with ``X`` and with the cached codes are single GEMMs and its
     elementwise updates (cached ratios ``N/M``, ``C/M``, ``C'/M``; in place where possible) never mix layouts.
+    The large temporaries of a product are kept and reused by the next product of the same block size
+    (:meth:`_codes_scratch`); what a product returns never shares their memory. One linearisation must therefore not
+    run products from several threads at once.
     """
 
     def __init__(self, solver: NMF, h, x: torch.Tensor, steps: int = 1, readout: bool = False):
@@ -167,7 +188,8 @@ class NMFLinearization:
         eps = solver.eps
         self.x, self.h, self.readout = X, (D, C), readout
         self.xt = X.mT.contiguous() if X.dim() == 2 else X.mT  # Xᵀ (n, d), the fast operand for code products
-        self.cache = []  # per step: D, C, N, G, M, C', P, S, Q, D', N/M, C/M, C'/M
+        self.cache = []  # per step: D, C, G, C', P, S, Q, D', N/M, C/M, C'/M
+        self._scratch: dict[str, torch.Tensor] = {}  # reused temporaries (:meth:`_codes_scratch`)
         for _ in range(steps):
             N = _tmm(D, X)
             G = D.mT @ D
@@ -177,14 +199,14 @@ class NMFLinearization:
             S = C1 @ C1.mT
             Q = D @ S + eps
             D1 = D * P / Q
-            self.cache.append((D, C, N, G, M, C1, P, S, Q, D1, N / M, C / M, C1 / M))
+            self.cache.append((D, C, G, C1, P, S, Q, D1, N / M, C / M, C1 / M))
             D, C = D1, C1
         self.final = (D, C)
         self.out = (D @ C,) if readout else (D, C)
         if steps:
             # the K inputs D_t and outputs C_{t+1} side by side: one product with dX for all steps
             self.D_all = torch.cat([c[0] for c in self.cache], dim=-1)  # (..., d, K r)
-            self.C_all = torch.cat([c[5] for c in self.cache], dim=-2)  # (..., K r, n)
+            self.C_all = torch.cat([c[3] for c in self.cache], dim=-2)  # (..., K r, n)
 
     def jvp(self, dh=None, dx=None) -> tuple:
         """The tangent of the output for tangents ``dh = (dD, dC)`` and ``dx`` (leading batch dim; ``None`` = 0)."""
@@ -201,18 +223,27 @@ class NMFLinearization:
     def _jvp(self, dD, dC, DX_all, XC_all) -> tuple:
         """The JVP given the input tangent's products with every step's ``D_t`` and ``C_{t+1}``, side by side
         (``(b, K r, n)`` and ``(b, d, K r)``; ``None``: no input tangent)."""
-        X, r = self.x, self.final[0].shape[-1]
+        X, r, steps = self.x, self.final[0].shape[-1], len(self.cache)
+        if steps:
+            lead = next(t for t in (dD, dC, DX_all) if t is not None).shape[:-2]
+            dN_buf, dM_buf, *dC_bufs = (self._codes_scratch(name, lead, r) for name in ("dN", "dM", "dC0", "dC1"))
         if DX_all is not None:
             DX_all, XC_all = torch.split(DX_all, r, dim=-2), torch.split(XC_all, r, dim=-1)
-        for t, (D, C, N, G, M, C1, P, S, Q, D1, NM, CM, C1M) in enumerate(self.cache):
-            dN = _sum(None if dD is None else _codes_from(self.xt, dD), None if DX_all is None else DX_all[t])
+        for t, (D, C, G, C1, P, S, Q, D1, NM, CM, C1M) in enumerate(self.cache):
             if dD is not None:
+                dN = _codes_from(self.xt, dD, out=dN_buf)
+                if DX_all is not None:
+                    dN += DX_all[t]
                 dG = dD.mT @ D
-                dM = _sum(_codes_from(C.mT, dG + dG.mT), None if dC is None else _codes_mix(dC, G))
+                dM = _codes_from(C.mT, dG + dG.mT, out=dM_buf)
+                if dC is not None:
+                    _codes_mix(dC, G, out=dM, accumulate=True)
             else:
-                dM = None if dC is None else _codes_mix(dC, G)
-            # dC' = dC ⊙ N/M + dN ⊙ C/M − dM ⊙ C'/M, accumulated in place (these r × n passes are memory-bound)
-            dC1 = _fma((dC, NM), (dN, CM))
+                dN = None if DX_all is None else DX_all[t]
+                dM = None if dC is None else _codes_mix(dC, G, out=dM_buf)
+            # dC' = dC ⊙ N/M + dN ⊙ C/M − dM ⊙ C'/M, accumulated in place (these r × n passes are memory-bound);
+            # between steps in alternating buffers, the last one new (it is returned)
+            dC1 = _fma(self._new_codes(lead, r) if t == steps - 1 else dC_bufs[t % 2], (dC, NM), (dN, CM))
             if dM is not None:
                 dC1.addcmul_(dM, C1M, value=-1)
             dP = _sum(None if XC_all is None else XC_all[t], _codes_times(dC1, X).mT)
@@ -244,35 +275,37 @@ class NMFLinearization:
         X = self.x
         if self.readout:
             (gy,), (D, C) = g, self.final
-            gD, gC = gy @ C.mT, _codes_layout(_tmm(D, gy))
+            gD, gC = gy @ C.mT, _tmm(D, gy)
         else:
-            gD, gC = g[0], _codes_layout(g[1])
-        steps, r = len(self.cache), gD.shape[-1]
+            gD, gC = g
+        steps, r, lead = len(self.cache), gD.shape[-1], gC.shape[:-2]
         if not steps:
-            return (gD, gC), None, None
+            return (gD, _codes_layout(gC)), None, None
+        # C̄ between steps in two alternating buffers (the given cotangent is copied, not modified), the last one new
+        gC_bufs = [self._codes_scratch(name, lead, r) for name in ("gC0", "gC1")]
+        gC = gC_bufs[0].copy_(gC)
         bar_P = []
-        # N̄ in the codes layout, filled step by step (rows t r … (t + 1) r of N̄ belong to step t)
-        bar_N = torch.empty((X.shape[-1], *gC.shape[:-2], steps * r), dtype=gC.dtype, device=gC.device).movedim(0, -1)
+        # N̄, filled step by step (rows t r … (t + 1) r of N̄ belong to step t)
+        bar_N = self._codes_scratch("bar_N", lead, steps * r)
         for t in reversed(range(steps)):
-            D, C, N, G, M, C1, P, S, Q, D1 = self.cache[t][:10]
+            D, C, G, C1, P, S, Q, D1, NM, CM, C1M = self.cache[t]
             # D' = D ⊙ P ⊘ Q,  Q = D S + eps,  S = C'C'ᵀ,  P = X C'ᵀ
             gq = gD / Q
             bQ = -gq * D1
             bP = gq * D
             bS = D.mT @ bQ
-            gm = _codes_from(self.xt, bP)
-            gm += gC
-            gm += _codes_from(C1.mT, bS + bS.mT)  # C̄' so far
+            gm = _codes_from(self.xt, bP, out=gC, accumulate=True)
+            _codes_from(C1.mT, bS + bS.mT, out=gm, accumulate=True)  # C̄', in C̄'s buffer
             gD = gq * P + bQ @ S
             # C' = C ⊙ N ⊘ M,  M = G C + eps,  G = DᵀD,  N = DᵀX
-            gm /= M
-            bN = torch.mul(gm, C, out=bar_N[..., t * r:(t + 1) * r, :])
+            bN = torch.mul(gm, CM, out=self._codes_scratch("bN", lead, r))  # contiguous, for the products below
+            bar_N[..., t * r:(t + 1) * r, :] = bN
             bar_P.append(bP)
             if t == 0 and not need_h:  # the initial state's cotangent is not wanted
                 break
-            bM = gm * C1  # −M̄
-            gC = gm * N
-            gC -= _codes_mix(bM, G)
+            bM = torch.mul(gm, C1M, out=self._codes_scratch("bM", lead, r))  # −M̄
+            gC = torch.mul(gm, NM, out=self._new_codes(lead, r) if t == 0 else gC_bufs[(steps - t) % 2])
+            _codes_mix(bM, -G, out=gC, accumulate=True)
             bG = _codes_times(bM, C)  # −Ḡ
             gD = gD - D @ (bG + bG.mT) + _codes_times(bN, X).mT
         return ((gD, gC) if need_h else (None, None)), torch.cat(bar_P[::-1], dim=-1), bar_N
@@ -286,8 +319,9 @@ class NMFLinearization:
             raise ValueError("x_cogram needs at least one step: the readout alone does not depend on x")
         _, bar_P, bar_N = self._vjp(g, need_h=False)
         gram_D, gram_C = self._step_grams
-        DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all))  # (D_allᵀ P̄) C_all
-        DX_all += _codes_mix(bar_N, gram_D)
+        DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all),  # (D_allᵀ P̄) C_all
+                             out=self._codes_scratch("DX_all", bar_N.shape[:-2], bar_N.shape[-2]))
+        _codes_mix(bar_N, gram_D, out=DX_all, accumulate=True)
         XC_all = bar_P @ gram_C + self.D_all @ _codes_times(bar_N, self.C_all)
         return self._jvp(None, None, DX_all, XC_all)
 
@@ -300,6 +334,21 @@ class NMFLinearization:
         dC = _codes_layout(dC)
         return (dD @ (C @ C.mT) + D @ _codes_times(dC, C),
                 _codes_from(C.mT, dD.mT @ D) + _codes_mix(dC, D.mT @ D))
+
+    def _new_codes(self, lead: tuple, r: int) -> torch.Tensor:
+        """An uninitialised block of codes ``(*lead, r, n)`` in :func:`_codes_layout`."""
+        X = self.x
+        return torch.empty((X.shape[-1], *lead, r), dtype=X.dtype, device=X.device).movedim(0, -1)
+
+    def _codes_scratch(self, name: str, lead: tuple, r: int) -> torch.Tensor:
+        """A block of codes like :meth:`_new_codes`, kept under ``name`` and reused by every later product of the same
+        block size (its contents are undefined, and it is never returned). On CPU, fresh memory for these
+        temporaries is page-faulted and zeroed by the system on every product: reusing it made a product at the paper
+        size about a quarter faster."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape[:-1] != (*lead, r):
+            buf = self._scratch[name] = self._new_codes(lead, r)
+        return buf
 
     @cached_property
     def _step_grams(self) -> tuple:
