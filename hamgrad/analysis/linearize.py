@@ -318,7 +318,7 @@ class NMFLinearization:
         if not self.cache:
             raise ValueError("x_cogram needs at least one step: the readout alone does not depend on x")
         _, bar_P, bar_N = self._vjp(g, need_h=False)
-        gram_D, gram_C = self._step_grams
+        gram_D, gram_C = self._grams
         DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all),  # (D_allᵀ P̄) C_all
                              out=self._codes_scratch("DX_all", bar_N.shape[:-2], bar_N.shape[-2]))
         _codes_mix(bar_N, gram_D, out=DX_all, accumulate=True)
@@ -331,9 +331,10 @@ class NMFLinearization:
         if self.cache or not self.readout:
             raise ValueError("h_gram is the readout's Gram product: it needs steps=0 and readout=True")
         (dD, dC), (D, C) = dh, self.final
-        dC = _codes_layout(dC)
-        return (dD @ (C @ C.mT) + D @ _codes_times(dC, C),
-                _codes_from(C.mT, dD.mT @ D) + _codes_mix(dC, D.mT @ D))
+        DD, CC = self._grams
+        dC = self._codes_scratch("dC", dC.shape[:-2], dC.shape[-2]).copy_(dC)
+        return (dD @ CC + D @ _codes_times(dC, C),
+                _codes_mix(dC, DD, out=_codes_from(C.mT, dD.mT @ D), accumulate=True))
 
     def _new_codes(self, lead: tuple, r: int) -> torch.Tensor:
         """An uninitialised block of codes ``(*lead, r, n)`` in :func:`_codes_layout`."""
@@ -351,9 +352,11 @@ class NMFLinearization:
         return buf
 
     @cached_property
-    def _step_grams(self) -> tuple:
-        """``(D_allᵀ D_all, C_all C_allᵀ)``, computed on first use by :meth:`x_cogram`."""
-        return self.D_all.mT @ self.D_all, self.C_all @ self.C_all.mT
+    def _grams(self) -> tuple:
+        """``(AᵀA, BBᵀ)`` for the steps' ``A = D_all``, ``B = C_all`` (:meth:`x_cogram`), or for the readout alone
+        ``A = D``, ``B = C`` (:meth:`h_gram`); computed on first use."""
+        A, B = (self.D_all, self.C_all) if self.cache else self.final
+        return A.mT @ A, B @ B.mT
 
 
 def hand_derived(fp: FixedPoint) -> bool:

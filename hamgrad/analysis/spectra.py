@@ -304,14 +304,13 @@ def _gram(F: torch.Tensor, FW: torch.Tensor | None) -> torch.Tensor:
     return (S + S.mT) / 2
 
 
-def _orthonormalize(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
-    """``(Q, QW, r)``: rows spanning the rows of ``F``, orthonormal in ``⟨a, b⟩ = a W bᵀ`` (``FW = F W``; ``None``
-    for ``W = I``, then ``QW`` is ``None`` too), and the square roots of the eigenvalues of ``F W Fᵀ`` (a tiny one
-    flags a breakdown)."""
+def _orthonormalizer(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
+    """``(L, r)``: the rows of ``L F`` span the rows of ``F`` and are orthonormal in ``⟨a, b⟩ = a W bᵀ`` (``FW = F W``;
+    ``None`` for ``W = I``); ``r`` holds the square roots of the eigenvalues of ``F W Fᵀ`` (a tiny one flags a
+    breakdown)."""
     lam, U = torch.linalg.eigh(_gram(F, FW))
     r = lam.clamp_min(0).sqrt()
-    L = (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype)
-    return L @ F, (None if FW is None else L @ FW), r
+    return (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype), r
 
 
 def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,17 +345,24 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
     image = (lambda F: None) if inner is None else inner
     basis = torch.empty(ncv, n, dtype=J.dtype, device=J.device)
     wbasis = basis if inner is None else torch.empty_like(basis)  # the basis rows mapped by W
+    spare = torch.empty(keep, n, dtype=J.dtype, device=J.device)  # for the thick restarts
     T = torch.zeros(ncv, ncv, dtype=torch.float64, device=J.device)
 
-    def store(Q, QW, m):
-        """Put the rows of ``Q`` (and their images) at row ``m`` of the basis."""
-        basis[m:m + Q.shape[0]] = Q
+    def store(L, F, FW, m):
+        """Put the rows of ``L F`` (and their images ``L FW``) at row ``m`` of the basis; return them (views)."""
+        rows = slice(m, m + L.shape[0])
+        torch.mm(L, F, out=basis[rows])
         if inner is not None:
-            wbasis[m:m + Q.shape[0]] = QW
-        return Q, (Q if QW is None else QW)
+            torch.mm(L, FW, out=wbasis[rows])
+        return basis[rows], wbasis[rows]
+
+    def restart(buffer, Y):
+        """The rows of ``buffer[:m]`` combined by the columns of ``Y`` into its first ``keep`` rows."""
+        torch.mm(Y.mT, buffer[:Y.shape[0]], out=spare)
+        buffer[:keep] = spare
 
     start = _randn((block, n), generator, J)
-    Q, QW = store(*_orthonormalize(start, image(start))[:2], 0)
+    Q, QW = store(_orthonormalizer(start, image(start))[0], start, image(start), 0)
     m, exhausted = block, False
     theta = res = None
     for _ in range(maxiter):
@@ -373,27 +379,29 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
         theta, res = evals[:k], (_gram(F, FW) @ y * y).sum(0).clamp_min(0).sqrt()
         if m == n or (m >= k and bool((res <= tol * theta.abs()).all())):
             break
-        if m + block > ncv:  # thick restart (the products as tall-skinny GEMMs, the faster shape)
+        if m + block > ncv:  # thick restart
             Y = evecs[:, :keep].to(J.dtype)
-            basis[:keep] = (basis[:m].mT @ Y).mT
+            restart(basis, Y)
             if inner is not None:
-                wbasis[:keep] = (wbasis[:m].mT @ Y).mT
+                restart(wbasis, Y)
             T.zero_()
             T[:keep, :keep] = torch.diag(evals[:keep])
             m = keep
-        Q, QW, r = _orthonormalize(F[: n - m], None if FW is None else FW[: n - m])
+        F, FW = F[: n - m], None if FW is None else FW[: n - m]
+        L, r = _orthonormalizer(F, FW)
         if bool((r <= 100 * torch.finfo(J.dtype).eps * evals[0].abs().clamp_min(torch.finfo(J.dtype).tiny)).any()):
             # breakdown (an invariant subspace): continue with random directions, keeping those W still sees
-            R0 = _randn((Q.shape[0], n), generator, J)
+            R0 = _randn((F.shape[0], n), generator, J)
             seen_before = _gram(R0, image(R0)).diagonal().clamp_min(0).sqrt()
-            R = _project_out(R0, basis[:m], wbasis[:m])[0]
-            Q, QW, r = _orthonormalize(R, image(R))
+            F = _project_out(R0, basis[:m], wbasis[:m])[0]
+            FW = image(F)
+            L, r = _orthonormalizer(F, FW)
             seen = r > 1e3 * torch.finfo(J.dtype).eps * seen_before.max()
             if not bool(seen.any()):  # W sees nothing outside the basis: its Ritz values are the whole spectrum
                 exhausted = True
                 break
-            Q, QW = Q[seen], (None if QW is None else QW[seen])
-        Q, QW = store(Q, QW, m)
+            L = L[seen]
+        Q, QW = store(L, F, FW, m)
         m += Q.shape[0]
     missing = k - theta.shape[0]
     if missing > 0:  # fewer Ritz values than asked: past the rank (zeros, exactly) or not reached (maxiter)
