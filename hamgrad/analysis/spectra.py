@@ -19,8 +19,10 @@ residual ``<= tol``), the method and the wall time.
 Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``; ``power`` divides by ``‖Jv‖``); for a singular
 triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly), or its mirror ``‖Jv − σu‖ / σ`` with
 ``v = Jᵀu/σ`` when the search runs on the output side or in an inner space. Either bounds the relative distance of the
-value to the operator's spectrum (for singular values exactly; for eigenvalues of non-normal operators up to the
-eigenvector condition number).
+value to the operator's spectrum (for eigenvalues of non-normal operators up to the eigenvector condition number).
+For singular values the bound is sharper: a relative residual ``ρ`` puts ``σ`` within ``ρ / (1 + √(1 − ρ)) ≈ ρ/2``
+(relative) of a singular value (``σ²`` is within ``ρσ²`` of an eigenvalue of ``JᵀJ``), so values to ``1e-4`` relative
+need ``tol=2e-4``.
 It does not prove that no larger value was missed: a Krylov method finds the top of a spectrum with high
 probability, but a start block of b vectors can skip a value of multiplicity above b, or one inside a tight
 cluster (``svdvals``' ``block``).
@@ -443,9 +445,10 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
             tensor.
         k: how many (1 <= k <= min(m, n)).
         method: ``"auto" | "dense" | "lanczos"``.
-        tol: relative residual tolerance ``‖Jᵀu − σv‖ / σ`` (default :func:`default_tol` of ``J.dtype``). A
-            looser tolerance is much cheaper for clustered values: σ_max to 1e-3 needs a fraction of the products
-            that six close values to 1e-6 need.
+        tol: relative residual tolerance ``‖Jᵀu − σv‖ / σ`` (default :func:`default_tol` of ``J.dtype``); each value
+            is then within ``tol / (1 + √(1 − tol)) ≈ tol/2`` (relative) of a singular value of ``J``. A looser
+            tolerance is much cheaper for clustered values: σ_max to 1e-3 needs a fraction of the products that six
+            close values to 1e-6 need.
         maxiter: ``lanczos`` block iterations (each applies ``J`` and ``Jᵀ`` to ``block`` vectors; default 1000).
         block: ``lanczos`` block size, default ``min(k, 2)``. The vectors of a block go through the operator
             together (cheaper per vector), and a block of b vectors finds values of multiplicity up to b, which a
