@@ -364,7 +364,8 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
         buffer[:keep] = spare
 
     start = _randn((block, n), generator, J)
-    Q, QW = store(_orthonormalizer(start, image(start))[0], start, image(start), 0)
+    start_image = image(start)
+    Q, QW = store(_orthonormalizer(start, start_image)[0], start, start_image, 0)
     m, exhausted = block, False
     theta = res = None
     for _ in range(maxiter):
