@@ -16,6 +16,13 @@ def check_int(value, name: str, minimum: int) -> int:
     return value
 
 
+def check_choice(value, name: str, allowed: tuple):
+    """``value`` if it is one of ``allowed``, else a ValueError naming ``name`` and the choices."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
 def check_steps(steps, name: str = "steps") -> int:
     """An int >= 1."""
     return check_int(steps, name, 1)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ._checks import check_finite, check_float_tensor, check_positive, check_steps
+from ._checks import check_choice, check_finite, check_float_tensor, check_positive, check_steps
 from ._krylov import LinearSolveResult, fixed_point_solve, gmres
 from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, unflatten_state
 
@@ -174,8 +174,7 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
     fp = as_fixed_point(model)
     steps = check_steps(steps)
     mode, graph_steps = parse_grad_mode(grad, steps)
-    if adjoint not in ADJOINT_METHODS:
-        raise ValueError(f"adjoint must be one of {ADJOINT_METHODS}, got {adjoint!r}")
+    check_choice(adjoint, "adjoint", ADJOINT_METHODS)
     if tol is not None:
         check_positive(tol, "tol")
     check_steps(max_iter, "max_iter")

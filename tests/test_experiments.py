@@ -14,7 +14,6 @@ from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class
 from hamgrad.experiments import runner
 
 
-
 class Interrupt(Exception):
     """Stands in for a kill in the middle of a sweep."""
 

@@ -15,7 +15,6 @@ SOLVERS = ["nmf", "vq", "cd"]
 MODES = ["bptt", "one-step", "one-step-coef", "truncated:2", "implicit"]
 
 
-
 def _ham(solver="nmf", grad="one-step", **kw):
     return Hamburger(8, d=16, solver=solver, rank=4, steps=(3, 4), grad=grad, **kw)
 

@@ -35,6 +35,7 @@ from torch.func import vmap
 
 from ..fixed_point import FixedPoint, as_state
 from ..solvers import NMF
+from ..solvers.hams import _project
 
 __all__ = ["AutogradLinearization", "NMFLinearization", "hand_derived", "linearize"]
 
@@ -81,17 +82,12 @@ class AutogradLinearization:
         return (tuple(out[0]), out[1]) if wrt_x else (tuple(out[0]), None)
 
 
-def _tmm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``Aᵀ B`` (or ``A B`` for symmetric ``A``) of shape ``(..., r, n)``, computed as ``(Bᵀ A)ᵀ``: the GEMM with the
-    long ``n`` side as rows is faster on CPU BLAS, and the codes' layout then matches the solvers'."""
-    return (B.mT @ A).mT
-
-
 def _codes_layout(C: torch.Tensor) -> torch.Tensor:
     """``C`` of shape ``(..., r, n)`` stored with ``n`` outermost and ``r`` innermost (physically ``(n, ..., r)``;
-    for a 2-D ``C`` that is its transpose, the layout of :func:`_tmm`'s products). Every code-shaped tensor here,
-    cached or tangent, has this layout: elementwise operations between mixed layouts are about ten times slower on
-    CPU, and a block of code tangents is then one ``n × (b r)`` matrix for the products below."""
+    for a 2-D ``C`` that is its transpose, the layout of the solvers' ``Dᵀ X = (Xᵀ D)ᵀ`` products, ``_project``).
+    Every code-shaped tensor here, cached or tangent, has this layout: elementwise operations between mixed layouts
+    are about ten times slower on CPU, and a block of code tangents is then one ``n × (b r)`` matrix for the
+    products below."""
     return C.movedim(-1, 0).contiguous().movedim(0, -1)
 
 
@@ -115,7 +111,7 @@ def _codes_mix(F: torch.Tensor, S: torch.Tensor, out: torch.Tensor | None = None
     on the ``(n ⋯, r)`` rows of ``F`` (broadcast ``matmul`` when ``S`` is batched). With ``out`` (in
     :func:`_codes_layout`) the result is written there, or added to it if ``accumulate``."""
     if S.dim() != 2:
-        return _into(_tmm(S, F), out, accumulate)
+        return _into(_project(S, F), out, accumulate)
     lead, (r, n) = F.shape[:-2], F.shape[-2:]
     if out is None:
         out = torch.empty((n, *lead, S.shape[-1]), dtype=F.dtype, device=F.device).movedim(0, -1)
@@ -191,9 +187,9 @@ class NMFLinearization:
         self.cache = []  # per step: D, C, G, C', P, S, Q, D', N/M, C/M, C'/M
         self._scratch: dict[str, torch.Tensor] = {}  # reused temporaries (:meth:`_codes_scratch`)
         for _ in range(steps):
-            N = _tmm(D, X)
+            N = _project(D, X)
             G = D.mT @ D
-            M = _tmm(G, C) + eps
+            M = _project(G, C) + eps
             C1 = C * N / M
             P = X @ C1.mT
             S = C1 @ C1.mT
@@ -217,7 +213,7 @@ class NMFLinearization:
         dD, dC = dh if dh is not None else (None, None)
         dC = None if dC is None else _codes_layout(dC)
         if self.cache and dx is not None:  # D_tᵀ dX and dX C_{t+1}ᵀ for all t, one product each
-            return self._jvp(dD, dC, _tmm(self.D_all, dx), dx @ self.C_all.mT)
+            return self._jvp(dD, dC, _project(self.D_all, dx), dx @ self.C_all.mT)
         return self._jvp(dD, dC, None, None)
 
     def _jvp(self, dD, dC, DX_all, XC_all) -> tuple:
@@ -275,7 +271,7 @@ class NMFLinearization:
         X = self.x
         if self.readout:
             (gy,), (D, C) = g, self.final
-            gD, gC = gy @ C.mT, _tmm(D, gy)
+            gD, gC = gy @ C.mT, _project(D, gy)
         else:
             gD, gC = g
         steps, r, lead = len(self.cache), gD.shape[-1], gC.shape[:-2]
@@ -319,7 +315,7 @@ class NMFLinearization:
             raise ValueError("x_cogram needs at least one step: the readout alone does not depend on x")
         _, bar_P, bar_N = self._vjp(g, need_h=False)
         gram_D, gram_C = self._grams
-        DX_all = _codes_from(self.C_all.mT, _tmm(bar_P, self.D_all),  # (D_allᵀ P̄) C_all
+        DX_all = _codes_from(self.C_all.mT, _project(bar_P, self.D_all),  # (D_allᵀ P̄) C_all
                              out=self._codes_scratch("DX_all", bar_N.shape[:-2], bar_N.shape[-2]))
         _codes_mix(bar_N, gram_D, out=DX_all, accumulate=True)
         XC_all = bar_P @ gram_C + self.D_all @ _codes_times(bar_N, self.C_all)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from .._checks import check_float_tensor, check_steps
+from .._checks import check_choice, check_float_tensor, check_steps
 from ..fixed_point import FixedPoint, as_state, flatten_state, unflatten_state
 from ..grad import as_fixed_point
 from ..solvers import compute_dtype
@@ -175,13 +175,6 @@ def analysis_point(x: torch.Tensor, h=None, name: str = "h") -> tuple:
     return x, h
 
 
-def _check_wrt(wrt, allowed) -> str:
-    """``wrt`` if it is one of ``allowed``, else a ValueError naming it."""
-    if wrt not in allowed:
-        raise ValueError(f"wrt must be one of {allowed}, got {wrt!r}")
-    return wrt
-
-
 def linear_operator(lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str) -> LinearOperator:
     """The Jacobian of a linearisation (:mod:`hamgrad.analysis.linearize`) w.r.t. ``x`` or the state ``h``
     (shaped like ``h_like``), on flat vectors."""
@@ -226,7 +219,7 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
         reused), on ``x``'s device and dtype (float32 for half precision). ``h`` and ``x`` are detached: the
         operator is a constant.
     """
-    _check_wrt(wrt, WRT)
+    check_choice(wrt, "wrt", WRT)
     x, h = analysis_point(x, h)
     if callable(F) and not isinstance(F, FixedPoint):
         lin = AutogradLinearization(F, h, x)
@@ -260,7 +253,7 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
     ``(∂y/∂h^K) @ (∂h^K/∂x)`` (``.factors``) through the state, which is smaller than ``x``: :func:`svdvals` then
     works in the state space, with hand-derived Gram products that never form a ``d × n`` tangent.
     """
-    _check_wrt(wrt, WRT)
+    check_choice(wrt, "wrt", WRT)
     check_steps(steps)
     fp = as_fixed_point(model)
     x, h = analysis_point(x, h0, "h0")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_positive, check_steps
+from .._checks import check_choice, check_positive, check_steps
 from ..grad import ConvergenceWarning
 from .operators import LinearOperator
 
@@ -130,13 +130,6 @@ def _check_k(k, limit: int, what: str, name: str = "k") -> int:
     if not 1 <= k <= limit:
         raise ValueError(f"{name} must satisfy 1 <= {name} <= {limit} ({what}), got {k}")
     return k
-
-
-def _check_method(method, allowed) -> str:
-    """``method`` if it is one of ``allowed``."""
-    if method not in allowed:
-        raise ValueError(f"method must be one of {allowed}, got {method!r}")
-    return method
 
 
 def _check_tol(tol, J: LinearOperator) -> float:
@@ -263,7 +256,7 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
     if J.shape[0] != J.shape[1]:
         raise ValueError(f"eigvals needs a square operator, J has shape {J.shape}")
     n = J.shape[0]
-    _check_method(method, EIG_METHODS)
+    check_choice(method, "method", EIG_METHODS)
     _check_k(k, n, "the operator's size")
     tol = _check_tol(tol, J)
     if method == "auto":
@@ -464,7 +457,7 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         :class:`Spectrum` with real ``values`` in decreasing order.
     """
     J = _check_operator(J)
-    _check_method(method, SVD_METHODS)
+    check_choice(method, "method", SVD_METHODS)
     _check_k(k, min(J.shape), "the operator's smaller side")
     tol = _check_tol(tol, J)
     if method == "auto":
