@@ -69,6 +69,37 @@ def test_lanczos_restarts_on_a_large_clustered_spectrum():
     np.testing.assert_allclose(spec.values.numpy(), s[:K_TOP].numpy(), rtol=1e-8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reorthogonalisation_against_a_dense_projection(weighted):
+    # _project_out's narrow first pass, its full pass and its DGKS repeat, held against the dense projection
+    # W − (W M Vᵀ) V on a basis V orthonormal in ⟨a, b⟩ = a M bᵀ
+    from hamgrad.analysis.spectra import _project_out
+
+    n, m, lo = 200, 30, 26
+    g = torch.Generator().manual_seed(11)
+    B = torch.randn(n, n, generator=g, dtype=torch.float64)
+    Mw = B @ B.T / n + torch.eye(n, dtype=torch.float64) if weighted else torch.eye(n, dtype=torch.float64)
+    L = torch.linalg.cholesky(Mw)  # M = L Lᵀ: the rows of V = (L⁻ᵀ Q)ᵀ have V M Vᵀ = QᵀQ = I
+    Q = torch.linalg.qr(torch.randn(n, m, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.solve_triangular(L.mT, Q, upper=True).mT.contiguous()
+    VM = V @ Mw
+    image = (lambda F: F @ Mw) if weighted else (lambda F: None)
+    rest = torch.randn(2, n, generator=g, dtype=torch.float64)
+    rest = rest - (rest @ VM.mT) @ V  # outside the basis
+    # a Lanczos-like image: large on the rows from lo, rounding-sized on the others; then misused: large on those too
+    for scale in (1e-9, 1e3):
+        c = torch.randn(2, m, generator=g, dtype=torch.float64)
+        c[:, :lo] *= scale
+        W = c @ V + 1e-3 * rest
+        F, FW, coef = _project_out(W, V, VM, image, lo)
+        torch.testing.assert_close(coef, W @ VM.mT, rtol=1e-9, atol=1e-9 * float(W.norm()))
+        torch.testing.assert_close(F, W - (W @ VM.mT) @ V, rtol=0, atol=1e-12 * float(W.norm()))
+        # what is left is orthogonal to the basis to rounding relative to its own size (the repeat's job when the
+        # full pass removed far more than it left)
+        assert float((F @ VM.mT).abs().max()) <= 1e-13 * float(F.norm())
+        assert (FW is None) == (not weighted) and (FW is None or torch.equal(FW, F @ Mw))
+
+
 def test_default_block_finds_a_repeated_singular_value():
     g = torch.Generator().manual_seed(3)
     U, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))

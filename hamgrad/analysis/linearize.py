@@ -323,14 +323,14 @@ class NMFLinearization:
 
     def h_gram(self, dh) -> tuple:
         """``(∂y/∂h)ᵀ(∂y/∂h) dh`` of the readout alone (``steps=0, readout=True``), without the ``d × n`` tangent:
-        ``(dD CCᵀ + D dC Cᵀ, DᵀdD C + DᵀD dC)``."""
+        ``(dD CCᵀ + D dC Cᵀ, DᵀdD C + DᵀD dC)``. The code tangent is used in the layout it comes in (every product
+        here has ``r`` as its inner dimension), and ``C̄`` is returned ``r``-major (the layout of a flat state), so a
+        flat vector goes in and out without a transposing copy."""
         if self.cache or not self.readout:
             raise ValueError("h_gram is the readout's Gram product: it needs steps=0 and readout=True")
         (dD, dC), (D, C) = dh, self.final
         DD, CC = self._grams
-        dC = self._codes_scratch("dC", dC.shape[:-2], dC.shape[-2]).copy_(dC)
-        return (dD @ CC + D @ _codes_times(dC, C),
-                _codes_mix(dC, DD, out=_codes_from(C.mT, dD.mT @ D), accumulate=True))
+        return dD @ CC + D @ (dC @ C.mT), (D.mT @ dD) @ C + DD @ dC
 
     def _new_codes(self, lead: tuple, r: int) -> torch.Tensor:
         """An uninitialised block of codes ``(*lead, r, n)`` in :func:`_codes_layout`."""

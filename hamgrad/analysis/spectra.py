@@ -308,15 +308,23 @@ def _orthonormalizer(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
     return (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype), r
 
 
-def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``, with ``VW = V M``), by two
-    passes of classical Gram–Schmidt (each pass reads the basis twice: at long vectors the basis's memory traffic is
-    what this costs), and the coefficients ``W (VW)ᵀ``."""
-    coef = W @ VW.mT
-    F = torch.addmm(W, coef, V, alpha=-1)
-    coef2 = F @ VW.mT
-    F.addmm_(coef2, V, alpha=-1)
-    return F, coef + coef2
+def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor, image, lo: int = 0) -> tuple:
+    """``(F, FW, coef)``: ``F``, ``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``,
+    with ``VW = V M``), its image ``FW = image(F)`` (``F M``; ``None`` for ``M = I``) and the coefficients, by classical
+    Gram–Schmidt: a first pass against the rows from ``lo`` on (where a Lanczos block's image lies in exact arithmetic:
+    its own block and the one before it; ``lo = 0``: all rows), then one against all rows, and a third (DGKS) only if
+    the second removed more than it left in some row. Each pass over all rows reads the basis twice: at long vectors
+    that traffic is what this costs, and the narrow first pass halves it."""
+    coef, F = W.new_zeros(W.shape[0], V.shape[0]), None
+    for i, rows in enumerate([slice(lo, None)] + [slice(0, None)] * (2 if lo > 0 else 1)):
+        c = (W if F is None else F) @ VW[rows].mT
+        F = torch.addmm(W, c, V[rows], alpha=-1) if F is None else F.addmm_(c, V[rows], alpha=-1)
+        coef[:, rows] += c
+        if i > 0:  # after the second pass: a third only if the second removed more than it left (M's norm) in a row
+            FW = image(F)
+            if bool(((c.double() ** 2).sum(1) <= _gram(F, FW).diagonal()).all()):
+                break
+    return F, FW, coef
 
 
 def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None):
@@ -360,12 +368,14 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
     start_image = image(start)
     Q, QW = store(_orthonormalizer(start, start_image)[0], start, start_image, 0)
     m, exhausted = block, False
+    # q0: the newest block's first row; lo: the first row its image has components on in exact arithmetic (those of
+    # the block before it; 0 after the start, a restart or a breakdown)
+    q0 = lo = 0
     theta = res = None
     for _ in range(maxiter):
         b = Q.shape[0]
         AQ = op_apply(QW)
-        F, coef = _project_out(AQ, basis[:m], wbasis[:m])
-        FW = image(F)
+        F, FW, coef = _project_out(AQ, basis[:m], wbasis[:m], image, lo)
         T[m - b:m, :m] = coef.double()
         T[:m, m - b:m] = coef.double().mT
         evals, evecs = torch.linalg.eigh((T[:m, :m] + T[:m, :m].mT) / 2)
@@ -382,22 +392,26 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
                 restart(wbasis, Y)
             T.zero_()
             T[:keep, :keep] = torch.diag(evals[:keep])
-            m = keep
+            m, q0 = keep, 0  # the next block's image has components on every kept Ritz vector
         F, FW = F[: n - m], None if FW is None else FW[: n - m]
         L, r = _orthonormalizer(F, FW)
         if bool((r <= 100 * torch.finfo(J.dtype).eps * evals[0].abs().clamp_min(torch.finfo(J.dtype).tiny)).any()):
             # breakdown (an invariant subspace): continue with random directions, keeping those W still sees
             R0 = _randn((F.shape[0], n), generator, J)
             seen_before = _gram(R0, image(R0)).diagonal().clamp_min(0).sqrt()
-            F = _project_out(R0, basis[:m], wbasis[:m])[0]
-            FW = image(F)
+            F, FW, _ = _project_out(R0, basis[:m], wbasis[:m], image)
             L, r = _orthonormalizer(F, FW)
-            seen = r > 1e3 * torch.finfo(J.dtype).eps * seen_before.max()
+            q0 = 0  # the image of the new directions is checked against the whole basis
+            # W sees a direction if its norm stands out from the rounding: of the projection (eps times the start's
+            # norm) and of the eigenvalues of the Gram matrix (√eps times the largest norm)
+            eps = torch.finfo(J.dtype).eps
+            seen = r > max(1e3 * eps * seen_before.max(), 10 * math.sqrt(eps) * r.max())
             if not bool(seen.any()):  # W sees nothing outside the basis: its Ritz values are the whole spectrum
                 exhausted = True
                 break
             L = L[seen]
         Q, QW = store(L, F, FW, m)
+        q0, lo = m, q0
         m += Q.shape[0]
     missing = k - theta.shape[0]
     if missing > 0:  # fewer Ritz values than asked: past the rank (zeros, exactly) or not reached (maxiter)
