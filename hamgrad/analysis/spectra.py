@@ -308,6 +308,13 @@ def _orthonormalizer(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
     return (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype), r
 
 
+def _resolved(r: torch.Tensor, floor, dtype: torch.dtype) -> torch.Tensor:
+    """Which of the norms ``r`` from :func:`_orthonormalizer` stand out from the rounding: above ``floor`` and above
+    that of the Gram matrix's eigenvalues (computed in ``dtype``, they carry about ``eps`` times the largest, so
+    ``r`` carries ``√eps`` times the largest: 10 ``√eps`` here)."""
+    return r > max(float(floor), 10 * math.sqrt(torch.finfo(dtype).eps) * float(r.max()))
+
+
 def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor, image, lo: int = 0) -> tuple:
     """``(F, FW, coef)``: ``F``, ``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``,
     with ``VW = V M``), its image ``FW = image(F)`` (``F M``; ``None`` for ``M = I``) and the coefficients, by classical
@@ -395,17 +402,15 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
             m, q0 = keep, 0  # the next block's image has components on every kept Ritz vector
         F, FW = F[: n - m], None if FW is None else FW[: n - m]
         L, r = _orthonormalizer(F, FW)
-        if bool((r <= 100 * torch.finfo(J.dtype).eps * evals[0].abs().clamp_min(torch.finfo(J.dtype).tiny)).any()):
+        if not bool(_resolved(r, 100 * torch.finfo(J.dtype).eps * abs(float(evals[0])), J.dtype).all()):
             # breakdown (an invariant subspace): continue with random directions, keeping those W still sees
             R0 = _randn((F.shape[0], n), generator, J)
             seen_before = _gram(R0, image(R0)).diagonal().clamp_min(0).sqrt()
             F, FW, _ = _project_out(R0, basis[:m], wbasis[:m], image)
             L, r = _orthonormalizer(F, FW)
             q0 = 0  # the image of the new directions is checked against the whole basis
-            # W sees a direction if its norm stands out from the rounding: of the projection (eps times the start's
-            # norm) and of the eigenvalues of the Gram matrix (√eps times the largest norm)
-            eps = torch.finfo(J.dtype).eps
-            seen = r > max(1e3 * eps * seen_before.max(), 10 * math.sqrt(eps) * r.max())
+            # W sees a direction if its norm stands out from the projection's rounding (eps times the start's norm)
+            seen = _resolved(r, 1e3 * torch.finfo(J.dtype).eps * seen_before.max(), J.dtype)
             if not bool(seen.any()):  # W sees nothing outside the basis: its Ritz values are the whole spectrum
                 exhausted = True
                 break
