@@ -7,7 +7,9 @@ shared and noisy: the load average is printed with every timing).
 1. Per-product cost at the paper size (d, n, r) = (512, 4096, 64), K = 6, on blocks of 2 vectors (svdvals' default
    block): the product ``svdvals`` makes for ``∂y/∂x = G M`` in the state space (``M Mᵀ`` by the hand-derived
    ``x_cogram`` plus the readout's ``GᵀG``), against a ``JᵀJ`` product on the input side through the same
-   hand-derived linearisation and through ``torch.func`` (``AutogradLinearization`` of the unrolled solve).
+   hand-derived linearisation and through ``torch.func`` (``AutogradLinearization`` of the unrolled solve); and the
+   state-space product's GEMM floor: its matrix products recorded, then replayed alone on operands of the same shapes,
+   strides and sharing.
 2. Matrix-free vs dense at (64, 256, 8), K = 6 (``--quick``: (32, 128, 4)): ``svdvals(method="lanczos")`` against
    ``torch.func.jacrev`` + ``torch.linalg.svdvals`` of the 16384 × 16384 Jacobian, in one run; the time ratio
    (goal ≥ 10×) and the agreement. The dense side takes about 14 minutes on 2 CPU cores (``--skip dense``).
