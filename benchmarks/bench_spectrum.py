@@ -83,15 +83,21 @@ class _ProductRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.overloadpacket.__name__.rstrip("_") in ("mm", "addmm", "bmm", "baddbmm"):
-            spec = lambda a: ((a.shape, a.stride(), a.untyped_storage().data_ptr(), a.storage_offset())  # noqa: E731
-                              if isinstance(a, torch.Tensor) else a)
-            self.calls.append((func, [spec(a) for a in args], {k: spec(v) for k, v in kwargs.items()}))
+            self.calls.append((func, [_spec(a) for a in args], {k: _spec(v) for k, v in kwargs.items()}))
         return func(*args, **kwargs)
+
+
+def _spec(a):
+    """A recorded argument: a tensor as ``(shape, strides, storage address, offset)``, anything else as it is."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    return a.shape, a.stride(), a.untyped_storage().data_ptr(), a.storage_offset()
 
 
 def _replay(calls, device):
     """A function that runs the recorded products again, on random operands made once with the recorded shapes,
-    strides and sharing (float32): the products' time on warm caches, without the rest of the computation."""
+    strides and sharing (float32): the products' time on warm caches, without the rest of the computation. It takes
+    (and ignores) a block of vectors, like the product it stands for in :func:`_product_time`."""
     made = {}
 
     def operand(a):

@@ -91,13 +91,14 @@ def test_reorthogonalisation_against_a_dense_projection(weighted):
         c = torch.randn(2, m, generator=g, dtype=torch.float64)
         c[:, :lo] *= scale
         W = c @ V + 1e-3 * rest
-        F, FW, coef = _project_out(W, V, VM, image, lo)
+        F, FW, coef, S = _project_out(W, V, VM, image, lo)
         torch.testing.assert_close(coef, W @ VM.mT, rtol=1e-9, atol=1e-9 * float(W.norm()))
         torch.testing.assert_close(F, W - (W @ VM.mT) @ V, rtol=0, atol=1e-12 * float(W.norm()))
         # what is left is orthogonal to the basis to rounding relative to its own size (the repeat's job when the
         # full pass removed far more than it left)
         assert float((F @ VM.mT).abs().max()) <= 1e-13 * float(F.norm())
         assert (FW is None) == (not weighted) and (FW is None or torch.equal(FW, F @ Mw))
+        torch.testing.assert_close(S, F @ Mw @ F.mT)
 
 
 def test_default_block_finds_a_repeated_singular_value():

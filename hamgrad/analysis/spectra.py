@@ -299,13 +299,13 @@ def _gram(F: torch.Tensor, FW: torch.Tensor | None) -> torch.Tensor:
     return (S + S.mT) / 2
 
 
-def _orthonormalizer(F: torch.Tensor, FW: torch.Tensor | None) -> tuple:
-    """``(L, r)``: the rows of ``L F`` span the rows of ``F`` and are orthonormal in ``⟨a, b⟩ = a W bᵀ`` (``FW = F W``;
-    ``None`` for ``W = I``); ``r`` holds the square roots of the eigenvalues of ``F W Fᵀ`` (a tiny one flags a
-    breakdown)."""
-    lam, U = torch.linalg.eigh(_gram(F, FW))
+def _orthonormalizer(S: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """``(L, r)`` from the Gram matrix ``S = F W Fᵀ`` (:func:`_gram`): the rows of ``L F`` (``L`` in ``dtype``) span
+    the rows of ``F`` and are orthonormal in ``⟨a, b⟩ = a W bᵀ``; ``r`` holds the square roots of the eigenvalues of
+    ``S`` (a tiny one flags a breakdown)."""
+    lam, U = torch.linalg.eigh(S)
     r = lam.clamp_min(0).sqrt()
-    return (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(F.dtype), r
+    return (U / r.clamp_min(torch.finfo(torch.float64).tiny)).mT.to(dtype), r
 
 
 def _resolved(r: torch.Tensor, floor, dtype: torch.dtype) -> torch.Tensor:
@@ -316,8 +316,9 @@ def _resolved(r: torch.Tensor, floor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor, image, lo: int = 0) -> tuple:
-    """``(F, FW, coef)``: ``F``, ``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``,
-    with ``VW = V M``), its image ``FW = image(F)`` (``F M``; ``None`` for ``M = I``) and the coefficients, by classical
+    """``(F, FW, coef, S)``: ``F``, ``W`` minus its projection on the rows of ``V`` (orthonormal in ``⟨a, b⟩ = a M bᵀ``,
+    with ``VW = V M``), its image ``FW = image(F)`` (``F M``; ``None`` for ``M = I``), the coefficients and the Gram
+    matrix ``S = F M Fᵀ`` (:func:`_gram`, for the residuals and :func:`_orthonormalizer`), by classical
     Gram–Schmidt: a first pass against the rows from ``lo`` on (where a Lanczos block's image lies in exact arithmetic:
     its own block and the one before it; ``lo = 0``: all rows), then one against all rows, and a third (DGKS) only if
     the second removed more than it left in some row. Each pass over all rows reads the basis twice: at long vectors
@@ -329,9 +330,10 @@ def _project_out(W: torch.Tensor, V: torch.Tensor, VW: torch.Tensor, image, lo: 
         coef[:, rows] += c
         if i > 0:  # after the second pass: a third only if the second removed more than it left (M's norm) in a row
             FW = image(F)
-            if bool(((c.double() ** 2).sum(1) <= _gram(F, FW).diagonal()).all()):
+            S = _gram(F, FW)
+            if bool(((c.double() ** 2).sum(1) <= S.diagonal()).all()):
                 break
-    return F, FW, coef
+    return F, FW, coef, S
 
 
 def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None):
@@ -373,7 +375,7 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
 
     start = _randn((block, n), generator, J)
     start_image = image(start)
-    Q, QW = store(_orthonormalizer(start, start_image)[0], start, start_image, 0)
+    Q, QW = store(_orthonormalizer(_gram(start, start_image), J.dtype)[0], start, start_image, 0)
     m, exhausted = block, False
     # q0: the newest block's first row; lo: the first row its image has components on in exact arithmetic (those of
     # the block before it; 0 after the start, a restart or a breakdown)
@@ -382,14 +384,14 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
     for _ in range(maxiter):
         b = Q.shape[0]
         AQ = op_apply(QW)
-        F, FW, coef = _project_out(AQ, basis[:m], wbasis[:m], image, lo)
+        F, FW, coef, S = _project_out(AQ, basis[:m], wbasis[:m], image, lo)
         T[m - b:m, :m] = coef.double()
         T[:m, m - b:m] = coef.double().mT
         evals, evecs = torch.linalg.eigh((T[:m, :m] + T[:m, :m].mT) / 2)
         evals, evecs = evals.flip(0), evecs.flip(1)
         y = evecs[m - b:m, :k]
         # ‖Fᵀy‖_W² = yᵀ (F W Fᵀ) y
-        theta, res = evals[:k], (_gram(F, FW) @ y * y).sum(0).clamp_min(0).sqrt()
+        theta, res = evals[:k], (S @ y * y).sum(0).clamp_min(0).sqrt()
         if m == n or (m >= k and bool((res <= tol * theta.abs()).all())):
             break
         if m + block > ncv:  # thick restart
@@ -400,14 +402,14 @@ def _lanczos(op_apply, n, k, tol, block, ncv, maxiter, generator, J, inner=None)
             T.zero_()
             T[:keep, :keep] = torch.diag(evals[:keep])
             m, q0 = keep, 0  # the next block's image has components on every kept Ritz vector
-        F, FW = F[: n - m], None if FW is None else FW[: n - m]
-        L, r = _orthonormalizer(F, FW)
+        F, FW, S = F[: n - m], None if FW is None else FW[: n - m], S[: n - m, : n - m]
+        L, r = _orthonormalizer(S, J.dtype)
         if not bool(_resolved(r, 100 * torch.finfo(J.dtype).eps * abs(float(evals[0])), J.dtype).all()):
             # breakdown (an invariant subspace): continue with random directions, keeping those W still sees
             R0 = _randn((F.shape[0], n), generator, J)
             seen_before = _gram(R0, image(R0)).diagonal().clamp_min(0).sqrt()
-            F, FW, _ = _project_out(R0, basis[:m], wbasis[:m], image)
-            L, r = _orthonormalizer(F, FW)
+            F, FW, _, S = _project_out(R0, basis[:m], wbasis[:m], image)
+            L, r = _orthonormalizer(S, J.dtype)
             q0 = 0  # the image of the new directions is checked against the whole basis
             # W sees a direction if its norm stands out from the projection's rounding (eps times the start's norm)
             seen = _resolved(r, 1e3 * torch.finfo(J.dtype).eps * seen_before.max(), J.dtype)

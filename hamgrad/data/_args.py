@@ -6,7 +6,7 @@ import math
 
 from .._checks import check_int
 
-__all__ = ["check_int", "check_pair", "check_nonnegative", "check_index"]
+__all__ = ["check_pair", "check_nonnegative", "check_index"]
 
 
 def check_pair(value, name: str, minimum: int) -> tuple[int, int]:

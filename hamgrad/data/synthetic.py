@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._args import check_index, check_int, check_nonnegative
+from .._checks import check_int
+from ._args import check_index, check_nonnegative
 
 __all__ = ["KINDS", "ShapeLayout", "GlobalContextShapes"]
 

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ._args import check_index, check_int, check_pair
+from .._checks import check_int
+from ._args import check_index, check_pair
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VOCSegmentation"]
 
