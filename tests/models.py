@@ -1,0 +1,73 @@
+"""The test models shared by the whole suite: one copy of each, with the dense quantities tests compare against.
+
+Every builder returns a :class:`Model`: the :class:`hamgrad.FixedPoint`, an input ``x``, an initial state ``h0`` and
+the model's own matrices (``params``), all in float64 on ``device`` unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import hamgrad as hg
+
+
+@dataclass
+class Model:
+    fp: hg.FixedPoint
+    x: torch.Tensor
+    h0: tuple
+    params: dict = field(default_factory=dict)
+
+
+def contractive(device="cpu", n=5, m=3, cols=None, norm_W=0.6, scale=1.0, readout="linear", seed=0) -> Model:
+    """``F(h, x) = scale · tanh(W h + U x)`` with ``‖W‖₂ = norm_W`` (so ``‖J‖₂ ≤ scale · norm_W``).
+
+    ``cols=None`` makes ``x`` an m-vector and ``h`` an n-vector; an int gives ``(m, cols)`` and ``(n, cols)``.
+    Readouts: ``"state"`` (``y = h``), ``"linear"`` (``y = A h``, A 4 × n) or ``"linear+x"`` (``y = V h + 0.1 x[:2]²``,
+    V 2 × n: a readout that depends on x directly too). ``params`` holds W, U, A, V.
+    """
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=torch.float64)
+    W = (norm_W * W / torch.linalg.matrix_norm(W, ord=2)).to(device)
+    U = torch.randn(n, m, generator=g, dtype=torch.float64).to(device)
+    A = torch.randn(4, n, generator=g, dtype=torch.float64).to(device)
+    V = torch.randn(2, n, generator=g, dtype=torch.float64).to(device)
+    shape_x, shape_h = ((m,), (n,)) if cols is None else ((m, cols), (n, cols))
+    x = torch.randn(*shape_x, generator=g, dtype=torch.float64).to(device)
+    readouts = {"state": None, "linear": lambda h, x: A @ h[0], "linear+x": lambda h, x: V @ h[0] + 0.1 * x[:2] ** 2}
+    if readout not in readouts:
+        raise ValueError(f"readout must be one of {tuple(readouts)}, got {readout!r}")
+    fp = hg.FixedPoint(lambda h, x: (scale * torch.tanh(W @ h[0] + U @ x),), readout=readouts[readout],
+                       init=lambda x, generator=None: (torch.zeros(shape_h, dtype=x.dtype, device=x.device),),
+                       name="contractive")
+    h0 = (torch.zeros(shape_h, dtype=torch.float64, device=device),)
+    return Model(fp, x, h0, dict(W=W, U=U, A=A, V=V))
+
+
+def ista(device="cpu", d=8, p=6, lam=0.1, step_factor=1.0, seed=0) -> Model:
+    """ISTA for the Lasso ``min_h ½‖A h − x‖² + lam‖h‖₁``: ``F(h, x) = soft(h − t Aᵀ(A h − x), t·lam)`` with
+    ``t = step_factor / L``, ``L = ‖A‖₂²``. ``step_factor < 2`` converges; above 2 the map diverges (``ρ(J) > 1`` on
+    the active set). The state is ``(h,)``, h of length p; ``x`` has length d; ``y = h``."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, p, generator=g, dtype=torch.float64).to(device)
+    t = step_factor / float(torch.linalg.matrix_norm(A, ord=2)) ** 2
+    x = torch.randn(d, generator=g, dtype=torch.float64).to(device)
+
+    def F(h, x):
+        z = h[0] - t * A.mT @ (A @ h[0] - x)
+        return (torch.sign(z) * torch.clamp(z.abs() - t * lam, min=0.0),)
+
+    fp = hg.FixedPoint(F, init=lambda x, generator=None: (torch.zeros(p, dtype=x.dtype, device=x.device),),
+                       name="ISTA")
+    return Model(fp, x, (torch.zeros(p, dtype=torch.float64, device=device),), dict(A=A, t=t, lam=lam))
+
+
+def bump(device="cpu", x_value=1.0) -> Model:
+    """The scalar map ``F(h, x) = 0.5 h + x·exp(−h²)`` from ``h⁰ = 0``: ``B_0 = ∂F/∂x(h⁰) = 1`` while later ``B_t``
+    are smaller, so a bound on ``∂hᵗ/∂x`` must take ``‖B‖`` over ``B_0 … B_{t−1}``."""
+    x = torch.tensor([x_value], dtype=torch.float64, device=device)
+    fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x * torch.exp(-h[0] ** 2),),
+                       init=lambda x, generator=None: (torch.zeros_like(x),), name="bump")
+    return Model(fp, x, (torch.zeros(1, dtype=torch.float64, device=device),))
