@@ -164,9 +164,11 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
         generator: a ``torch.Generator`` for the random initialisation.
         monitor: record per-step residuals and (for solvers) the mean objective in ``info`` (one host sync per
             solve; switch off in training loops).
-        tol, max_iter, adjoint, strict: the implicit backward solve — relative residual tolerance (default 1e-10 in
-            float64, 1e-5 otherwise), iteration limit, ``"fixed-point"`` or ``"gmres"``, and whether
-            non-convergence raises :class:`ConvergenceError` instead of warning :class:`ConvergenceWarning`.
+        tol: the implicit backward solve's relative residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
+        max_iter: the implicit backward solve's iteration limit.
+        adjoint: the implicit backward solver, ``"fixed-point"`` or ``"gmres"``.
+        strict: whether the implicit backward solve's non-convergence raises :class:`ConvergenceError` instead of
+            warning :class:`ConvergenceWarning`.
 
     Returns:
         ``(y, info)`` with ``info`` a :class:`SolveInfo`.

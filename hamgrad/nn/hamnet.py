@@ -41,7 +41,11 @@ class HamNet(nn.Module):
         output_stride: 4 or 8 (2 or 3 stride-2 stages); the ham sees ``(H / output_stride) · (W / output_stride)``
             positions.
         ham: a solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...) or ``None`` for the baseline without the block.
-        d, rank, steps, grad, solver_kwargs: the :class:`Hamburger` block's arguments (ignored when ``ham=None``).
+        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next four).
+        rank: r, the number of bases of the ham.
+        steps: ``(train, eval)`` numbers of solver steps K, or one int for both.
+        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES``.
+        solver_kwargs: further keyword arguments of the solver (e.g. ``{"inv_t": 100.0}`` for ``"vq"``).
 
     ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
     ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
