@@ -61,6 +61,24 @@ class FixedPoint:
 
     ``FixedPoint.from_solver(s)`` wraps a built-in or registered solver (``F(h, x) = s.step(x, h)``,
     ``G = s.readout``, ``init = s.init``) and keeps ``s`` in ``.solver`` for solver-specific modes (``one-step-coef``).
+
+    Examples:
+        The contraction ``F(h, x) = h/2 + x`` has the fixed point ``h* = 2x``, so ``∂h*/∂x = (1 − 1/2)⁻¹ = 2``
+        (docs/theory.md §3, Proposition 2). ``one-step`` drops the factor (it differentiates only the last step),
+        ``bptt`` sums it over the 30 steps and ``implicit`` solves for it:
+
+        >>> import torch, hamgrad as hg
+        >>> fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x,), readout=lambda h, x: h[0])
+        >>> x = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+        >>> h0 = (torch.zeros(2, dtype=torch.float64),)
+        >>> for mode in ("one-step", "bptt", "implicit"):
+        ...     x.grad = None
+        ...     y, info = hg.solve(fp, x, steps=30, grad=mode, h0=h0)
+        ...     y.sum().backward()
+        ...     print(mode, [round(v, 6) for v in y.tolist()], [round(v, 6) for v in x.grad.tolist()])
+        one-step [2.0, -4.0] [1.0, 1.0]
+        bptt [2.0, -4.0] [2.0, 2.0]
+        implicit [2.0, -4.0] [2.0, 2.0]
     """
 
     def __init__(self, F: Callable, readout: Callable | None = None, init: Callable | None = None,

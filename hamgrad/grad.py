@@ -172,6 +172,19 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
 
     Returns:
         ``(y, info)`` with ``info`` a :class:`SolveInfo`.
+
+    Examples:
+        >>> import torch, hamgrad as hg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(2, 16, 32, generator=g, requires_grad=True)    # (batch, d, n), non-negative for NMF
+        >>> y, info = hg.solve(hg.NMF(rank=4), x, steps=6, grad="one-step", generator=g)
+        >>> y.shape, info.steps, info.graph_steps
+        (torch.Size([2, 16, 32]), 6, 1)
+        >>> y.square().mean().backward()                                  # through the last step only
+        >>> x.grad.shape
+        torch.Size([2, 16, 32])
+        >>> all(a >= b for a, b in zip(info.objective, info.objective[1:]))   # NMF's objective never increases
+        True
     """
     fp = as_fixed_point(model)
     steps = check_steps(steps)

@@ -44,10 +44,12 @@ class VOCSegmentation(Dataset):
     :data:`IMAGENET_STD`; ``label`` int64 ``(H, W)`` with class indices in ``[0, 21)`` and 255 (:attr:`ignore_index`).
 
     Raises:
+        TypeError: when ``split`` is not a non-empty str, or ``size``, ``crop`` or ``seed`` is not an int (or pair).
         FileNotFoundError: naming the missing folder, split file, or the image or label file of a listed id (all are
             checked when the dataset is built).
-        ValueError: on an empty split file; when an item is read, on a label PNG that is not a palette or greyscale
-            image, holds a value outside ``[0, 21)`` and 255, or differs in size from its image.
+        ValueError: when ``size``, ``crop`` or ``seed`` is out of range; on an empty split file; when an item is
+            read, on a label PNG that is not a palette or greyscale image, holds a value outside ``[0, 21)`` and 255,
+            or differs in size from its image.
     """
 
     num_classes = 21
@@ -78,11 +80,27 @@ class VOCSegmentation(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        """The JPEG of item ``index``."""
+        """The JPEG of item ``index``.
+
+        Returns:
+            ``root/JPEGImages/<id>.jpg``.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         return self.root / "JPEGImages" / f"{self.ids[check_index(index, len(self))]}.jpg"
 
     def label_path(self, index: int) -> Path:
-        """The label PNG of item ``index``."""
+        """The label PNG of item ``index``.
+
+        Returns:
+            ``root/SegmentationClass/<id>.png``.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         return self.root / "SegmentationClass" / f"{self.ids[check_index(index, len(self))]}.png"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

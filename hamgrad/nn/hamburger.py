@@ -90,6 +90,25 @@ class Hamburger(nn.Module):
         with ham.capture() as cap:
             model(images)
         cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+
+    Raises:
+        TypeError: when ``channels``, ``d``, ``rank`` or a number of steps is not an int, or ``solver_kwargs`` is not
+            a dict (or the solver rejects one of them).
+        ValueError: when one of them is below 1, ``rank >= d``, ``steps`` is not an int or a pair, ``grad`` is not a
+            gradient mode valid for both step counts, ``solver`` is not registered, or ``grad="one-step-coef"`` is
+            asked of a solver without ``coef_step``.
+
+    Examples:
+        >>> import torch
+        >>> from hamgrad.nn import Hamburger
+        >>> ham = Hamburger(channels=16, d=32, solver="nmf", rank=4, steps=(6, 7)).eval()   # eval: K = 7
+        >>> x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> with ham.capture() as cap:
+        ...     out = ham(x, generator=torch.Generator().manual_seed(1))
+        >>> out.shape, cap.shape, cap.D.shape, cap.C.shape, cap.info.steps
+        (torch.Size([2, 16, 8, 8]), (8, 8), torch.Size([2, 32, 4]), torch.Size([2, 4, 64]), 7)
+        >>> bool((out >= 0).all())                    # the block ends in a ReLU
+        True
     """
 
     def __init__(self, channels: int, d: int = 512, solver: str = "nmf", rank: int = 64, steps=(6, 7),
@@ -124,8 +143,15 @@ class Hamburger(nn.Module):
 
     @contextlib.contextmanager
     def capture(self):
-        """Context manager yielding a :class:`HamCapture` filled by each forward pass inside the block (the last one
-        wins). Capturing records the solve's residuals and objective (one host sync per forward)."""
+        """Record what the ham sees and produces while the context is open.
+
+        Capturing records the solve's residuals and objective (one host sync per forward). Contexts nest: the
+        innermost one receives the forward passes, and leaving it restores the outer one.
+
+        Returns:
+            A context manager whose ``as`` target is a :class:`HamCapture`, filled by each forward pass inside the
+            block (the last one wins; its fields stay ``None`` when no forward pass ran).
+        """
         cap = HamCapture()
         previous, self._capture = self._capture, cap
         try:
@@ -134,6 +160,20 @@ class Hamburger(nn.Module):
             self._capture = previous
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The block on a feature map: lower bread, K solver steps, upper bread, residual and ReLU.
+
+        Args:
+            x: features ``(B, channels, H, W)``; the ham sees ``(B, d, H·W)``.
+            generator: a ``torch.Generator`` on ``x.device`` for the solver's random initial state; ``None`` uses
+                torch's global generator.
+
+        Returns:
+            ``ReLU(x + upper_bread(X̄))``, the shape of ``x``.
+
+        Raises:
+            ValueError: when ``x`` is not ``(B, channels, H, W)``, when ``rank > H·W``, or when the ham's input is not
+                finite (the solver's checks in :func:`hamgrad.solve`).
+        """
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
         B, _, H, W = x.shape

@@ -50,6 +50,22 @@ class HamNet(nn.Module):
     ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
     ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
     The block is ``self.hamburger`` (``None`` for the baseline); use ``model.hamburger.capture()`` to record it.
+
+    Raises:
+        TypeError: when ``num_classes``, ``in_channels`` or ``width`` is not an int (and the :class:`Hamburger`'s
+            errors for the block's arguments).
+        ValueError: when one of them is below 1 or ``output_stride`` is not 4 or 8 (and the :class:`Hamburger`'s
+            errors for the block's arguments).
+
+    Examples:
+        >>> import torch
+        >>> from hamgrad.nn import HamNet
+        >>> model = HamNet(num_classes=4, width=8, ham="vq", d=16, rank=4, solver_kwargs={"inv_t": 10.0})
+        >>> images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> model(images, generator=torch.Generator().manual_seed(1)).shape
+        torch.Size([2, 4, 32, 32])
+        >>> HamNet(num_classes=4, ham=None).hamburger is None      # the baseline without the block
+        True
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, output_stride: int = 4,
@@ -75,6 +91,19 @@ class HamNet(nn.Module):
         self.classifier = nn.Conv2d(c_in, num_classes, 1)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-pixel class logits.
+
+        Args:
+            images: ``(B, in_channels, H, W)`` with ``H`` and ``W`` multiples of ``output_stride``.
+            generator: seeds the ham's random initial state (``None``: torch's global generator).
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``.
+
+        Raises:
+            ValueError: when ``images`` is not 4-dimensional or its height or width is not a multiple of
+                ``output_stride``.
+        """
         if images.dim() != 4:
             raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
         H, W = images.shape[-2:]
