@@ -39,7 +39,11 @@ FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "f
 
 
 def quick_from_env() -> bool:
-    """``True`` when the environment variable ``HAMGRAD_QUICK`` is ``1`` (what CI and the notebooks read)."""
+    """Whether the environment asks for the quick (CI) size, as CI and the notebooks do.
+
+    Returns:
+        ``True`` when ``HAMGRAD_QUICK`` is ``1``, ``true`` or ``yes`` (any case), else ``False``.
+    """
     return os.environ.get("HAMGRAD_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
 
@@ -95,8 +99,18 @@ def _spectrum(quick: bool, **_) -> dict:
 
 def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 0):
     """A contractive user model ``F(h, x) = scale·tanh(W h + U x)`` with ``‖W‖₂ = 1`` (so ``‖J‖₂ <= scale``),
-    read out by ``G(h, x) = V h``; returns ``(FixedPoint, x, h0)`` in float64. Figures 2 and 3 use it as the case
-    where the paper's propositions hold."""
+    read out by ``G(h, x) = V h``. Figures 2 and 3 use it as the case where the paper's propositions hold
+    (docs/theory.md §3).
+
+    Args:
+        n: the state's size (``h`` is ``(n, 4)``).
+        m: the input's size (``x`` is ``(m, 4)``).
+        scale: the contraction factor, a bound on ``‖J‖₂``.
+        seed: seeds W, U, V, x and h0.
+
+    Returns:
+        ``(model, x, h0)``: a :class:`hamgrad.FixedPoint`, the input and the initial state ``(h,)``, in float64.
+    """
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(n, n, generator=g, dtype=torch.float64)
     W = W / torch.linalg.matrix_norm(W, ord=2)
@@ -157,7 +171,14 @@ def _agreement(quick: bool, **_) -> dict:
 
 # ---------------------------------------------------------------------- figures 4–6: the trained HamNet
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline; tiny when ``quick``."""
+    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline.
+
+    Args:
+        quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
+
+    Returns:
+        The :class:`hamgrad.experiments.AblationConfig`.
+    """
     if quick:
         return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
     return AblationConfig(seeds=2, iters=300)
@@ -264,7 +285,23 @@ def _check_name(name: str) -> str:
 
 
 def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool = False) -> dict:
-    """The numbers behind figure ``name`` as plain data (lists, floats, str), at the quick or the full size."""
+    """The numbers behind one figure, at the quick or the full size.
+
+    Args:
+        name: one of :data:`FIGURES`.
+        quick: the CI size (seconds per figure) instead of the full size.
+        ablation_dir: for figures 4–6, the folder of a sweep of your own; by default the built-in sweep
+            (:func:`ablation_config`) is run, or resumed, in ``runs/paper-ablation`` (``-quick`` at the quick size).
+        progress: show progress bars.
+
+    Returns:
+        Plain data (dicts, lists, floats, str) as the figure's JSON holds it, with ``figure``, ``quick``,
+        ``seconds`` and ``torch`` (the version) added.
+
+    Raises:
+        ValueError: when ``name`` is not one of :data:`FIGURES`, or the sweep behind figures 4–6 holds no finished
+            run.
+    """
     start = time.perf_counter()
     result = _COMPUTE[_check_name(name)](quick, ablation_dir=ablation_dir, progress=progress)
     result.update(figure=name, quick=bool(quick), seconds=round(time.perf_counter() - start, 2),
@@ -273,7 +310,18 @@ def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool
 
 
 def plot(name: str, result: dict):
-    """Figure ``name`` drawn from its :func:`compute` result (or the JSON :func:`save` wrote)."""
+    """Draw one figure from its numbers.
+
+    Args:
+        name: one of :data:`FIGURES`.
+        result: its :func:`compute` result, or the JSON :func:`save` wrote, read back.
+
+    Returns:
+        A matplotlib ``Figure``.
+
+    Raises:
+        ValueError: when ``name`` is not one of :data:`FIGURES`.
+    """
     return _PLOT[_check_name(name)](result)
 
 
