@@ -6,7 +6,8 @@
 """
 
 from .fixed_point import FixedPoint
-from .grad import GRAD_MODES, ConvergenceError, ConvergenceWarning, SolveInfo, solve
+from .grad import (GRAD_MODES, ConvergenceError, ConvergenceWarning, LinearSolveResult, SolveInfo, implicit_gradient,
+                   solve)
 from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
 from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_norm,
                        spectral_radius, svdvals)
@@ -16,7 +17,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
-    "FixedPoint", "solve", "SolveInfo", "GRAD_MODES", "ConvergenceWarning", "ConvergenceError",
+    "FixedPoint", "solve", "SolveInfo", "implicit_gradient", "LinearSolveResult", "GRAD_MODES", "ConvergenceWarning",
+    "ConvergenceError",
     "nn", "experiments",
     "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
     "compare_gradients", "accumulative_ratio",

@@ -49,26 +49,6 @@ class HamCapture:
     info: SolveInfo | None = None
 
 
-class _StateRecorder:
-    """A solver stand-in that delegates everything to ``solver`` and keeps the final state ``(D, C)`` of a solve."""
-
-    def __init__(self, solver):
-        self._solver = solver
-        self.state = None
-
-    def __getattr__(self, name):
-        return getattr(self._solver, name)
-
-    def readout(self, x, h):
-        self.state = tuple(h)
-        return self._solver.readout(x, h)
-
-    def coef_step(self, x, h):
-        codes = self._solver.coef_step(x, h)
-        self.state = (h[0], codes)
-        return codes
-
-
 class Hamburger(nn.Module):
     """The Hamburger block: a global-context module that replaces attention by a low-rank matrix decomposition.
 
@@ -129,8 +109,8 @@ class Hamburger(nn.Module):
         if solver_kwargs is not None and not isinstance(solver_kwargs, dict):
             raise TypeError(f"solver_kwargs must be a dict or None, got {type(solver_kwargs).__name__}")
         self.solver = get_solver(solver, rank=rank, **(solver_kwargs or {}))
-        if grad == "one-step-coef" and not callable(getattr(self.solver, "coef_step", None)):
-            raise ValueError(f"grad='one-step-coef' needs a solver with coef_step; solver={solver!r} has none")
+        if grad == "one-step-coef" and not callable(getattr(self.solver, "coef_readout", None)):
+            raise ValueError(f"grad='one-step-coef' needs a solver with coef_readout; solver={solver!r} has none")
         self.channels, self.d, self.rank, self.grad = channels, d, rank, grad
         self.nonnegative = bool(getattr(self.solver, "nonnegative", False))
         self.lower_bread = nn.Conv2d(channels, d, 1)
@@ -183,11 +163,13 @@ class Hamburger(nn.Module):
         z = z.reshape(B, self.d, H * W)
         steps = self.steps[0] if self.training else self.steps[1]
         cap = self._capture
-        solver = self.solver if cap is None else _StateRecorder(self.solver)
-        y, info = solve(solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
+        y, info = solve(self.solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
         if cap is not None:
-            D, C = solver.state
-            cap.x, cap.y, cap.D, cap.C = z.detach(), y.detach(), D.detach(), C.detach()
+            D, C = info.state
+            if self.grad == "one-step-coef":
+                with torch.no_grad():
+                    C = self.solver.coef_step(z, info.state)
+            cap.x, cap.y, cap.D, cap.C = z.detach(), y.detach(), D, C
             cap.shape, cap.info = (H, W), info
         out = self.upper_bread(y.reshape(B, self.d, H, W))
         return F.relu(x + out)
