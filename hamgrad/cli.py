@@ -1,4 +1,4 @@
-"""The ``hamgrad`` command: ``hamgrad figures``, ``hamgrad ablate``, ``hamgrad spectrum``.
+"""The ``hamgrad`` command: ``hamgrad figures``, ``hamgrad ablate``, ``hamgrad spectrum``, ``hamgrad --version``.
 
 Each subcommand adds its parser in ``_build_parser`` and points ``func`` at a ``_cmd_*`` function below.
 """
@@ -10,7 +10,10 @@ import sys
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="hamgrad", description="Gradient analysis for Hamburger-style layers.")
+    parser.add_argument("--version", action="version", version=f"hamgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     figures = sub.add_parser("figures", help="regenerate the paper's six figures (PNG + JSON)",
@@ -46,11 +49,19 @@ def _build_parser() -> argparse.ArgumentParser:
                               description="Top-k eigenvalues of dF/dh at h^K (the state after the last step) and "
                                           "top-k singular values of dy/dx through the K unrolled steps (h^0 held "
                                           "fixed), matrix-free, on uniform random input X ~ U(0, 1) drawn from "
-                                          "--seed; each with its time and matvec count.")
+                                          "--seed; each with its time and matvec count. Any registered solver "
+                                          "works: --import a module or file that calls hamgrad.register_solver, or "
+                                          "install a package with an entry point in the group hamgrad.solvers.")
     spectrum.add_argument("--solver", default="nmf", help="registered solver name (default nmf)")
+    spectrum.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                          help="import MODULE first (a module name, found from the current directory too, or a path "
+                               "to a .py file); it registers its solvers with hamgrad.register_solver. Repeatable")
+    spectrum.add_argument("--solver-arg", dest="solver_args", action="append", default=[], metavar="KEY=VALUE",
+                          help="a keyword argument of the solver's constructor, e.g. inv_t=10 (VALUE read as int, "
+                               "float, true/false, else str). Repeatable")
     spectrum.add_argument("--d", type=int, default=512, help="channels d (default 512)")
     spectrum.add_argument("--n", type=int, default=4096, help="positions n (default 4096)")
-    spectrum.add_argument("--rank", type=int, default=64, help="rank r (default 64)")
+    spectrum.add_argument("--rank", type=int, help="rank r, for solvers whose constructor takes one (default 64)")
     spectrum.add_argument("--steps", type=int, default=6, help="unrolled steps K (default 6)")
     spectrum.add_argument("-k", type=int, default=6, help="how many eigenvalues and singular values (default 6)")
     spectrum.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -104,6 +115,97 @@ def _cmd_ablate(args) -> int:
     return 0
 
 
+def _import_user_module(spec: str) -> None:
+    """``--import SPEC``: import a module by name (the current directory on the path, as with ``python -m``)
+    or execute a ``.py`` file as the module named by its stem. Raises ValueError with a one-line message."""
+    import importlib
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    is_file = spec.endswith(".py") or os.sep in spec
+    if is_file and not Path(spec).is_file():
+        raise ValueError(f"--import {spec}: no such file")
+    try:
+        if is_file:
+            path = Path(spec)
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"--import {spec}: no module named {err.name!r} (give a module importable from the current "
+                         f"directory or a path to a .py file)") from err
+    except Exception as err:  # the user's module failed while it ran: one line, not a traceback
+        raise ValueError(f"--import {spec}: importing it raised {type(err).__name__}: {err}") from err
+
+
+def _parse_solver_args(items: list) -> dict:
+    """``--solver-arg KEY=VALUE`` items as keyword arguments; VALUE read as int, float, true/false, else str."""
+    kwargs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--solver-arg {item!r}: expected KEY=VALUE with KEY a Python identifier")
+        if key in kwargs:
+            raise ValueError(f"--solver-arg {key} given twice")
+        value = text.strip()
+        for parse in (int, float):
+            try:
+                value = parse(value)
+                break
+            except ValueError:
+                pass
+        else:
+            value = {"true": True, "false": False}.get(value.lower(), value)
+        kwargs[key] = value
+    return kwargs
+
+
+def _entry_point_solvers() -> dict:
+    """The ``hamgrad.solvers`` entry points of the installed packages, by lower-case name (not loaded)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name.lower(): ep for ep in entry_points(group="hamgrad.solvers")}
+
+
+def _build_solver(name: str, rank: int | None, solver_args: list, builtins: set):
+    """The solver ``name`` built with ``--solver-arg``s and ``--rank`` (64 by default for the built-in hams; a
+    user's solver gets a rank only when ``--rank`` is given). Returns ``(solver, parameters)``."""
+    from .solvers import available_solvers, get_solver, register_solver
+
+    kwargs = _parse_solver_args(solver_args)
+    key = name.lower()
+    plugins = _entry_point_solvers()
+    if key not in available_solvers() and key in plugins:
+        try:
+            loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
+        except Exception as err:  # a broken plugin: one line, not a traceback
+            raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
+                             f"{type(err).__name__}: {err}") from err
+        if key not in available_solvers() and isinstance(loaded, type):
+            register_solver(key, loaded)
+    if key not in available_solvers():
+        names = sorted(set(available_solvers()) | set(plugins))
+        raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that calls "
+                         f"hamgrad.register_solver to add yours)")
+    if "rank" in kwargs and rank is not None:
+        raise ValueError("give the rank once: --rank or --solver-arg rank=..., not both")
+    if rank is not None or (key in builtins and "rank" not in kwargs):
+        kwargs["rank"] = 64 if rank is None else rank
+    try:
+        solver = get_solver(key, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"--solver {name} with arguments {kwargs}: {err}") from err
+    hparams = getattr(solver, "hparams", None)
+    return solver, hparams() if callable(hparams) else kwargs
+
+
 def _cmd_spectrum(args) -> int:
     """``hamgrad spectrum``: eigenvalues of ∂F/∂h at h^K and singular values of ∂y/∂x, with times and matvecs."""
     import time
@@ -112,11 +214,14 @@ def _cmd_spectrum(args) -> int:
 
     from .analysis import eigvals, jacobian, svdvals, unrolled_jacobian
     from .fixed_point import FixedPoint
-    from .solvers import get_solver
+    from .solvers import available_solvers
 
     try:
+        builtins = set(available_solvers())
+        for spec in args.imports:
+            _import_user_module(spec)
+        solver, params = _build_solver(args.solver, args.rank, args.solver_args, builtins)
         device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-        solver = get_solver(args.solver, rank=args.rank)
         if min(args.d, args.n) < 1:
             raise ValueError(f"--d and --n must be >= 1, got d={args.d}, n={args.n}")
         g = torch.Generator(device=device).manual_seed(args.seed)
@@ -129,11 +234,13 @@ def _cmd_spectrum(args) -> int:
         setup = time.perf_counter() - start
         eig = eigvals(J_h, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
         sv = svdvals(J_y, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError) as err:
         print(f"hamgrad spectrum: error: {err}", file=sys.stderr)
         return 2
 
-    print(f"{solver!r} on X ~ U(0,1) of shape ({args.d}, {args.n}), {args.dtype} on {device}, K={args.steps}, "
+    print(f"solver {args.solver}: {type(solver).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in params.items())
+          + ")")
+    print(f"input X ~ U(0,1) of shape ({args.d}, {args.n}), {args.dtype} on {device}, K={args.steps}, "
           f"seed {args.seed}; trajectory and linearisations {setup:.2f} s")
 
     def header(what, op, spec):

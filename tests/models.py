@@ -71,3 +71,46 @@ def bump(device="cpu", x_value=1.0) -> Model:
     fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x * torch.exp(-h[0] ** 2),),
                        init=lambda x, generator=None: (torch.zeros_like(x),), name="bump")
     return Model(fp, x, (torch.zeros(1, dtype=torch.float64, device=device),))
+
+
+#: A user's solver module, as a user would write it: ISTA for the Lasso ``min_H ½‖A H − X‖² + lam‖H‖₁`` (column by
+#: column) as a registered solver class. ``A`` (d × rank, unit-norm columns) is drawn from ``seed`` on first use for
+#: each d and cached (so the step stays free of random calls under ``vmap``); step size ``t = step_factor / ‖A‖₂²``;
+#: readout ``y = A H``. Tests write it to a file with ``NAME`` replaced by the name it registers.
+ISTA_SOLVER_SOURCE = '''
+import torch
+import hamgrad as hg
+
+
+class ISTA:
+    def __init__(self, rank=4, lam=0.05, step_factor=1.0, seed=0):
+        self.rank, self.lam, self.step_factor, self.seed = rank, lam, step_factor, seed
+        self._cache = {}
+
+    def hparams(self):
+        return {"rank": self.rank, "lam": self.lam, "step_factor": self.step_factor, "seed": self.seed}
+
+    def dictionary(self, x):
+        """(A, t) for inputs with x.shape[-2] rows, in x's dtype and device."""
+        d = x.shape[-2]
+        if d not in self._cache:
+            A = torch.randn(d, self.rank, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+            A = A / A.norm(dim=0)
+            self._cache[d] = (A, self.step_factor / float(torch.linalg.matrix_norm(A, ord=2)) ** 2)
+        A, t = self._cache[d]
+        return A.to(dtype=x.dtype, device=x.device), t
+
+    def init(self, x, generator=None):
+        return (torch.zeros(*x.shape[:-2], self.rank, x.shape[-1], dtype=x.dtype, device=x.device),)
+
+    def step(self, x, h):
+        A, t = self.dictionary(x)
+        z = h[0] - t * A.mT @ (A @ h[0] - x)
+        return (torch.sign(z) * torch.clamp(z.abs() - t * self.lam, min=0.0),)
+
+    def readout(self, x, h):
+        return self.dictionary(x)[0] @ h[0]
+
+
+hg.register_solver("NAME", ISTA, overwrite=True)
+'''

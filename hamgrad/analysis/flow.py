@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from .._checks import check_steps
 from .._krylov import gmres
@@ -143,6 +142,8 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
 
     The cost grows as K² (the products of t steps for each t): meant for small and medium sizes.
     """
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     fp = as_fixed_point(model)
     check_steps(steps)

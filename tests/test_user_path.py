@@ -1,0 +1,185 @@
+"""A user's own solver end to end: the plots API on result objects, ``hamgrad spectrum --import``, ``--version``,
+and what ``import hamgrad`` loads."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hamgrad as hg
+from hamgrad.cli import main
+from models import ISTA_SOLVER_SOURCE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports this checkout's hamgrad."""
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+# ---------------------------------------------------------------------- import hamgrad
+def test_import_hamgrad_loads_only_the_core():
+    # torch itself imports tqdm (torch.hub), so "not loaded" means: nothing beyond what `import torch` loaded
+    code = ("import sys, json, torch\n"
+            "before = set(sys.modules)\n"
+            "import hamgrad as hg\n"
+            "new = sorted(set(sys.modules) - before)\n"
+            "lazy = 'hamgrad.experiments' in sys.modules\n"
+            "hg.experiments.AblationConfig\n"
+            "print(json.dumps([new, lazy, 'hamgrad.experiments' in sys.modules]))\n")
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    new, loaded_before_access, loaded_after_access = json.loads(proc.stdout)
+    heavy = ("hamgrad.experiments", "hamgrad.data", "hamgrad.plots", "hamgrad.paper", "PIL", "tqdm", "matplotlib",
+             "seaborn")
+    assert [m for m in new if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+    assert not loaded_before_access and loaded_after_access
+
+
+def test_lazy_attributes_and_public_names():
+    assert hg.plots.__name__ == "hamgrad.plots" and hg.experiments.__name__ == "hamgrad.experiments"
+    with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
+        hg.not_a_module
+    for name in hg.__all__:
+        assert not name.startswith("_") and getattr(hg, name) is not None
+    assert {"experiments", "data", "plots", "paper"} <= set(dir(hg))
+
+
+def test_version_matches_the_package_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert hg.__version__ == meta["project"]["version"]
+
+
+# ---------------------------------------------------------------------- the CLI on a user's solver
+@pytest.fixture
+def registry(monkeypatch):
+    """The solver registry and sys.path as they were before the test (the CLI's imports add to both)."""
+    from hamgrad.solvers import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def _write_solver(folder: Path, module: str, name: str) -> Path:
+    path = folder / f"{module}.py"
+    path.write_text(ISTA_SOLVER_SOURCE.replace('"NAME"', repr(name)), encoding="utf-8")
+    return path
+
+
+def _printed_eigenvalues(out: str) -> list:
+    eig_part = out.split("singular values of dy/dx")[0]
+    return [complex(float(a), float(b)) for a, b in re.findall(r"^\s+\d+\s+([+-][\d.]+) ([+-][\d.]+)j", eig_part,
+                                                                 re.M)]
+
+
+def test_spectrum_on_a_solver_imported_from_a_file(tmp_path, capsys, registry):
+    path = _write_solver(tmp_path, "my_lasso", "lasso_file")
+    d, n, rank, K, k = 6, 2, 3, 40, 4
+    rc = main(["spectrum", "--import", str(path), "--solver", "lasso_file", "--solver-arg", "lam=0.02",
+               "--solver-arg", f"rank={rank}", "--d", str(d), "--n", str(n), "--steps", str(K), "-k", str(k),
+               "--dtype", "float64", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "solver lasso_file: ISTA(rank=3, lam=0.02, step_factor=1.0, seed=0)" in out
+    lams = _printed_eigenvalues(out)
+    assert len(lams) == k
+    # independent reference: ISTA's J = ∂F/∂h is diag(active) (I − t AᵀA) per column of X (numpy, float64)
+    solver = hg.get_solver("lasso_file", rank=rank, lam=0.02)
+    x = torch.rand(d, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    h = solver.init(x)
+    for _ in range(K):
+        h = solver.step(x, h)
+    A, t = (np.asarray(v) for v in solver.dictionary(x))
+    M = np.eye(rank) - t * A.T @ A
+    Z = h[0].numpy() - t * A.T @ (A @ h[0].numpy() - x.numpy())
+    ref = []
+    for j in range(n):
+        active = np.abs(Z[:, j]) > t * 0.02
+        ref += list(np.abs(np.linalg.eigvals(M[np.ix_(active, active)]))) + [0.0] * int((~active).sum())
+    ref = sorted(ref, reverse=True)[:k]
+    assert ref[0] > 0.1  # the test exercises a non-trivial active set
+    assert [abs(v) for v in lams] == pytest.approx(ref, abs=1e-6)
+
+
+def test_spectrum_imports_a_module_by_name_from_the_current_directory(tmp_path, capsys, registry, monkeypatch):
+    _write_solver(tmp_path, "lasso_by_name", "lasso_mod")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["spectrum", "--import", "lasso_by_name", "--solver", "lasso_mod", "--d", "5", "--n", "3", "-k", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert "solver lasso_mod: ISTA(rank=4, lam=0.05" in capsys.readouterr().out  # a user's solver gets no --rank
+
+
+def test_spectrum_finds_a_solver_through_an_entry_point(tmp_path, capsys, registry, monkeypatch):
+    _write_solver(tmp_path, "lasso_plugin", "lasso_self_registered")
+    info = tmp_path / "lasso_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lasso-plugin\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[hamgrad.solvers]\nlasso_ep = lasso_plugin:ISTA\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc = main(["spectrum", "--solver", "lasso_ep", "--rank", "2", "--d", "4", "--n", "2", "-k", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert "solver lasso_ep: ISTA(rank=2" in capsys.readouterr().out
+    assert "lasso_ep" in hg.available_solvers()
+
+
+def test_solver_args_reach_a_builtin_solver(capsys):
+    rc = main(["spectrum", "--solver", "vq", "--solver-arg", "inv_t=10", "--solver-arg", "eps=1e-5", "--rank", "2",
+               "--d", "4", "--n", "6", "--steps", "2", "-k", "1", "--dtype", "float64"])
+    assert rc == 0, capsys.readouterr().err
+    assert "SoftVQ(rank=2, eps=1e-05, inv_t=10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--import", "no_such_module_xyz"], "--import no_such_module_xyz: no module named 'no_such_module_xyz'"),
+    (["--import", "missing/solver.py"], "--import missing/solver.py: no such file"),
+    (["--solver", "nope"], "unknown --solver 'nope'; available: cd, nmf,"),
+    (["--solver-arg", "inv_t"], "--solver-arg 'inv_t': expected KEY=VALUE"),
+    (["--solver-arg", "a=1", "--solver-arg", "a=2"], "--solver-arg a given twice"),
+    (["--solver-arg", "rank=3", "--rank", "3"], "give the rank once"),
+    (["--solver", "vq", "--solver-arg", "temperature=3"], "unexpected keyword argument 'temperature'"),
+])
+def test_spectrum_errors_are_one_line(argv, message, capsys, registry):
+    rc = main(["spectrum", "--d", "4", "--n", "6", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("hamgrad spectrum: error: ") and message in err and err.count("\n") == 1
+
+
+def test_import_of_a_module_that_raises_is_one_line(tmp_path, capsys, registry):
+    bad = tmp_path / "broken_solver.py"
+    bad.write_text("raise RuntimeError('the solver module is broken')\n", encoding="utf-8")
+    assert main(["spectrum", "--import", str(bad)]) == 2
+    assert capsys.readouterr().err == (f"hamgrad spectrum: error: --import {bad}: importing it raised RuntimeError: "
+                                       "the solver module is broken\n")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"hamgrad {hg.__version__}\n"
+
+
+def test_console_script_imports_from_the_current_directory(tmp_path):
+    """The installed ``hamgrad`` command (whose sys.path[0] is its bin folder) finds a module in the cwd."""
+    _write_solver(tmp_path, "lasso_cli", "lasso_cli")
+    script = Path(sys.executable).parent / "hamgrad"
+    assert script.exists(), f"the hamgrad console script is not installed beside {sys.executable}"
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(script), "spectrum", "--import", "lasso_cli", "--solver", "lasso_cli", "--d", "5",
+                           "--n", "2", "-k", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("solver lasso_cli: ISTA(rank=4, lam=0.05, step_factor=1.0, seed=0)\n")
+    bad = subprocess.run([str(script), "spectrum", "--solver", "nope"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("hamgrad spectrum: error: unknown --solver 'nope'")
+    assert "Traceback" not in bad.stderr
