@@ -1,4 +1,4 @@
-"""Analysis of optimisation-defined layers (MATH.md §3 and §5), matrix-free by default.
+"""Analysis of optimisation-defined layers (docs/theory.md §3 and §5), matrix-free by default.
 
 - :mod:`.operators`: :class:`LinearOperator`, :func:`jacobian` (one step, ``wrt="h" | "x"``), :func:`unrolled_jacobian`
   (``∂y/∂x``, ``∂h^K/∂h^0`` of K steps); :mod:`.linearize` holds the JVP/VJP implementations behind them.

@@ -1,4 +1,4 @@
-"""Gradient agreement (MATH.md §5): each gradient mode's ``∂L/∂x`` (and ``∂L/∂θ``) against a reference mode.
+"""Gradient agreement (docs/theory.md §5): each gradient mode's ``∂L/∂x`` (and ``∂L/∂θ``) against a reference mode.
 
 :func:`compare_gradients` runs :func:`hamgrad.solve` once per mode from the same initial state, differentiates a
 loss, and reports the cosine similarity and norm ratio to the reference gradient with the wall time and memory of

@@ -11,7 +11,7 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
 
 - :class:`AutogradLinearization`, for any ``f``: ``torch.func.jvp`` under ``vmap`` (the primal runs once per
   block, not once per vector) and a ``torch.func.vjp`` whose forward graph is built once and reused.
-- :class:`NMFLinearization`, for the built-in NMF: the JVP and VJP of K multiplicative-update steps (MATH.md §2)
+- :class:`NMFLinearization`, for the built-in NMF: the JVP and VJP of K multiplicative-update steps (docs/theory.md §2)
   and of ``y = DC``, derived by hand, with every step's intermediates (``DᵀX``, ``XCᵀ``, …) cached and no graph.
   The products with the ``d × n`` input are gathered across the K steps into one product each (``[D_0 … D_{K−1}]ᵀ dX``,
   ``dX [C_1 … C_K]ᵀ``, and in the VJP ``X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t`` as two products), which is where a

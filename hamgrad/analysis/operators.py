@@ -1,4 +1,4 @@
-"""Matrix-free Jacobian operators on flat vectors (MATH.md §3).
+"""Matrix-free Jacobian operators on flat vectors (docs/theory.md §3).
 
 :class:`LinearOperator` is an ``m × n`` matrix known only by its action on blocks of vectors: ``J @ v`` (a JVP),
 ``J.T @ u`` (a VJP), ``J @ V`` for an ``(n, b)`` block, ``J2 @ J1`` (composition), ``J.dense()`` and
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from .._checks import check_choice, check_float_tensor, check_steps
+from .._checks import check_choice, check_finite, check_float_tensor, check_steps
 from ..fixed_point import FixedPoint, as_state, flatten_state, unflatten_state
 from ..grad import as_fixed_point
 from ..solvers import compute_dtype
@@ -165,13 +165,29 @@ class LinearOperator:
 
 
 # ---------------------------------------------------------------------- Jacobians of steps and of unrolled solves
-def analysis_point(x: torch.Tensor, h=None, name: str = "h") -> tuple:
+def analysis_point(x: torch.Tensor, h=None, name: str = "h", model: FixedPoint | None = None) -> tuple:
     """``(x, h)`` checked and detached, in the precision the analysis computes in: half-precision tensors become
-    float32, as inside the solvers (``h`` may be ``None``)."""
+    float32, as inside the solvers (``h`` may be ``None``).
+
+    With ``model``, ``x`` and ``h`` get the checks :func:`hamgrad.solve` applies: its solver's ``check_input`` and
+    ``check_state`` (e.g. a negative ``x`` for NMF, a state of the wrong shape), or finite values for a user's F.
+    """
     x = check_float_tensor(x, "x").detach()
+    solver = None if model is None else model.solver
+    if model is not None:
+        if callable(getattr(solver, "check_input", None)):
+            solver.check_input(x)
+        else:
+            check_finite(x, "x")
     x = x.to(compute_dtype(x.dtype))
     if h is not None:
-        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in as_state(h, name))
+        h = as_state(h, name)
+        if callable(getattr(solver, "check_state", None)):
+            solver.check_state(x, h, name)
+        if model is not None:
+            for i, t in enumerate(h):
+                check_finite(t.detach(), f"{name}[{i}]")
+        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in h)
     return x, h
 
 
@@ -220,12 +236,13 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
         operator is a constant.
     """
     check_choice(wrt, "wrt", WRT)
-    x, h = analysis_point(x, h)
     if callable(F) and not isinstance(F, FixedPoint):
+        x, h = analysis_point(x, h)
         lin = AutogradLinearization(F, h, x)
         name = getattr(F, "__name__", "F")
     else:
         fp = as_fixed_point(F)
+        x, h = analysis_point(x, h, model=fp)
         lin = linearize(fp, h, x, steps=1)
         name = fp.name
     if len(lin.out) != len(h) or any(a.shape != b.shape for a, b in zip(lin.out, h)):
@@ -256,7 +273,7 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
     check_choice(wrt, "wrt", WRT)
     check_steps(steps)
     fp = as_fixed_point(model)
-    x, h = analysis_point(x, h0, "h0")
+    x, h = analysis_point(x, h0, "h0", model=fp)
     if h is None:
         with torch.no_grad():
             h = fp.init(x, generator=generator)
