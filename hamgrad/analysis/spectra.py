@@ -1,8 +1,9 @@
 """Spectra of linear operators: top-k eigenvalues and singular values, with residuals and matvec counts.
 
 =============  ==================================================================================================
-``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK, seeded start vector), ``power``
-               (k = 1; reports non-convergence, e.g. for a complex dominant pair, instead of a number)
+``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK from a block of seeded start
+               vectors, Rayleigh–Ritz on their Ritz vectors together), ``power`` (k = 1; reports non-convergence,
+               e.g. for a complex dominant pair, with a warning instead of a number)
 ``svdvals``    ``dense`` (``torch.linalg.svd``), ``lanczos`` (torch-native block Lanczos with thick restarts and
                full reorthogonalisation on ``JᵀJ`` or ``JJᵀ``, whichever is smaller, through the operator's
                ``gram``/``cogram``; for a composition ``J = G @ M`` through a smaller inner space, on
