@@ -34,11 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_steps
-from .._krylov import gmres
 from ..fixed_point import state_residual
 from ..grad import as_fixed_point
 from .linearize import linearize
-from .operators import LinearOperator, analysis_point, flatten_block, linear_operator, unflatten_block
+from .operators import IdentityOperator, InverseOperator, analysis_point, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian", "empirical_rate"]
@@ -136,49 +135,26 @@ def implicit_jacobian(model, h, x: torch.Tensor, *, readout: bool = True, tol: f
         max_iter: the inner solves' iteration limit.
 
     Returns:
-        ``(operator, solves)``: ``solves`` is a list that collects each inner solve's
-        :class:`hamgrad._krylov.LinearSolveResult` (check their ``converged``).
+        ``(operator, solves)``: the :class:`LinearOperator` ``(I − J)⁻¹ B`` (then ``∂G/∂h (I − J)⁻¹ B + ∂G/∂x``),
+        built from :class:`JacobianOperator`, :class:`IdentityOperator` and :class:`InverseOperator`; ``solves`` is
+        the list that collects each inner solve's :class:`hamgrad._krylov.LinearSolveResult` (check their
+        ``converged``).
 
     Raises:
         TypeError, ValueError: for a model, ``x`` or ``h`` that :func:`hamgrad.solve` would reject.
     """
     fp = as_fixed_point(model)
     x, h = analysis_point(x, h, model=fp)
-    step = linearize(fp, h, x, steps=1)
-    out = linearize(fp, h, x, steps=0, readout=True) if readout else None
     tol = default_tol(x.dtype) * 1e-2 if tol is None else tol
-    solves = []
-    like = step.out
-
-    def one(fn, b):
-        res = gmres(fn, b, tol, max_iter)
-        solves.append(res)
-        return res.x
-
-    def i_minus_j(v):
-        return v - flatten_block(step.jvp(unflatten_block(v.unsqueeze(0), like), None))[0]
-
-    def i_minus_jt(u):
-        return u - flatten_block(step.vjp(unflatten_block(u.unsqueeze(0), like))[0])[0]
-
-    def apply(V):
-        dx = V.reshape(V.shape[0], *x.shape)
-        z = torch.stack([one(i_minus_j, bi) for bi in flatten_block(step.jvp(None, dx))])
-        return z if out is None else flatten_block(out.jvp(unflatten_block(z, like), dx))
-
-    def rapply(U):
-        if out is None:
-            gh, gx = unflatten_block(U, like), None
-        else:
-            gh, gx = out.vjp(unflatten_block(U, out.out), wrt_x=True)
-        w = torch.stack([one(i_minus_jt, gi) for gi in flatten_block(gh)])
-        _, bx = step.vjp(unflatten_block(w, like), wrt_x=True)
-        return (bx if gx is None else bx + gx).reshape(U.shape[0], -1)
-
-    m = sum(t.numel() for t in (like if out is None else out.out))
-    name = "implicit dy/dx" if readout else "implicit dh*/dx"
-    op = LinearOperator((m, x.numel()), apply, rapply, dtype=x.dtype, device=x.device, name=name)
-    return op, solves
+    step = linearize(fp, h, x, steps=1)
+    J, B = linear_operator(step, "h", h, x, "J"), linear_operator(step, "x", h, x, "B")
+    solve = InverseOperator(IdentityOperator(J.shape[0], dtype=J.dtype, device=J.device) - J, tol, max_iter)
+    op = solve @ B  # ∂h*/∂x = (I − J)⁻¹ B
+    if readout:
+        out = linearize(fp, h, x, steps=0, readout=True)
+        op = linear_operator(out, "h", h, x, "dG/dh") @ op + linear_operator(out, "x", h, x, "dG/dx")
+    op.name = "implicit dy/dx" if readout else "implicit dh*/dx"
+    return op, solve.solves
 
 
 def empirical_rate(residuals: list, eps: float) -> tuple[float, float, int]:
