@@ -42,27 +42,28 @@ def _log_if_spread(ax, values, axis: str = "y", decades: float = 1.5) -> None:
 
 
 def jacobian_spectrum(result: dict) -> Figure:
-    """Figure 1: eigenvalues of J_t = ∂F/∂h in the complex plane (unit circle drawn, colour = step t), and
+    """Figure 1: eigenvalues of J_t = ∂F/∂h (hᵗ, x) in the complex plane (unit circle drawn, colour = step t), and
     ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration."""
     runs = result["runs"]
     with _styled():
         fig, axes = _figure(2, len(runs), 3.2 * len(runs), 6.4, "Jacobian scale and spectrum of one solver step")
         colors = _palette(len(runs))
         theta = np.linspace(0, 2 * np.pi, 256)
-        steps_max = max(max(r["t"]) for r in runs)
-        viridis = sns.color_palette("viridis", steps_max)
+        t_min = min(min(r["t"]) for r in runs)
+        t_max = max(max(r["t"]) for r in runs)
+        viridis = sns.color_palette("viridis", t_max - t_min + 1)
         for j, run in enumerate(runs):
             ax = axes[0, j]
             ax.plot(np.cos(theta), np.sin(theta), color="0.5", lw=1, ls="--", label="unit circle")
             pts = [np.asarray(ev, dtype=float).reshape(-1, 2) for ev in run["eigvals"]]
-            # the first step (from the random start) can dwarf the rest: scale the axes to steps t >= 2
+            # the Jacobian at the random start can dwarf the rest: scale the axes to the later steps
             later = np.concatenate(pts[1:] or pts)
             lim = 1.15 * max(1.0, float(np.abs(later[:, 0] + 1j * later[:, 1]).max()))
             clipped = 0
             for t, ev in zip(run["t"], pts):
                 inside = np.abs(ev[:, 0] + 1j * ev[:, 1]) <= lim
                 clipped += int((~inside).sum())
-                ax.scatter(ev[inside, 0], ev[inside, 1], s=16, color=viridis[t - 1], edgecolor="none")
+                ax.scatter(ev[inside, 0], ev[inside, 1], s=16, color=viridis[t - t_min], edgecolor="none")
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
@@ -73,8 +74,8 @@ def jacobian_spectrum(result: dict) -> Figure:
                 ax.text(0.02, 0.98, f"{clipped} eigenvalue(s) of |λ| > {lim:.3g}\noff-scale (see ρ below)",
                         transform=ax.transAxes, fontsize=7, va="top")
             ax.legend(loc="lower left", fontsize=7)
-        axes[0, -1].text(1.02, 0.5, f"colour: step t = 1…{steps_max}\n(dark → light)", transform=axes[0, -1].transAxes,
-                         fontsize=7, va="center")
+        axes[0, -1].text(1.02, 0.5, f"colour: J_t at hᵗ,\nt = {t_min}…{t_max}\n(dark → light)",
+                         transform=axes[0, -1].transAxes, fontsize=7, va="center")
         gs = axes[1, 0].get_gridspec()
         for ax in axes[1, :]:
             ax.remove()
@@ -86,7 +87,7 @@ def jacobian_spectrum(result: dict) -> Figure:
                       label=run["label"] if ax_s is not ax_r else None)
         for ax, name in ((ax_r, "spectral radius ρ(J_t)"), (ax_s, "spectral norm ‖J_t‖₂")):
             ax.axhline(1.0, color="0.4", lw=1, ls="--")
-            ax.set_xlabel("solver step t")
+            ax.set_xlabel("step t (J_t = ∂F/∂h at hᵗ)")
             ax.set_ylabel(name)
             _log_if_spread(ax, [v for r in runs for v in (r["rho"] + r["sigma"])])
         ax_r.legend(fontsize=7, ncol=2)
@@ -94,29 +95,30 @@ def jacobian_spectrum(result: dict) -> Figure:
 
 
 def vanishing_exploding(result: dict) -> Figure:
-    """Figure 2: ‖∂h^t/∂h^0‖₂ (vanishing) and ‖∂h^t/∂x‖₂ (growth) against t on log scales, with the
-    Proposition-3 bound L_G·L_x/(1 − L_h) (where L_h < 1) and the Proposition-2 implicit limit as dashed lines."""
+    """Figure 2: ‖∂hᵗ/∂h⁰‖₂ (vanishing) and ‖∂hᵗ/∂x‖₂ (growth) against t on log scales; in the second panel the
+    state's Proposition-3 bound L_x/(1 − L_h) (dotted, where L_h = max_(t<K) ‖J_t‖ < 1) and its Proposition-2
+    limit ‖(I − J_K)⁻¹B_K‖ (dashed, where ρ(J_K) < 1), the quantities that bound and limit ‖∂hᵗ/∂x‖ itself."""
     runs = result["runs"]
     with _styled():
         fig, axes = _figure(1, 2, 10, 4, "Gradients through the unrolled solver: vanishing w.r.t. h⁰, growing w.r.t. x")
         ax0, ax1 = axes[0]
         for color, run in zip(_palette(len(runs)), runs):
             ax0.plot(run["t"], run["dh_dh0"], marker="o", ms=3, color=color, label=run["label"])
-            ax1.plot(run["t"], run["dh_dx"], marker="o", ms=3, color=color, label=run["label"])
-            if run.get("implicit_limit") is not None:
-                ax1.axhline(run["implicit_limit"], color=color, ls="--", lw=1)
-            if run.get("bound") is not None:
-                ax1.axhline(run["bound"], color=color, ls=":", lw=1)
+            ax1.plot(run["t"], run["dh_dx"], marker="o", ms=3, color=color)
+            if run.get("state_limit") is not None:
+                ax1.axhline(run["state_limit"], color=color, ls="--", lw=1)
+            if run.get("state_bound") is not None:
+                ax1.axhline(run["state_bound"], color=color, ls=":", lw=1)
         ax0.set_yscale("log")
         ax1.set_yscale("log")
-        ax0.set_ylabel("‖∂hᵗ/∂h⁰‖₂")
+        ax0.set_ylabel("‖∂hᵗ/∂h⁰‖₂ = ‖J_(t−1)⋯J_0‖₂")
         ax1.set_ylabel("‖∂hᵗ/∂x‖₂")
         for ax in (ax0, ax1):
             ax.set_xlabel("solver step t")
         ax0.legend(fontsize=7)
-        ax1.plot([], [], color="0.3", ls="--", label="implicit limit ‖(I − J*)⁻¹B*‖ (Prop. 2)")
-        ax1.plot([], [], color="0.3", ls=":", label="bound L_G·L_x/(1 − L_h) (Prop. 3)")
-        ax1.legend(fontsize=7)
+        ax1.plot([], [], color="0.3", ls="--", label="limit ‖(I − J_K)⁻¹B_K‖ (Prop. 2, where ρ(J_K) < 1)")
+        ax1.plot([], [], color="0.3", ls=":", label="bound L_x/(1 − L_h), L over t < K (Prop. 3, where L_h < 1)")
+        ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
     return fig
 
 
