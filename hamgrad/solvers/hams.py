@@ -25,6 +25,11 @@ def _project(D: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.mT @ D).mT
 
 
+def _softmax_r(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over r of ``(..., r, n)`` scores, computed on the ``(n, r)`` layout so that the codes keep it."""
+    return torch.softmax(scores.mT, dim=-1).mT
+
+
 def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
     """``X Cᵀ diag(C 1_n + eps)⁻¹``: each basis is the assignment-weighted mean of the columns of x."""
     return (x @ C.mT) / (C.sum(dim=-1).unsqueeze(-2) + eps)
@@ -46,10 +51,11 @@ class NMF(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return torch.softmax(_project(D, x), dim=-2)
+        return _softmax_r(_project(D, x))
 
     def _mu_codes(self, x, D, C):
-        return C * _project(D, x) / (_project(D.mT @ D, C) + self.eps)
+        # the (n, r)-layout operand first, so that the new codes keep that layout (fast elementwise products)
+        return _project(D, x) / (_project(D.mT @ D, C) + self.eps) * C
 
     def _update(self, x, D, C):
         """The step, and the products ``X Cᵀ`` and ``C Cᵀ`` of the new codes it formed."""
@@ -63,7 +69,7 @@ class NMF(Solver):
     _coef_codes = _mu_codes
 
     def _monitor_constants(self, x):
-        return (x * x).sum(dim=(-2, -1))
+        return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
     def _step_and_objective(self, x, D, C, x_sq):
         """The step and ``‖X − DC‖² = ‖X‖² − 2⟨XCᵀ, D⟩ + ⟨DᵀD, CCᵀ⟩`` at the new state, from the step's ``XCᵀ`` and
@@ -101,10 +107,10 @@ class SoftVQ(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return torch.softmax(self.inv_t * _project(D, x), dim=-2)
+        return _softmax_r(self.inv_t * _project(D, x))
 
     def _cos_codes(self, D, x_unit):
-        return torch.softmax(self.inv_t * _project(_unit_columns(D, self.eps), x_unit), dim=-2)
+        return _softmax_r(self.inv_t * _project(_unit_columns(D, self.eps), x_unit))
 
     def _step(self, x, D, C):
         C = self._cos_codes(D, _unit_columns(x, self.eps))
@@ -139,7 +145,7 @@ class CD(Solver):
     _random_bases = SoftVQ._random_bases
 
     def _init_codes(self, x, D):
-        return torch.softmax(self.inv_t * _project(D, _unit_columns(x, self.eps)), dim=-2)
+        return _softmax_r(self.inv_t * _project(D, _unit_columns(x, self.eps)))
 
     def _step(self, x, D, C):
         C = self._init_codes(x, D)
