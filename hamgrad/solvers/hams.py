@@ -1,10 +1,9 @@
 """The three hams of the paper, exactly as docs/theory.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
-``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are computed as transposes of ``(..., n, r)`` products
-(``DᵀX = (XᵀD)ᵀ``): the same numbers, but the GEMM with the long ``n`` side as rows is markedly faster on CPU BLAS
-(``benchmarks/bench_core.py``), and the following ``X Cᵀ`` then reads a contiguous ``Cᵀ``. So ``C`` is usually a
-non-contiguous view: use ``reshape``, not ``view``.
+``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape: measured in
+``benchmarks/bench_core.py`` (one thread and two), this layout is faster than computing ``(XᵀD)ᵀ`` with codes stored
+as ``(n, r)`` like the official code, whose backward also returns ``∂/∂X`` transposed (one more d × n copy).
 """
 
 from __future__ import annotations
@@ -21,13 +20,8 @@ def _unit_columns(D: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _project(D: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``Dᵀ x`` of shape ``(..., r, n)``, computed as ``(xᵀ D)ᵀ`` (see the module docstring)."""
-    return (x.mT @ D).mT
-
-
-def _softmax_r(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over r of ``(..., r, n)`` scores, computed on the ``(n, r)`` layout so that the codes keep it."""
-    return torch.softmax(scores.mT, dim=-1).mT
+    """``Dᵀ x`` of shape ``(..., r, n)``."""
+    return D.mT @ x
 
 
 def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,11 +45,10 @@ class NMF(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return _softmax_r(_project(D, x))
+        return torch.softmax(_project(D, x), dim=-2)
 
     def _mu_codes(self, x, D, C):
-        # the (n, r)-layout operand first, so that the new codes keep that layout (fast elementwise products)
-        return _project(D, x) / (_project(D.mT @ D, C) + self.eps) * C
+        return C * _project(D, x) / ((D.mT @ D) @ C + self.eps)
 
     def _update(self, x, D, C):
         """The step, and the products ``X Cᵀ`` and ``C Cᵀ`` of the new codes it formed."""
@@ -107,10 +100,10 @@ class SoftVQ(Solver):
         return _unit_columns(D, self.eps)
 
     def _init_codes(self, x, D):
-        return _softmax_r(self.inv_t * _project(D, x))
+        return torch.softmax(self.inv_t * _project(D, x), dim=-2)
 
     def _cos_codes(self, D, x_unit):
-        return _softmax_r(self.inv_t * _project(_unit_columns(D, self.eps), x_unit))
+        return torch.softmax(self.inv_t * _project(_unit_columns(D, self.eps), x_unit), dim=-2)
 
     def _step(self, x, D, C):
         C = self._cos_codes(D, _unit_columns(x, self.eps))
@@ -145,7 +138,7 @@ class CD(Solver):
     _random_bases = SoftVQ._random_bases
 
     def _init_codes(self, x, D):
-        return _softmax_r(self.inv_t * _project(D, _unit_columns(x, self.eps)))
+        return torch.softmax(self.inv_t * _project(D, _unit_columns(x, self.eps)), dim=-2)
 
     def _step(self, x, D, C):
         C = self._init_codes(x, D)
