@@ -29,13 +29,15 @@ def _build_parser() -> argparse.ArgumentParser:
     figures.set_defaults(func=_cmd_figures)
 
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
-                            description="Train and evaluate HamNet for every solver × gradient mode × seed (plus "
-                                        "the no-ham baseline); rerun the same command to resume a killed sweep.")
+                            description="Train and evaluate HamNet for every solver × gradient mode × K × seed "
+                                        "(plus the no-ham baseline), in this process or on Ray (--workers, "
+                                        "--address); rerun the same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
     ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
                                                                  "(default one-step,bptt)")
     ablate.add_argument("--seeds", type=int, help="seeds per combination (default 3; 1 with --quick)")
-    ablate.add_argument("--steps", type=int, help="solver steps K in training (evaluation uses K + 1; default 6)")
+    ablate.add_argument("--steps", help="solver steps K in training, or a comma-separated list of K to sweep, e.g. "
+                                        "6,12,24 (evaluation uses K + 1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
@@ -43,6 +45,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
                         help="replace a sweep with a different config found in --out")
+    ablate.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, as Ray tasks (default 1: in this process, without Ray)")
+    ablate.add_argument("--address", help="attach to a running Ray cluster: 'auto' or HOST:PORT (default: a local "
+                                          "Ray instance when --workers > 1); --out must be on a shared filesystem")
+    ablate.add_argument("--cpus-per-run", type=float, default=1, help="CPUs (torch threads) per run on Ray (default 1)")
+    ablate.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run on Ray (default 0)")
+    ablate.add_argument("--retries", type=int, default=1,
+                        help="tries again a run that raises or whose worker dies, this many times, before recording "
+                             "it as failed (default 1)")
     ablate.set_defaults(func=_cmd_ablate)
 
     spectrum = sub.add_parser("spectrum", help="Jacobian spectra of one solver configuration",
@@ -107,11 +118,20 @@ def _cmd_ablate(args) -> int:
     def names(text: str) -> tuple:
         return tuple(t.strip() for t in text.split(",") if t.strip())
 
-    given = {"seeds": args.seeds, "steps": args.steps, "iters": args.iters}
+    def steps(text: str):
+        try:
+            ks = tuple(int(t) for t in names(text))
+        except ValueError:
+            raise ValueError(f"--steps must be an int or comma-separated ints such as 6,12,24, got {text!r}") from None
+        return ks[0] if len(ks) == 1 and "," not in text else ks
+
+    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline)
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
-    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device)  # main() reports its errors
+    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device, workers=args.workers,
+                 address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                 retries=args.retries)  # main() reports its errors
     return 0
 
 

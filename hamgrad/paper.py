@@ -216,11 +216,11 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     out, rows = _sweep(quick, ablation_dir, progress)
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["solver"], r["grad"]), []).append(100.0 * r["miou"])
-    table = [{"solver": s, "grad": g, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
-             for (s, g), v in groups.items()]
-    curves = [{"solver": r["solver"], "grad": r["grad"], "seed": r["seed"], "step": r["curve"]["step"],
-               "loss": r["curve"]["loss"]} for r in rows]
+        groups.setdefault((r["solver"], r["grad"], r.get("steps") if r["grad"] else None), []).append(100 * r["miou"])
+    table = [{"solver": s, "grad": g, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
+             for (s, g, k), v in groups.items()]
+    curves = [{"solver": r["solver"], "grad": r["grad"], "steps": r.get("steps"), "seed": r["seed"],
+               "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
     return {"metric": "mIoU", "sweep": str(out), "table": table, "curves": curves,
             "config": read_config(out).to_dict()}
 
@@ -282,8 +282,14 @@ def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dic
 # ---------------------------------------------------------------------- dispatch, saving, the whole set
 _COMPUTE = {"spectrum": _spectrum, "flow": _flow, "agreement": _agreement, "ablation": _ablation,
             "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
+def _plot_ablation(result: dict):
+    """Figure 4: the Table-1 analogue, or mIoU against K when the sweep's solver steps K is an axis."""
+    ks = {row.get("steps") for row in result["table"] if row["solver"] != "none"}
+    return (plots.ablation_steps if len(ks) > 1 else plots.ablation)(result)
+
+
 _PLOT = {"spectrum": plots.jacobian_spectrum, "flow": plots.vanishing_exploding,
-         "agreement": plots.gradient_agreement, "ablation": plots.ablation,
+         "agreement": plots.gradient_agreement, "ablation": _plot_ablation,
          "accumulative_ratio": plots.accumulative_ratio, "feature_maps": plots.feature_maps}
 
 

@@ -14,8 +14,8 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-__all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "accumulative_ratio",
-           "feature_maps"]
+__all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
+           "accumulative_ratio", "feature_maps"]
 
 
 def _palette(n: int) -> list:
@@ -181,6 +181,36 @@ def ablation(result: dict) -> Figure:
         for s, ls in (("nmf", "-"), ("vq", "--"), ("cd", ":"), ("none", "-.")):
             ax1.plot([], [], color="0.3", ls=ls, label=s)
         ax1.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def ablation_steps(result: dict) -> Figure:
+    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver, one line
+    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dashed line."""
+    table = result["table"]
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["solver"] != "none"))
+    solvers = list(dict.fromkeys(row["solver"] for row in table if row["solver"] != "none"))
+    ks = sorted({row["steps"] for row in table if row["solver"] != "none"})
+    colors = dict(zip(grads, _palette(len(grads))))
+    with _styled():
+        fig, axes = _figure(1, len(solvers), 3.6 * len(solvers), 3.6,
+                            "One-step vs BPTT against the solver steps K (HamNet on the global-context shapes)")
+        for ax, solver in zip(axes[0], solvers):
+            for g in grads:
+                rows = sorted((r for r in table if (r["solver"], r["grad"]) == (solver, g)), key=lambda r: r["steps"])
+                x = [r["steps"] for r in rows]
+                ax.plot(x, [r["mean"] for r in rows], color=colors[g], marker="o", label=f"{g} (mean)")
+                ax.scatter(x, [r["best"] for r in rows], color=colors[g], marker="_", s=150, zorder=3)
+            for r in table:
+                if r["solver"] == "none":
+                    ax.axhline(r["mean"], color="0.3", ls="--", lw=1, label="no ham (mean)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_title(solver.upper())
+            ax.set_xlabel("solver steps K in training (evaluation K + 1)")
+        axes[0, 0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%); best: −")
+        axes[0, 0].legend(fontsize=7)
     return fig
 
 
