@@ -35,6 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
+    ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
+                                                       "(self-attention), a2 (double attention), gap (global pooling)")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
@@ -128,7 +130,8 @@ def _cmd_ablate(args) -> int:
 
     given = {"seeds": args.seeds, "steps": args.steps, "iters": args.iters}
     fields = {k: v for k, v in given.items() if v is not None}
-    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline)
+    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline,
+                  contexts=names(args.contexts))
     try:
         config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
         run_ablation(config, args.out, overwrite=args.overwrite, device=args.device)

@@ -46,11 +46,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from ._checks import check_choice, check_int
+from .experiments import AblationConfig, load_results
 from .nn import build_context
 from .profiling import synchronize
 
 __all__ = ["ContextCost", "PAPER_TABLE3", "PAPER_RATIOS", "count_macs", "peak_memory", "context_cost",
-           "compare_contexts", "fit_slopes", "to_markdown", "save", "DEFAULT_CONTEXTS", "SDPA_BACKENDS"]
+           "compare_contexts", "fit_slopes", "to_markdown", "save", "ablation_costs", "ablation_markdown",
+           "DEFAULT_CONTEXTS", "SDPA_BACKENDS"]
 
 #: The modules :func:`compare_contexts` measures by default: self-attention, A², the three hams, global pooling.
 DEFAULT_CONTEXTS = ("sa", "a2", "nmf", "vq", "cd", "gap")
@@ -213,16 +215,16 @@ def _sdpa_context(backend):
 
 
 def context_cost(name: str, height: int, width: int | None = None, *, batch: int = 1, channels: int = 512,
-                 d: int = 512, rank: int = 64, steps=(6, 7), device="cpu", dtype=torch.float32, repeats: int = 3,
-                 seed: int = 0, sdpa_backend: str | None = None) -> ContextCost:
+                 d: int = 512, rank: int = 64, steps=(6, 7), grad: str = "one-step", device="cpu",
+                 dtype=torch.float32, repeats: int = 3, seed: int = 0, sdpa_backend: str | None = None) -> ContextCost:
     """Parameters, MACs, memory and time of one context module (see the module docstring for what each counts).
 
     Args:
         name: a context module name for :func:`hamgrad.nn.build_context` (``"sa"``, ``"a2"``, ``"gap"``, or a solver
             name such as ``"nmf"`` for the Hamburger).
         height, width: the feature map's size (``width`` defaults to ``height``).
-        batch, channels, d, rank, steps: the setting (Table 3: 1, 512, 512, 64, (6, 7)); the hams use
-            ``grad="one-step"``.
+        batch, channels, d, rank, steps: the setting (Table 3: 1, 512, 512, 64, (6, 7)).
+        grad: the hams' gradient mode (see :func:`hamgrad.solve`).
         device, dtype: where and in which floating dtype to measure.
         repeats: timed calls per median (after one untimed call).
         seed: seeds the module's weights, the input, the output gradient and the hams' initial states.
@@ -243,7 +245,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    module = build_context(name, channels, d=d, rank=rank, steps=steps).to(device=device, dtype=dtype)
+    module = build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad).to(device=device, dtype=dtype)
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(batch, channels, height, width, generator=g, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(x.shape, generator=g, device=device, dtype=dtype)
@@ -407,3 +409,75 @@ def save(result: dict, out, name: str = "context_cost", fig=None) -> list[Path]:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return list(files) + ([out / f"{name}.png"] if fig is not None else [])
+
+
+def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
+    """Accuracy per unit of cost of a context sweep (``hamgrad ablate --contexts``): each module's validation mIoU
+    beside its cost as the head of that sweep's HamNet.
+
+    The cost is :func:`context_cost` of the module alone on the sweep's head input (``batch_size`` × the encoder's
+    channels × (image_size / output_stride)², with the sweep's d, r, K and gradient mode), measured here and now;
+    the no-context baseline costs 0. ``run_seconds`` is the mean wall time of a whole training run from the sweep's
+    results (encoder included, on whatever else the machine was doing then).
+
+    Args:
+        out_dir: a sweep folder written by :func:`hamgrad.experiments.run_ablation`.
+        repeats: timed calls per median.
+        device: where to measure the costs.
+
+    Returns:
+        plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
+        them: ``label``, ``name``, ``grad``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
+        and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
+        ``train_seconds``, ``infer_seconds``, ``memory_kind``.
+
+    Raises:
+        ValueError: when ``out_dir`` holds no sweep or no finished run.
+    """
+    out = Path(out_dir)
+    config_path = out / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"out_dir={str(out)!r} holds no sweep (no config.json)")
+    config = AblationConfig.from_json(config_path.read_text(encoding="utf-8"))
+    results = load_results(out)
+    if not results:
+        raise ValueError(f"out_dir={str(out)!r} holds no finished runs")
+    channels = config.width * config.output_stride // 2  # the last encoder stage: width · 2^(log2(stride) − 1)
+    side = config.image_size // config.output_stride
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["solver"], r["grad"]), []).append(r)
+    rows = []
+    for (name, grad), group in groups.items():
+        miou = [r["miou"] for r in group]
+        row = {"label": name if grad is None else f"{name} ({grad})", "name": name, "grad": grad,
+               "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
+               "miou_std": statistics.pstdev(miou),
+               "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
+        if name == "none":
+            row.update(params=0, macs=0, train_macs=0, train_bytes=0, infer_bytes=0, train_seconds=0.0,
+                       infer_seconds=0.0, memory_kind=None)
+        else:
+            c = context_cost(name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
+                             steps=(config.steps, config.resolved_eval_steps), grad=grad or "one-step",
+                             device=device, repeats=repeats)
+            row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
+                                                   "train_seconds", "infer_seconds", "memory_kind")})
+        rows.append(row)
+    return {"sweep": str(out), "shape": [config.batch_size, channels, side, side], "config": config.to_dict(),
+            "rows": rows, "torch": torch.__version__}
+
+
+def ablation_markdown(result: dict) -> str:
+    """The :func:`ablation_costs` result as a markdown table."""
+    b, c, h, w = result["shape"]
+    lines = [f"Context ablation: validation mIoU (%) beside the context module's cost on its ({b}, {c}, {h}, {w}) "
+             f"input", "",
+             "| module | mIoU best (mean ± std) | seeds | run time (s) | params (k) | MACs (M) | train step (ms) | "
+             "train MB | infer (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['label']} | {100 * r['miou_best']:.1f} ({100 * r['miou_mean']:.1f} ± "
+                     f"{100 * r['miou_std']:.1f}) | {r['seeds']} | {r['run_seconds']:.0f} | {r['params'] / 1e3:.1f} | "
+                     f"{r['macs'] / 1e6:.1f} | {1e3 * r['train_seconds']:.2f} | {r['train_bytes'] / 2**20:.2f} | "
+                     f"{1e3 * r['infer_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -198,7 +198,7 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
 def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
     """The first finished NMF one-step run of the sweep (or the first ham run), with the sweep's validation data."""
     out, rows = _sweep(quick, ablation_dir, progress)
-    ham_rows = [r for r in rows if r["solver"] != "none"]
+    ham_rows = [r for r in rows if r["grad"] is not None]  # not the baseline, nor a context module's run
     if not ham_rows:
         raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
     row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])

@@ -273,6 +273,9 @@ def context_tradeoff(result: dict) -> Figure:
                               (axes[0, 1], "train_bytes", "context module: training peak memory (MB)")):
             scale = 1e3 if key == "train_seconds" else 2.0 ** -20
             for color, r in zip(colors, rows):
+                if r[key] <= 0:  # the no-context baseline costs nothing: a horizontal line
+                    ax.axhline(100 * r["miou_mean"], color=color, ls=":", label=f"{r['label']} (no cost)")
+                    continue
                 x = r[key] * scale
                 ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
                 ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")

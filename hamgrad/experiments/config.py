@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .._checks import check_int
 from ..data import GlobalContextShapes
 from ..grad import parse_grad_mode
+from ..nn import CONTEXTS
 from ..solvers import available_solvers
 
 __all__ = ["AblationConfig", "RunSpec"]
@@ -17,15 +18,20 @@ __all__ = ["AblationConfig", "RunSpec"]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of a sweep: a solver and gradient mode (``None`` for the no-ham baseline) and a seed."""
+    """One training run of a sweep: a solver and gradient mode (``None`` for the no-ham baseline) and a seed; or a
+    non-ham context module (``context``: ``"sa"``, ``"a2"``, ``"gap"``; then ``solver`` and ``grad`` are ``None``)."""
 
     solver: str | None
     grad: str | None
     seed: int
+    context: str | None = None
 
     @property
     def run_id(self) -> str:
-        """A file-name-safe identifier, e.g. ``nmf_one-step_seed0``, ``nmf_truncated2_seed1``, ``none_seed0``."""
+        """A file-name-safe identifier, e.g. ``nmf_one-step_seed0``, ``nmf_truncated2_seed1``, ``none_seed0``,
+        ``sa_seed0``."""
+        if self.context is not None:
+            return f"{self.context}_seed{self.seed}"
         if self.solver is None:
             return f"none_seed{self.seed}"
         return f"{self.solver}_{self.grad.replace(':', '')}_seed{self.seed}"
@@ -57,6 +63,9 @@ class AblationConfig:
         seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
             encoder weights and batch order for every combination.
         baseline: also train ``HamNet(ham=None)`` for each seed.
+        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"a2"`` double
+            attention, ``"gap"`` global pooling; see :mod:`hamgrad.nn.attention`), one run per module and seed, with
+            the same training budget, sized by ``d`` (and ``rank`` for A²).
     Model (:class:`hamgrad.nn.HamNet`):
         steps: solver steps K in training; eval_steps: in evaluation (``None``: ``steps + 1``, the paper's 6/7).
         width, output_stride, d, rank: network width, output stride (4 or 8), ham channels, ham rank (< d).
@@ -74,6 +83,7 @@ class AblationConfig:
     grads: tuple = ("one-step", "bptt")
     seeds: int = 3
     baseline: bool = True
+    contexts: tuple = ()
     steps: int = 6
     eval_steps: int | None = None
     width: int = 32
@@ -97,6 +107,11 @@ class AblationConfig:
     def __post_init__(self):
         object.__setattr__(self, "solvers", _names(self.solvers, "solvers"))
         object.__setattr__(self, "grads", _names(self.grads, "grads"))
+        object.__setattr__(self, "contexts", _names(self.contexts, "contexts"))
+        for c in self.contexts:
+            if c not in CONTEXTS:
+                raise ValueError(f"unknown context module {c!r} in contexts; expected names from {sorted(CONTEXTS)} "
+                                 f"(the hams go in solvers)")
         if isinstance(self.num_shapes, list):
             object.__setattr__(self, "num_shapes", tuple(self.num_shapes))
         known = available_solvers()
@@ -114,8 +129,9 @@ class AblationConfig:
             parse_grad_mode(g, self.resolved_eval_steps)
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
-        if not self.solvers and not self.baseline:
-            raise ValueError("the sweep is empty: give at least one solver in solvers or set baseline=True")
+        if not self.solvers and not self.baseline and not self.contexts:
+            raise ValueError("the sweep is empty: give at least one solver in solvers or context in contexts, or set "
+                             "baseline=True")
         if bool(self.solvers) != bool(self.grads):
             raise ValueError(f"solvers and grads must both be empty or both non-empty, got solvers={self.solvers} "
                              f"and grads={self.grads}")
@@ -153,10 +169,11 @@ class AblationConfig:
                                    seed=self.data_seed)
 
     def runs(self) -> list[RunSpec]:
-        """The sweep's runs in training order: the baselines first, then solver × grad × seed."""
+        """The sweep's runs in training order: the baselines first, then solver × grad × seed, then context × seed."""
         baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
         return baseline + [RunSpec(solver, grad, s) for solver in self.solvers for grad in self.grads
-                           for s in range(self.seeds)]
+                           for s in range(self.seeds)] + [RunSpec(None, None, s, context=c) for c in self.contexts
+                                                          for s in range(self.seeds)]
 
     @classmethod
     def quick(cls, **overrides) -> "AblationConfig":

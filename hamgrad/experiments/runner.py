@@ -39,6 +39,7 @@ from .summary import Summary, summarize
 __all__ = ["run_ablation", "load_results", "load_model", "build_model", "CSV_COLUMNS"]
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
+#: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
 CSV_COLUMNS = ("run_id", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc", "final_loss",
                "diverged", "train_seconds", "eval_seconds", "finished_at")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
@@ -122,7 +123,7 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG)."""
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
                   d=config.d, rank=config.rank, steps=(config.steps, config.resolved_eval_steps),
-                  grad=spec.grad or "one-step")
+                  grad=spec.grad or "one-step", context=spec.context)
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
@@ -238,7 +239,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     iou = iou_per_class(conf)
     losses = state["curve"]["loss"]
     return {
-        "run_id": spec.run_id, "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+        "run_id": spec.run_id, "solver": spec.context or spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
         "steps": config.steps, "eval_steps": config.resolved_eval_steps, "iters": config.iters,
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
