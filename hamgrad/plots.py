@@ -183,12 +183,14 @@ def ablation(result: dict) -> Figure:
 
 
 def accumulative_ratio(result: dict) -> Figure:
-    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module."""
+    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module
+    (or the context module ``result["module"]`` names)."""
+    module = result.get("module", "Hamburger")
     with _styled():
         fig, axes = _figure(1, 1, 5.5, 4, "Accumulative ratio of feature singular values")
         ax = axes[0, 0]
         c = _palette(2)
-        for key, color, label in (("before", c[0], "before Hamburger"), ("after", c[1], "after Hamburger")):
+        for key, color, label in (("before", c[0], f"before {module}"), ("after", c[1], f"after {module}")):
             mean = np.asarray(result[key])
             ax.plot(result["k"], mean, color=color, label=label)
             if result.get(key + "_std") is not None:
@@ -203,11 +205,13 @@ def accumulative_ratio(result: dict) -> Figure:
 
 def feature_maps(result: dict) -> Figure:
     """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module,
-    and the codes C_j of a few bases as spatial maps."""
+    and the codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]``
+    names the module, Hamburger by default)."""
     channels, codes = result["channels"], result["codes"]
     ncols = max(len(channels), len(codes), 2)
     with _styled():
-        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4, "Feature maps before and after Hamburger")
+        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4,
+                            f"Feature maps before and after {result.get('module', 'Hamburger')}")
         for ax in axes.ravel():
             ax.axis("off")
         axes[0, 0].imshow(np.asarray(result["image"]))

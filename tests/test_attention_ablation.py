@@ -69,3 +69,34 @@ def test_cli_ablate_contexts(tmp_path, capsys):
     assert [r["run_id"] for r in load_results(out)] == ["gap_seed0"]
     assert cli_main(["ablate", "--quick", "--contexts", "attention", "--out", str(tmp_path / "x")]) == 2
     assert "unknown context module 'attention'" in capsys.readouterr().err
+
+
+def test_figures_5_and_6_for_a_context_module(tmp_path):
+    """The accumulative ratio and feature maps of a trained HamNet whose head is self-attention or A², with the
+    ratio of the block's input held against a float64 SVD of the encoder's output."""
+    import torch
+
+    from hamgrad import paper, plots
+
+    config = AblationConfig.quick(solvers=(), grads=(), baseline=False, contexts=("sa", "a2"), iters=2,
+                                  log_every=1, checkpoint_every=2)
+    run_ablation(config, tmp_path, progress=False)
+    ds = config.dataset()
+    images = torch.stack([ds[config.train_samples + i][0] for i in range(3)])
+    labels = torch.stack([ds[config.train_samples + i][1] for i in range(3)])
+    model = load_model(tmp_path, "sa_seed0")
+    ratio = paper.block_accumulative_ratio(model, images, "sa_seed0")
+    assert ratio["module"] == "SelfAttention" and ratio["images"] == 3
+    with torch.no_grad():
+        z = model.squeeze(model.encoder(images)).double().flatten(2)
+    energy = torch.linalg.svdvals(z) ** 2
+    expected = (energy.cumsum(-1) / energy.sum(-1, keepdim=True)).mean(0)
+    torch.testing.assert_close(torch.tensor(ratio["before"], dtype=torch.float64), expected)
+    assert ratio["after"][-1] == pytest.approx(1.0)
+    assert "before SelfAttention" in [t.get_text() for t in plots.accumulative_ratio(ratio).axes[0].get_legend().texts]
+
+    maps = paper.block_feature_maps(model, images, labels, "sa_seed0")
+    assert maps["module"] == "SelfAttention" and maps["codes"] == [] and len(maps["after"]) == 4
+    plots.feature_maps(maps)
+    a2 = paper.block_feature_maps(load_model(tmp_path, "a2_seed0"), images, labels)
+    assert len(a2["codes"]) == 4 and len(a2["codes"][0]) == config.image_size // config.output_stride
