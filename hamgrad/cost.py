@@ -394,12 +394,14 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: dict, out, name: str = "context_cost", fig=None) -> list[Path]:
-    """Write ``out/name.json`` (the result), ``out/name.md`` (:func:`to_markdown`) and, when ``fig`` is given,
-    ``out/name.png``; each to a temporary name first, then moved into place. Returns the paths written."""
+def save(result: dict, out, name: str = "context_cost", fig=None, markdown: str | None = None) -> list[Path]:
+    """Write ``out/name.json`` (the result), ``out/name.md`` (``markdown``, by default :func:`to_markdown` of the
+    result) and, when ``fig`` is given, ``out/name.png``; each to a temporary name first, then moved into place.
+    Returns the paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {out / f"{name}.json": json.dumps(result, allow_nan=True) + "\n", out / f"{name}.md": to_markdown(result)}
+    markdown = to_markdown(result) if markdown is None else markdown
+    files = {out / f"{name}.json": json.dumps(result, allow_nan=True) + "\n", out / f"{name}.md": markdown}
     if fig is not None:
         tmp = out / f".{name}.png.tmp"
         fig.savefig(tmp, dpi=110, format="png")
