@@ -32,7 +32,8 @@ from .experiments import AblationConfig, load_model, load_results, read_config, 
 from .fixed_point import FixedPoint
 from .solvers import CD, NMF, SoftVQ
 
-__all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config"]
+__all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config",
+           "block_accumulative_ratio", "block_feature_maps"]
 
 #: Figure names in the order they are produced (4–6 share the ablation sweep).
 FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps")
@@ -228,7 +229,7 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
 def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
     """The first finished NMF one-step run of the sweep (or the first ham run), with the sweep's validation data."""
     out, rows = _sweep(quick, ablation_dir, progress)
-    ham_rows = [r for r in rows if r["solver"] != "none"]
+    ham_rows = [r for r in rows if r["grad"] is not None]  # not the baseline, nor a context module's run
     if not ham_rows:
         raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
     row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])
@@ -242,11 +243,13 @@ def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
 
 
 def _block_features(model, images, seed: int = 0):
-    """The Hamburger block's input and output feature maps ``(B, C, H, W)`` and the ham's capture, in eval mode."""
+    """The head block's input and output feature maps ``(B, C, H, W)`` and its capture, in eval mode."""
+    if model.block is None:
+        raise ValueError("the model has no context module (HamNet(ham=None)): nothing to capture")
     seen = {}
-    handle = model.hamburger.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    handle = model.block.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
     try:
-        with torch.no_grad(), model.hamburger.capture() as cap:
+        with torch.no_grad(), model.block.capture() as cap:
             model(images, generator=torch.Generator().manual_seed(seed))
     finally:
         handle.remove()
@@ -255,25 +258,40 @@ def _block_features(model, images, seed: int = 0):
 
 def _accumulative_ratio(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     model, images, _, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    return block_accumulative_ratio(model, images, run_id)
+
+
+def block_accumulative_ratio(model, images, run_id: str | None = None) -> dict:
+    """Figure 5's numbers for any trained :class:`hamgrad.nn.HamNet` with a head block (a Hamburger or another
+    context module, ``model.block``): the accumulative ratio of the block's input and output features on
+    ``images`` (mean and std over the images), in eval mode. ``run_id`` is recorded for the figure."""
     before, after, _ = _block_features(model, images)
     B, C = before.shape[:2]
     rb = accumulative_ratio(before.reshape(B, C, -1).double()).cpu().numpy()
     ra = accumulative_ratio(after.reshape(B, C, -1).double()).cpu().numpy()
-    return {"run_id": run_id, "p": 2, "images": B, "k": list(range(1, rb.shape[-1] + 1)),
+    return {"run_id": run_id, "module": type(model.block).__name__, "p": 2, "images": B,
+            "k": list(range(1, rb.shape[-1] + 1)),
             "before": rb.mean(0).tolist(), "after": ra.mean(0).tolist(),
             "before_std": rb.std(0).tolist(), "after_std": ra.std(0).tolist()}
 
 
 def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     model, images, labels, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    return block_feature_maps(model, images, labels, run_id)
+
+
+def block_feature_maps(model, images, labels, run_id: str | None = None) -> dict:
+    """Figure 6's numbers for any trained :class:`hamgrad.nn.HamNet` with a head block: the first image and label,
+    its four highest-variance channels before and after ``model.block``, and the code maps of the four most active
+    bases where the block has codes (the hams, A²; none for self-attention and global pooling)."""
     before, after, cap = _block_features(model, images)
     b = 0
     variance = before[b].flatten(1).var(dim=1)
     channels = variance.argsort(descending=True)[:4].tolist()
-    code_energy = cap.C[b].pow(2).sum(dim=1)
-    bases = code_energy.argsort(descending=True)[:4].tolist()
+    bases = [] if cap.C is None else cap.C[b].pow(2).sum(dim=1).argsort(descending=True)[:4].tolist()
     H, W = cap.shape
-    return {"run_id": run_id, "image_index": b, "image": images[b].permute(1, 2, 0).clamp(0, 1).tolist(),
+    return {"run_id": run_id, "module": type(model.block).__name__, "image_index": b,
+            "image": images[b].permute(1, 2, 0).clamp(0, 1).tolist(),
             "label": labels[b].tolist(), "channels": channels,
             "before": [before[b, c].tolist() for c in channels], "after": [after[b, c].tolist() for c in channels],
             "bases": bases, "codes": [cap.C[b, j].reshape(H, W).tolist() for j in bases]}

@@ -15,7 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
-           "accumulative_ratio", "feature_maps"]
+           "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
 
 
 def _palette(n: int) -> list:
@@ -215,12 +215,14 @@ def ablation_steps(result: dict) -> Figure:
 
 
 def accumulative_ratio(result: dict) -> Figure:
-    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module."""
+    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module
+    (or the context module ``result["module"]`` names)."""
+    module = result.get("module", "Hamburger")
     with _styled():
         fig, axes = _figure(1, 1, 5.5, 4, "Accumulative ratio of feature singular values")
         ax = axes[0, 0]
         c = _palette(2)
-        for key, color, label in (("before", c[0], "before Hamburger"), ("after", c[1], "after Hamburger")):
+        for key, color, label in (("before", c[0], f"before {module}"), ("after", c[1], f"after {module}")):
             mean = np.asarray(result[key])
             ax.plot(result["k"], mean, color=color, label=label)
             if result.get(key + "_std") is not None:
@@ -235,11 +237,13 @@ def accumulative_ratio(result: dict) -> Figure:
 
 def feature_maps(result: dict) -> Figure:
     """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module,
-    and the codes C_j of a few bases as spatial maps."""
+    and the codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]``
+    names the module, Hamburger by default)."""
     channels, codes = result["channels"], result["codes"]
     ncols = max(len(channels), len(codes), 2)
     with _styled():
-        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4, "Feature maps before and after Hamburger")
+        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4,
+                            f"Feature maps before and after {result.get('module', 'Hamburger')}")
         for ax in axes.ravel():
             ax.axis("off")
         axes[0, 0].imshow(np.asarray(result["image"]))
@@ -257,4 +261,62 @@ def feature_maps(result: dict) -> Figure:
         for j, (b, m) in enumerate(zip(result["bases"], codes)):
             axes[3, j].imshow(np.asarray(m), cmap="viridis")
             axes[3, j].set_title(f"code of basis {b}", fontsize=8)
+    return fig
+
+
+def context_scaling(result: dict) -> Figure:
+    """Cost of the context modules against the positions n = H·W (a :func:`hamgrad.cost.compare_contexts` result):
+    training and inference time and memory, log–log, one line per module, with the fitted slope drawn dashed over the
+    fitted range and written in the legend."""
+    rows, slopes = result["rows"], result["slopes"]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    panels = (("train_seconds", "training step time (s)"), ("infer_seconds", "inference time (s)"),
+              ("train_bytes", "training peak memory (MB)"), ("infer_bytes", "inference peak memory (MB)"))
+    first = rows[0]
+    with _styled():
+        fig, axes = _figure(2, 2, 10, 7.6, f"Context modules against n = H·W ({first['channels']} channels, "
+                                           f"d = {first['d']}, r = {first['rank']}, {first['device']})")
+        for ax, (key, name) in zip(axes.ravel(), panels):
+            scale = 2.0 ** -20 if key.endswith("bytes") else 1.0
+            for color, label in zip(_palette(len(labels)), labels):
+                pts = sorted((r["n"], r[key] * scale) for r in rows if r["label"] == label)
+                n, v = np.asarray(pts).T
+                slope = slopes.get(label, {}).get(key)
+                text = label if slope is None or not np.isfinite(slope) else f"{label} (slope {slope:.2f})"
+                ax.plot(n, v, marker="o", ms=4, color=color, label=text)
+                if slope is not None and np.isfinite(slope):
+                    fitted = np.asarray(slopes[label]["n"], dtype=float)
+                    keep = np.isin(n, fitted)
+                    # the least-squares line passes through the mean of the fitted points in log-log
+                    c = np.mean(np.log(v[keep])) - slope * np.mean(np.log(n[keep]))
+                    ax.plot(fitted, np.exp(c) * fitted ** slope, color=color, ls="--", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("positions n = H·W")
+            ax.set_ylabel(name)
+            ax.legend(fontsize=7)
+    return fig
+
+
+def context_tradeoff(result: dict) -> Figure:
+    """Accuracy per unit of cost of the context ablation (a :func:`hamgrad.cost.ablation_costs` result): mean mIoU
+    (best as an open marker) against the head block's training-step time and training memory, one point per module."""
+    rows = result["rows"]
+    with _styled():
+        fig, axes = _figure(1, 2, 10, 4.2, "Context ablation: validation mIoU against the context module's cost")
+        colors = _palette(len(rows))
+        for ax, key, name in ((axes[0, 0], "train_seconds", "context module: training-step time (ms)"),
+                              (axes[0, 1], "train_bytes", "context module: training peak memory (MB)")):
+            scale = 1e3 if key == "train_seconds" else 2.0 ** -20
+            for color, r in zip(colors, rows):
+                if r[key] <= 0:  # the no-context baseline costs nothing: a horizontal line
+                    ax.axhline(100 * r["miou_mean"], color=color, ls=":", label=f"{r['label']} (no cost)")
+                    continue
+                x = r[key] * scale
+                ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
+                ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")
+            ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.set_ylabel("validation mIoU (%), mean ● / best ○")
+        axes[0, 0].legend(fontsize=7)
     return fig

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .._checks import check_int
 from ..data import GlobalContextShapes
 from ..grad import parse_grad_mode
+from ..nn import CONTEXTS
 from ..solvers import available_solvers
 
 __all__ = ["AblationConfig", "RunSpec"]
@@ -18,17 +19,21 @@ __all__ = ["AblationConfig", "RunSpec"]
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of a sweep: a solver, gradient mode and solver steps K (all ``None`` for the no-ham
-    baseline) and a seed."""
+    baseline) and a seed; or a non-ham context module (``context``: ``"sa"``, ``"a2"``, ``"gap"``; then ``solver``,
+    ``grad`` and ``steps`` are ``None``)."""
 
     solver: str | None
     grad: str | None
     seed: int
     steps: int | None = None
+    context: str | None = None
 
     @property
     def run_id(self) -> str:
         """A file-name-safe identifier, e.g. ``nmf_one-step_K6_seed0``, ``nmf_truncated2_K12_seed1``,
-        ``none_seed0``."""
+        ``none_seed0``, ``sa_seed0``."""
+        if self.context is not None:
+            return f"{self.context}_seed{self.seed}"
         if self.solver is None:
             return f"none_seed{self.seed}"
         k = "" if self.steps is None else f"_K{self.steps}"
@@ -61,6 +66,9 @@ class AblationConfig:
         seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
             encoder weights and batch order for every combination.
         baseline: also train ``HamNet(ham=None)`` for each seed.
+        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"a2"`` double
+            attention, ``"gap"`` global pooling; see :mod:`hamgrad.nn.attention`), one run per module and seed, with
+            the same training budget, sized by ``d`` (and ``rank`` for A²).
     Model (:class:`hamgrad.nn.HamNet`):
         steps: solver steps K in training, an int or a tuple of them (a sweep axis: every solver × mode × seed runs at
             each K); eval_steps: in evaluation (``None``: K + 1, the paper's 6/7; an int: the same for every K).
@@ -79,6 +87,7 @@ class AblationConfig:
     grads: tuple = ("one-step", "bptt")
     seeds: int = 3
     baseline: bool = True
+    contexts: tuple = ()
     steps: int | tuple = 6
     eval_steps: int | None = None
     width: int = 32
@@ -102,6 +111,11 @@ class AblationConfig:
     def __post_init__(self):
         object.__setattr__(self, "solvers", _names(self.solvers, "solvers"))
         object.__setattr__(self, "grads", _names(self.grads, "grads"))
+        object.__setattr__(self, "contexts", _names(self.contexts, "contexts"))
+        for c in self.contexts:
+            if c not in CONTEXTS:
+                raise ValueError(f"unknown context module {c!r} in contexts; expected names from {sorted(CONTEXTS)} "
+                                 f"(the hams go in solvers)")
         if isinstance(self.num_shapes, list):
             object.__setattr__(self, "num_shapes", tuple(self.num_shapes))
         if isinstance(self.steps, list):
@@ -131,8 +145,9 @@ class AblationConfig:
                 parse_grad_mode(g, self.eval_steps_for(k))
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
-        if not self.solvers and not self.baseline:
-            raise ValueError("the sweep is empty: give at least one solver in solvers or set baseline=True")
+        if not self.solvers and not self.baseline and not self.contexts:
+            raise ValueError("the sweep is empty: give at least one solver in solvers or context in contexts, or set "
+                             "baseline=True")
         if bool(self.solvers) != bool(self.grads):
             raise ValueError(f"solvers and grads must both be empty or both non-empty, got solvers={self.solvers} "
                              f"and grads={self.grads}")
@@ -182,10 +197,11 @@ class AblationConfig:
 
     def runs(self) -> list[RunSpec]:
         """The sweep's runs in training order: the baselines (one per seed: no ham, no K) first, then
-        K × solver × grad × seed (the smallest K first)."""
+        K × solver × grad × seed (the smallest K first), then context × seed."""
         baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
         return baseline + [RunSpec(solver, grad, s, k) for k in self.step_values for solver in self.solvers
-                           for grad in self.grads for s in range(self.seeds)]
+                           for grad in self.grads for s in range(self.seeds)] + \
+            [RunSpec(None, None, s, context=c) for c in self.contexts for s in range(self.seeds)]
 
     @classmethod
     def quick(cls, **overrides) -> "AblationConfig":

@@ -48,7 +48,8 @@ __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_m
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
 #: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` are ``None`` for the
-#: no-ham baseline.
+#: no-ham baseline. ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``,
+#: or ``none``.
 CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc",
                "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
@@ -251,7 +252,8 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG)."""
     k = config.step_values[0] if spec.steps is None else spec.steps  # the baseline has no ham: K is unused
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
-                  d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step")
+                  d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step",
+                  context=spec.context)
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
@@ -357,7 +359,7 @@ def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config:
 
 def _identity(config: AblationConfig, spec: RunSpec) -> dict:
     """The columns of a row that name its run."""
-    return {"run_id": spec.run_id, "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+    return {"run_id": spec.run_id, "solver": spec.context or spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
             "steps": spec.steps, "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps)}
 
 

@@ -15,7 +15,8 @@ _METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)"}
 @dataclass
 class SummaryCell:
     """One solver × gradient mode × solver steps K (``solver="none"``, ``grad=None``, ``steps=None`` for the
-    baseline) over its finished seeds.
+    baseline; ``solver`` a context module's name, ``grad=None`` and ``steps=None`` for a context run) over its
+    finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
     [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf.
@@ -69,8 +70,12 @@ class Summary:
                         entries = [self._entry(solver, g, k, key) for k in ks]
                         lines.append(f"| {solver} | {g} | " + " | ".join(entries) + " |")
             lines.append("")
-            if any(c.grad is None for c in self.cells):
+            if any(c.grad is None and c.solver == "none" for c in self.cells):
                 lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, None, key)}", ""]
+            contexts = [c.solver for c in self.cells if c.grad is None and c.solver != "none"]
+            if contexts:
+                lines += ["other context modules (HamNet(context=...)): "
+                          + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
         lines.append(f"seeds per entry: {', '.join(map(str, seeds)) or '0'}")
         diverged = [f"{c.solver}/{c.grad}" + (f"/K{c.steps}" if len(ks) > 1 else "") + f": {c.diverged}"
