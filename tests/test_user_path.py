@@ -2,6 +2,7 @@
 and what ``import hamgrad`` loads."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 import hamgrad as hg
 from hamgrad.cli import main
+import models
 from models import ISTA_SOLVER_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +181,99 @@ def test_console_script_imports_from_the_current_directory(tmp_path):
                            "--n", "2", "-k", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("solver lasso_cli: ISTA(rank=4, lam=0.05, step_factor=1.0, seed=0)\n")
-    bad = subprocess.run([str(script), "spectrum", "--solver", "nope"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("hamgrad spectrum: error: unknown --solver 'nope'")
-    assert "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------- plots from result objects
+def _shown_as_png(fig) -> bool:
+    """What Jupyter does with a cell's value: IPython's display formatter, no pyplot and no %matplotlib."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(fig)
+    return data.get("image/png", b"")[:4] == b"\x89PNG"
+
+
+def _lines(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_flow_figure_from_gradient_flow_objects():
+    runs = {"t = 1/L": models.ista(step_factor=1.0), "t = 1.9/L": models.ista(step_factor=1.9)}
+    flows = {label: hg.gradient_flow(m.fp, m.x, m.h0, steps=4, generator=torch.Generator().manual_seed(0))
+             for label, m in runs.items()}
+    fig = hg.plots.flow(flows)
+    assert _shown_as_png(fig)
+    ax_h0, ax_x = fig.axes[:2]
+    for label, f in flows.items():
+        np.testing.assert_allclose(_lines(ax_h0)[label].get_ydata(), f.dh_dh0)
+        np.testing.assert_allclose(_lines(ax_x)[label].get_xydata(), np.c_[f.t, f.dh_dx])
+    assert "J_t = ∂F/∂h(hᵗ, x)" in fig.get_suptitle()
+    # plain data (to_dict, a nan limit among it) and labels given separately draw the same lines
+    plain = [{**f.to_dict(), "implicit_limit": math.nan} for f in flows.values()]
+    fig2 = hg.plots.flow(plain, labels=list(flows))
+    for label in flows:
+        np.testing.assert_allclose(_lines(fig2.axes[1])[label].get_ydata(), _lines(ax_x)[label].get_ydata())
+    with pytest.raises(ValueError, match="labels has 1 entries for 2 result"):
+        hg.plots.flow(list(flows.values()), labels=["one"])
+    with pytest.raises(TypeError, match="not a result this figure draws"):
+        hg.plots.flow([hg.eigvals(hg.jacobian(runs["t = 1/L"].fp, runs["t = 1/L"].h0, runs["t = 1/L"].x), k=2)])
+
+
+def test_spectrum_figure_from_per_step_spectra_matches_dense_ista_jacobians():
+    m, K = models.ista(step_factor=1.9), 5
+    traj = m.fp.unroll(m.x, m.h0, K)
+    eigs = [hg.eigvals(hg.jacobian(m.fp, traj[t], m.x), k=6) for t in range(K)]
+    norms = [hg.svdvals(hg.jacobian(m.fp, traj[t], m.x), k=1) for t in range(K)]
+    fig = hg.plots.spectrum(eigs, norms=norms, labels="ISTA")
+    assert _shown_as_png(fig)
+    # independent reference: J_t = diag(active_t)(I − t AᵀA) at hᵗ, its spectrum and norm in numpy
+    A, step, lam = m.params["A"].numpy(), m.params["t"], m.params["lam"]
+    rho, sigma = [], []
+    for t in range(K):
+        h = traj[t][0].numpy()
+        active = np.abs(h - step * A.T @ (A @ h - m.x.numpy())) > step * lam
+        J = np.diag(active.astype(float)) @ (np.eye(A.shape[1]) - step * A.T @ A)
+        rho.append(np.abs(np.linalg.eigvals(J)).max())
+        sigma.append(np.linalg.norm(J, 2))
+    ax_circle, ax_rho = fig.axes[0], fig.axes[-1]  # one run: ρ and ‖J‖ share the lower axes
+    rho_line, sigma_line = [ln for ln in ax_rho.get_lines() if ln.get_marker() in ("o", "s")]
+    np.testing.assert_allclose(rho_line.get_xydata(), np.c_[range(K), rho], atol=1e-8)
+    np.testing.assert_allclose(sigma_line.get_ydata(), sigma, atol=1e-8)
+    assert any("t = 0…4" in text.get_text() for text in ax_circle.texts)
+    points = np.concatenate([c.get_offsets() for c in ax_circle.collections])
+    assert len(points) == sum(len(e.values) for e in eigs)
+    with pytest.raises(ValueError, match="norms"):
+        hg.plots.spectrum(eigs, norms=norms[:2])
+
+
+def test_agreement_figure_from_comparisons_one_per_K():
+    m = models.contractive(n=5, m=3, readout="linear")
+    w = torch.arange(1.0, 5.0, dtype=torch.float64)
+    cmps = [hg.compare_gradients(m.fp, m.x, lambda y: (w * y).sum(), steps=K, modes=["one-step", "bptt"],
+                                 reference="bptt", reference_steps=60, h0=m.h0) for K in (1, 3)]
+    fig = hg.plots.agreement(cmps, label="tanh map")
+    assert _shown_as_png(fig) and "bptt (K = 60)" in fig.get_suptitle()
+    cosine = _lines(fig.axes[0])
+    np.testing.assert_array_equal(cosine["one-step"].get_xdata(), [1, 3])
+    # at K = 1 one-step and BPTT differentiate the same single step: the same gradient
+    assert cosine["one-step"].get_ydata()[0] == pytest.approx(cosine["bptt"].get_ydata()[0], abs=1e-12)
+    assert cosine["bptt"].get_ydata()[1] > cosine["bptt"].get_ydata()[0]  # more steps: closer to the reference
+    other = hg.compare_gradients(m.fp, m.x, lambda y: (w * y).sum(), steps=2, modes=["bptt"], reference="implicit",
+                                 h0=m.h0)
+    with pytest.raises(ValueError, match="share one reference"):
+        hg.plots.agreement([*cmps, other])
+
+
+def test_ratio_figure_from_accumulative_ratio_tensors():
+    Z = torch.randn(3, 6, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fig = hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z @ Z.mT @ Z), p=2)
+    assert _shown_as_png(fig)
+    s2 = np.linalg.svd(Z.numpy(), compute_uv=False) ** 2
+    reference = (np.cumsum(s2, axis=-1) / s2.sum(-1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), reference)
+    with pytest.raises(ValueError, match="one shape"):
+        hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z[0]))
+
+
+def test_paper_figures_display_inline_too():
+    fig = hg.plots.accumulative_ratio({"k": [1, 2], "before": [0.5, 1.0], "after": [0.7, 1.0]})
+    assert _shown_as_png(fig)
