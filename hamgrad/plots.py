@@ -279,26 +279,27 @@ def _plain(result):
 
 def _labelled(results, labels, is_one, what: str) -> list:
     """``[(label, result), ...]`` from one result, a list of them or a dict label → result; ``is_one(r)`` tells a
-    single result (an object or its plain data) from a collection."""
+    single result (an object or its plain data) from a collection. Missing labels become ``run 1``, ``run 2``, …"""
     if isinstance(results, dict) and not is_one(results):
         if labels is not None:
             raise ValueError(f"labels must be None when {what} is a dict (its keys are the labels)")
-        items = list(results.items())
+        labels, results = list(results), list(results.values())
+    elif is_one(results):
+        results = [results]
+    elif isinstance(results, (list, tuple)):
+        results = list(results)
     else:
-        items = [(None, r) for r in ([results] if is_one(results) else list(results))]
-        if isinstance(labels, str):
-            labels = [labels]
-        if labels is not None:
-            labels = list(labels)
-            if len(labels) != len(items):
-                raise ValueError(f"labels has {len(labels)} entries for {len(items)} result(s) in {what}")
-        items = [(label, r) for label, r in zip(labels or [None] * len(items), (r for _, r in items))]
-    if not items:
+        raise TypeError(f"{what} must be a result, a list of results or a dict label → result, got "
+                        f"{type(results).__name__}")
+    labels = [labels] if isinstance(labels, str) else [None] * len(results) if labels is None else list(labels)
+    if len(labels) != len(results):
+        raise ValueError(f"labels has {len(labels)} entries for {len(results)} result(s) in {what}")
+    if not results:
         raise ValueError(f"{what} is empty: pass at least one result")
-    for _, r in items:
+    for r in results:
         if not is_one(r):
             raise TypeError(f"{what} holds a {type(r).__name__}, which is not a result this figure draws")
-    return [(f"run {i + 1}" if label is None else str(label), r) for i, (label, r) in enumerate(items)]
+    return [(f"run {i + 1}" if label is None else str(label), r) for i, (label, r) in enumerate(zip(labels, results))]
 
 
 def _none_if_nan(run: dict) -> dict:
@@ -327,7 +328,8 @@ def flow(results, labels=None) -> Figure:
         A :class:`matplotlib.figure.Figure`.
 
     Raises:
-        TypeError, ValueError: for results that are not gradient flows, or labels that do not match them.
+        TypeError: for results that are not gradient flows.
+        ValueError: for labels that do not match the results.
     """
     if isinstance(results, dict) and "runs" in results:
         return vanishing_exploding(results)
@@ -378,7 +380,8 @@ def spectrum(eigvals, norms=None, *, labels=None, t=None) -> Figure:
         A :class:`matplotlib.figure.Figure`.
 
     Raises:
-        TypeError, ValueError: for inputs in another layout, or ``norms``/``labels``/``t`` that do not match.
+        TypeError: for eigenvalues in another layout.
+        ValueError: for ``norms``, ``labels`` or ``t`` that do not match the runs.
     """
     if isinstance(eigvals, dict) and "runs" in eigvals:
         return jacobian_spectrum(eigvals)
@@ -393,7 +396,13 @@ def spectrum(eigvals, norms=None, *, labels=None, t=None) -> Figure:
     if norms is None:
         norm_runs = [None] * len(runs)
     else:
-        norm_runs = list(norms.values()) if isinstance(norms, dict) else [norms] if len(runs) == 1 else list(norms)
+        if isinstance(norms, dict):
+            missing = [label for label, _ in runs if label not in norms]
+            if missing:
+                raise ValueError(f"norms has no entry for the run(s) {missing}")
+            norm_runs = [norms[label] for label, _ in runs]
+        else:
+            norm_runs = [norms] if len(runs) == 1 else list(norms)
         if len(norm_runs) != len(runs):
             raise ValueError(f"norms has {len(norm_runs)} run(s) for {len(runs)} run(s) of eigvals")
     data = []
@@ -422,7 +431,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         A :class:`matplotlib.figure.Figure`.
 
     Raises:
-        TypeError, ValueError: for other inputs, or comparisons against different references.
+        TypeError: for inputs that are not gradient comparisons.
+        ValueError: for comparisons against different references.
     """
     if isinstance(comparisons, dict) and "modes" in comparisons and "K" in comparisons:
         return gradient_agreement(comparisons)

@@ -243,6 +243,10 @@ def test_spectrum_figure_from_per_step_spectra_matches_dense_ista_jacobians():
     assert len(points) == sum(len(e.values) for e in eigs)
     with pytest.raises(ValueError, match="norms"):
         hg.plots.spectrum(eigs, norms=norms[:2])
+    # several runs as dicts: norms are matched by label, not by order
+    fig2 = hg.plots.spectrum({"a": eigs, "b": eigs[:2]}, norms={"b": [1.5, 2.5], "a": norms})
+    sigma_b = [ln for ln in fig2.axes[-1].get_lines() if ln.get_label() == "b"]
+    np.testing.assert_array_equal(sigma_b[0].get_ydata(), [1.5, 2.5])
 
 
 def test_agreement_figure_from_comparisons_one_per_K():
