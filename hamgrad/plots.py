@@ -89,8 +89,9 @@ def jacobian_spectrum(result: dict) -> Figure:
         fig, axes = _figure(2, len(runs), 3.2 * len(runs), 6.4, "Jacobian scale and spectrum of one solver step")
         colors = _palette(len(runs))
         theta = np.linspace(0, 2 * np.pi, 256)
-        steps = sorted({t for r in runs for t in r["t"]})
-        viridis = dict(zip(steps, sns.color_palette("viridis", len(steps))))
+        t_min = min(min(r["t"]) for r in runs)
+        t_max = max(max(r["t"]) for r in runs)
+        viridis = sns.color_palette("viridis", t_max - t_min + 1)
         for j, run in enumerate(runs):
             ax = axes[0, j]
             ax.plot(np.cos(theta), np.sin(theta), color="0.5", lw=1, ls="--", label="unit circle")
@@ -102,7 +103,7 @@ def jacobian_spectrum(result: dict) -> Figure:
             for t, ev in zip(run["t"], pts):
                 inside = np.abs(ev[:, 0] + 1j * ev[:, 1]) <= lim
                 clipped += int((~inside).sum())
-                ax.scatter(ev[inside, 0], ev[inside, 1], s=16, color=viridis[t], edgecolor="none")
+                ax.scatter(ev[inside, 0], ev[inside, 1], s=16, color=viridis[t - t_min], edgecolor="none")
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
@@ -113,7 +114,7 @@ def jacobian_spectrum(result: dict) -> Figure:
                 ax.text(0.02, 0.98, f"{clipped} eigenvalue(s) of |λ| > {lim:.3g}\noff-scale (see ρ below)",
                         transform=ax.transAxes, fontsize=7, va="top")
             ax.legend(loc="lower left", fontsize=7)
-        axes[0, -1].text(1.02, 0.5, f"colour: step t = {steps[0]}…{steps[-1]}\n(dark → light)",
+        axes[0, -1].text(1.02, 0.5, f"colour: J_t at hᵗ,\nt = {t_min}…{t_max}\n(dark → light)",
                          transform=axes[0, -1].transAxes, fontsize=7, va="center")
         gs = axes[1, 0].get_gridspec()
         for ax in axes[1, :]:

@@ -196,6 +196,11 @@ def _lines(ax) -> dict:
     return {line.get_label(): line for line in ax.get_lines()}
 
 
+def _data_lines(ax) -> list:
+    """The lines with markers (one per run, in order), not the reference lines or legend entries."""
+    return [line for line in ax.get_lines() if line.get_marker() not in (None, "None", "")]
+
+
 def test_flow_figure_from_gradient_flow_objects():
     runs = {"t = 1/L": models.ista(step_factor=1.0), "t = 1.9/L": models.ista(step_factor=1.9)}
     flows = {label: hg.gradient_flow(m.fp, m.x, m.h0, steps=4, generator=torch.Generator().manual_seed(0))
@@ -203,15 +208,18 @@ def test_flow_figure_from_gradient_flow_objects():
     fig = hg.plots.flow(flows)
     assert _shown_as_png(fig)
     ax_h0, ax_x = fig.axes[:2]
-    for label, f in flows.items():
-        np.testing.assert_allclose(_lines(ax_h0)[label].get_ydata(), f.dh_dh0)
-        np.testing.assert_allclose(_lines(ax_x)[label].get_xydata(), np.c_[f.t, f.dh_dx])
+    assert [ln.get_label() for ln in _data_lines(ax_h0)] == list(flows)
+    for f, line_h0, line_x in zip(flows.values(), _data_lines(ax_h0), _data_lines(ax_x)):
+        np.testing.assert_allclose(line_h0.get_ydata(), f.dh_dh0)
+        np.testing.assert_allclose(line_x.get_xydata(), np.c_[f.t, f.dh_dx])
     assert "J_t = ∂F/∂h(hᵗ, x)" in fig.get_suptitle()
-    # plain data (to_dict, a nan limit among it) and labels given separately draw the same lines
-    plain = [{**f.to_dict(), "implicit_limit": math.nan} for f in flows.values()]
+    # plain data (to_dict) and labels given separately draw the same lines; a nan limit (old or new field name)
+    # is not drawn as a line at nan
+    plain = [{**f.to_dict(), "implicit_limit": math.nan, "state_limit": math.nan} for f in flows.values()]
     fig2 = hg.plots.flow(plain, labels=list(flows))
-    for label in flows:
-        np.testing.assert_allclose(_lines(fig2.axes[1])[label].get_ydata(), _lines(ax_x)[label].get_ydata())
+    for line, line2 in zip(_data_lines(ax_x), _data_lines(fig2.axes[1])):
+        np.testing.assert_allclose(line2.get_ydata(), line.get_ydata())
+    assert all(np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).all() for ln in fig2.axes[1].get_lines())
     with pytest.raises(ValueError, match="labels has 1 entries for 2 result"):
         hg.plots.flow(list(flows.values()), labels=["one"])
     with pytest.raises(TypeError, match="not a result this figure draws"):
