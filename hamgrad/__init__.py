@@ -12,7 +12,8 @@ are imported on first attribute access.
 import importlib
 
 from .fixed_point import FixedPoint
-from .grad import GRAD_MODES, ConvergenceError, ConvergenceWarning, SolveInfo, solve
+from .grad import (GRAD_MODES, ConvergenceError, ConvergenceWarning, LinearSolveResult, SolveInfo, implicit_gradient,
+                   solve)
 from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
 from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_norm,
                        spectral_radius, svdvals)
@@ -24,7 +25,8 @@ _LAZY_SUBMODULES = ("experiments", "data", "plots", "paper")
 
 __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
-    "FixedPoint", "solve", "SolveInfo", "GRAD_MODES", "ConvergenceWarning", "ConvergenceError",
+    "FixedPoint", "solve", "SolveInfo", "implicit_gradient", "LinearSolveResult", "GRAD_MODES", "ConvergenceWarning",
+    "ConvergenceError",
     "nn", "experiments", "data", "plots", "paper",
     "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
     "compare_gradients", "accumulative_ratio",

@@ -56,3 +56,58 @@ def check_finite(x: torch.Tensor, name: str = "x") -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or Inf")
     return lo, hi
+
+
+def check_int_range(value, name: str, low: int, high: int) -> int:
+    """An int (not a bool) with ``low <= value <= high``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must satisfy {low} <= {name} <= {high}, got {value}")
+    return value
+
+
+def check_pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``; an int ``n`` means ``(n, n)``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return check_int(value[0], f"{name}[0]", minimum), check_int(value[1], f"{name}[1]", minimum)
+    n = check_int(value, name, minimum)
+    return n, n
+
+
+def check_nonnegative(value, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_bool(value, name: str) -> bool:
+    """A real ``bool`` (``"yes"``, ``1`` or ``None`` are refused: they would silently read as true or false)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_generator(generator, name: str = "generator", device: torch.device | None = None):
+    """``None`` or a ``torch.Generator`` (on ``device``'s type when given)."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {generator!r}")
+    if device is not None and generator.device.type != torch.device(device).type:
+        raise ValueError(f"{name} is on {generator.device} but the input is on {device}: create it with "
+                         f"torch.Generator(device=x.device)")
+    return generator
+
+
+def check_representable(value: float, name: str, dtype: torch.dtype, what: str = "") -> None:
+    """A magnitude that stays finite in ``dtype`` (e.g. a hyperparameter or a bound on an intermediate product)."""
+    big = torch.finfo(dtype).max
+    if not value <= big:
+        raise ValueError(f"{name}{what} = {value:.3g} overflows {dtype} (largest {big:.3g}), the dtype the "
+                         "computation runs in: choose a smaller value or rescale the input")

@@ -11,13 +11,18 @@ import torch
 
 @dataclass
 class LinearSolveResult:
-    """A matrix-free solve's answer and statistics (``residual`` is relative to ‖b‖)."""
+    """A matrix-free solve's answer ``x`` and statistics (``residual`` is relative to ‖b‖)."""
 
     x: torch.Tensor
     residual: float
     iterations: int
     converged: bool
     method: str
+
+    def to_dict(self) -> dict:
+        """The statistics as plain data (without ``x``)."""
+        return {"residual": self.residual, "iterations": self.iterations, "converged": self.converged,
+                "method": self.method}
 
 
 def fixed_point_solve(apply_A: Callable, b: torch.Tensor, tol: float, max_iter: int) -> LinearSolveResult:

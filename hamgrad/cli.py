@@ -24,7 +24,8 @@ def _build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--only", help="comma-separated subset of: " + ", ".join(_figure_names()))
     figures.add_argument("--ablation-dir", help="sweep folder behind figures 4-6 (default runs/paper-ablation"
                                                 "[-quick]; a folder from `hamgrad ablate` is read as it is)")
-    figures.add_argument("--force", action="store_true", help="recompute figures that already exist in --out")
+    figures.add_argument("--force", action="store_true", help="recompute figures that already exist in --out (also "
+                                                              "those of the other size, which are otherwise refused)")
     figures.set_defaults(func=_cmd_figures)
 
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
@@ -109,12 +110,8 @@ def _cmd_ablate(args) -> int:
     given = {"seeds": args.seeds, "steps": args.steps, "iters": args.iters}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline)
-    try:
-        config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
-        run_ablation(config, args.out, overwrite=args.overwrite, device=args.device)
-    except (ValueError, TypeError) as err:
-        print(f"hamgrad ablate: error: {err}", file=sys.stderr)
-        return 2
+    config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
+    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device)  # main() reports its errors
     return 0
 
 
@@ -261,9 +258,29 @@ def _cmd_spectrum(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hamgrad`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Failures end in one line ``hamgrad CMD: error: ...`` on stderr and status 2 (bad arguments, files or folders
+    named in the message); Ctrl-C ends with "interrupted: resume with the same command" and status 130. Warnings
+    print as one line ``hamgrad CMD: warning: ...``.
+    """
+    import warnings
+
     parser = _build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    prefix = f"hamgrad {args.command}"
+    show = warnings.showwarning
+    warnings.showwarning = lambda message, *_, **__: print(f"{prefix}: warning: {message}", file=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted: resume with the same command", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as err:  # OSError: a path that cannot be created, read or written
+        print(f"{prefix}: error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The abstract model ``h^{t+1} = F(h^t, x)`` read out by ``y = G(h^K, x)`` (MATH.md §3).
+"""The abstract model ``h^{t+1} = F(h^t, x)`` read out by ``y = G(h^K, x)`` (docs/theory.md §3).
 
 A state ``h`` is a tuple of tensors (a flat "pytree"). ``F(h, x)`` must be pure: it returns a new tuple of the same
 shapes and does not modify its inputs in place. Every analysis in hamgrad works on a :class:`FixedPoint`, so a user's
@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ._checks import check_steps
+from ._checks import check_int, check_steps
 
 State = tuple  # tuple[torch.Tensor, ...]
 
@@ -45,9 +45,15 @@ def unflatten_state(v: torch.Tensor, like: Sequence[torch.Tensor]) -> State:
     return tuple(p.reshape(t.shape) for p, t in zip(torch.split(v, sizes), like))
 
 
-def state_residual(h_new: Sequence[torch.Tensor], h_old: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``‖h_new − h_old‖₂`` over the whole (flattened) state, as a 0-d tensor (no host sync)."""
-    return torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(h_new, h_old)))
+def state_residual(h_new: Sequence[torch.Tensor], h_old: Sequence[torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+    """``‖h_new − h_old‖₂`` as a tensor (no host sync): over the whole (flattened) state for ``batch_dims=0`` (a 0-d
+    tensor), else one value per sample, of shape ``h_new[0].shape[:batch_dims]`` (each sample's tensors flattened).
+    """
+    total = 0
+    for a, b in zip(h_new, h_old):
+        diff = (a - b).reshape(*a.shape[:batch_dims], -1)
+        total = total + (diff * diff).sum(dim=-1)
+    return torch.sqrt(total)
 
 
 class FixedPoint:
@@ -58,13 +64,38 @@ class FixedPoint:
         readout: ``G(h, x) -> y``. ``None`` means ``y = h`` (the state tuple itself).
         init: optional ``init(x, generator=None) -> h0`` used when :func:`hamgrad.solve` gets no ``h0``.
         name: a label for tables and plots.
+        batch_dims: how many leading dimensions of every state tensor index independent samples (``0``: the state
+            is one sample), or a function ``batch_dims(x) -> int``. :func:`hamgrad.solve` reports the forward
+            residuals per sample over these dimensions (``SolveInfo.sample_residuals``).
+
+    Raises:
+        TypeError: ``F``, ``readout`` or ``init`` is not callable, or ``batch_dims`` is neither an int >= 0 nor
+            callable.
 
     ``FixedPoint.from_solver(s)`` wraps a built-in or registered solver (``F(h, x) = s.step(x, h)``,
     ``G = s.readout``, ``init = s.init``) and keeps ``s`` in ``.solver`` for solver-specific modes (``one-step-coef``).
+
+    Examples:
+        The contraction ``F(h, x) = h/2 + x`` has the fixed point ``h* = 2x``, so ``∂h*/∂x = (1 − 1/2)⁻¹ = 2``
+        (docs/theory.md §3, Proposition 2). ``one-step`` drops the factor (it differentiates only the last step),
+        ``bptt`` sums it over the 30 steps and ``implicit`` solves for it:
+
+        >>> import torch, hamgrad as hg
+        >>> fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x,), readout=lambda h, x: h[0])
+        >>> x = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+        >>> h0 = (torch.zeros(2, dtype=torch.float64),)
+        >>> for mode in ("one-step", "bptt", "implicit"):
+        ...     x.grad = None
+        ...     y, info = hg.solve(fp, x, steps=30, grad=mode, h0=h0)
+        ...     y.sum().backward()
+        ...     print(mode, [round(v, 6) for v in y.tolist()], [round(v, 6) for v in x.grad.tolist()])
+        one-step [2.0, -4.0] [1.0, 1.0]
+        bptt [2.0, -4.0] [2.0, 2.0]
+        implicit [2.0, -4.0] [2.0, 2.0]
     """
 
     def __init__(self, F: Callable, readout: Callable | None = None, init: Callable | None = None,
-                 name: str | None = None):
+                 name: str | None = None, batch_dims=0):
         if not callable(F):
             raise TypeError(f"F must be callable F(h, x) -> h, got {type(F).__name__}")
         if readout is not None and not callable(readout):
@@ -74,7 +105,10 @@ class FixedPoint:
         self.F = F
         self._readout = readout
         self._init = init
+        if not callable(batch_dims):
+            check_int(batch_dims, "batch_dims", 0)
         self.name = name or getattr(F, "__name__", "F")
+        self.batch_dims = batch_dims
         self.solver = None
 
     @classmethod
@@ -83,8 +117,11 @@ class FixedPoint:
         for attr in ("init", "step", "readout"):
             if not callable(getattr(solver, attr, None)):
                 raise TypeError(f"solver must have a callable .{attr}(...); got {type(solver).__name__}")
+        if isinstance(solver, type):
+            raise TypeError(f"solver must be a solver instance, got the class {solver.__name__}: build one first, "
+                            f"e.g. {solver.__name__}(rank=8)")
         fp = cls(lambda h, x: solver.step(x, h), readout=lambda h, x: solver.readout(x, h), init=solver.init,
-                 name=getattr(solver, "name", type(solver).__name__))
+                 name=getattr(solver, "name", type(solver).__name__), batch_dims=lambda x: max(x.dim() - 2, 0))
         fp.solver = solver
         return fp
 
@@ -92,13 +129,37 @@ class FixedPoint:
         return f"FixedPoint({self.name})"
 
     def step(self, h, x) -> State:
-        """One application of F; checks that the state keeps its structure and shapes."""
-        out = self.F(h, x)
+        """One application of F; checks that the state keeps its structure and shapes and that F left its inputs
+        untouched (see :meth:`call_pure`)."""
+        return self.check_output(self.call_pure(self.F, h, x), h)
+
+    @staticmethod
+    def check_output(out, h) -> State:
+        """``out`` as a state of the same structure and shapes as ``h`` (else a ValueError)."""
         out = as_state(out, name="F(h, x)")
         if len(out) != len(h) or any(a.shape != b.shape for a, b in zip(out, h)):
             raise ValueError("F(h, x) must return a state of the same structure and shapes as h: got "
                              f"{[tuple(t.shape) for t in out]} for h of shapes {[tuple(t.shape) for t in h]}")
         return out
+
+    @staticmethod
+    def call_pure(fn: Callable, h, x):
+        """``fn(h, x)``, raising if it modified ``h`` or ``x`` in place (compares the tensors' version counters, so
+        it costs no pass over the data). An in-place F would make every residual 0 and overwrite the caller's
+        ``h0``."""
+        before = [t._version for t in h] + ([x._version] if isinstance(x, torch.Tensor) else [])
+        out = fn(h, x)
+        after = [t._version for t in h] + ([x._version] if isinstance(x, torch.Tensor) else [])
+        changed = [f"h[{i}]" for i, (a, b) in enumerate(zip(before, after[:len(h)])) if a != b]
+        changed += ["x"] if len(before) > len(h) and before[-1] != after[-1] else []
+        if changed:
+            raise RuntimeError(f"F(h, x) modified {', '.join(changed)} in place (so the caller's tensors are now "
+                               "overwritten): F must return new tensors, e.g. h[0] * 0.5 instead of h[0].mul_(0.5)")
+        return out
+
+    def sample_dims(self, x) -> int:
+        """The number of leading state dimensions that index samples, for input ``x``."""
+        return self.batch_dims(x) if callable(self.batch_dims) else self.batch_dims
 
     def readout(self, h, x):
         """``G(h, x)``; the state itself when the model has no readout."""

@@ -1,4 +1,4 @@
-"""Unrolled solves with an explicit gradient mode (MATH.md §4).
+"""Unrolled solves with an explicit gradient mode (docs/theory.md §4).
 
 ``hg.solve(model, x, steps, grad=...)`` runs ``K = steps`` applications of F and reads out ``y``; the mode decides
 which steps carry an autograd graph:
@@ -7,30 +7,35 @@ which steps carry an autograd graph:
 ``bptt``            every step (full backprop through time; memory and time O(K))
 ``one-step``        only the last step: ``∂y/∂x ≈ ∂y/∂h^K · B_{K−1}`` (``(I − J)⁻¹ ≈ I``)
 ``one-step-coef``   K steps without graph, then the solver's code update with D held constant, ``y = D_K C_new``
-                    (the official Hamburger code; solvers only)
+                    (the official Hamburger code; solvers with ``coef_readout`` only)
 ``truncated:k``     the last k steps (k = 1 is ``one-step``, k = K is ``bptt``)
-``implicit``        K steps without graph; the backward pass solves ``u = g + J_Kᵀ u`` (fixed-point iteration
-                    or GMRES) and returns ``∂y/∂x = uᵀ B_K`` — the implicit-function-theorem gradient
+``implicit``        K steps without graph; the backward pass solves ``u = g + J_Kᵀ u`` (fixed-point iteration,
+                    GMRES or a linear solver of the user's) and returns ``∂y/∂x = uᵀ B_K`` — the
+                    implicit-function-theorem gradient. First-order only: ``create_graph=True`` is refused.
 ==================  =======================================================================================
 
 The initial state is a constant of the solve: a state built by ``init`` carries no graph, and a user's ``h0`` keeps
-its graph only in the steps that have one (so ``bptt`` gives ``∂y/∂h^0``).
+its graph only in the steps that have one (so ``bptt`` gives ``∂y/∂h^0``). :func:`implicit_gradient` attaches the
+implicit backward to a fixed point found by any other means.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_finite, check_float_tensor, check_positive, check_steps
+from ._checks import (check_bool, check_choice, check_finite, check_float_tensor, check_generator, check_positive,
+                      check_steps)
 from ._krylov import LinearSolveResult, fixed_point_solve, gmres
 from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, unflatten_state
 
-__all__ = ["solve", "SolveInfo", "BackwardInfo", "parse_grad_mode", "GRAD_MODES", "ConvergenceWarning",
-           "ConvergenceError", "as_fixed_point"]
+__all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
+           "GRAD_MODES", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
 
 GRAD_MODES = ("bptt", "one-step", "one-step-coef", "truncated:k", "implicit")
 ADJOINT_METHODS = ("fixed-point", "gmres")
@@ -56,35 +61,55 @@ class BackwardInfo:
     seconds: float
 
     def to_dict(self) -> dict:
+        """The statistics as plain data."""
         return asdict(self)
 
 
 @dataclass
 class SolveInfo:
-    """What a solve did: per-step forward residuals ``‖h^{t+1} − h^t‖`` and objective, and (for ``implicit``, once
-    ``backward()`` has run) the adjoint solve's statistics in ``backward`` — one entry per backward call."""
+    """What a solve did.
+
+    Attributes:
+        mode, steps, graph_steps: the gradient mode, K, and how many steps carry a graph.
+        residuals: ``‖h^{t+1} − h^t‖`` over the whole state (all samples), one float per step (``monitor=True``).
+        sample_residuals: the same per sample, a list (one per step) of nested lists shaped like the batch
+            dimensions (``FixedPoint.batch_dims``; ``x.shape[:-2]`` for solvers), so one diverging sample is visible.
+        objective: the solver's objective after each step, averaged over the batch (solvers with ``objective``).
+        backward: for ``implicit``, one :class:`BackwardInfo` per backward call.
+        state: the final state ``h^K`` (detached), e.g. for :func:`implicit_gradient` or feature maps.
+    """
 
     mode: str
     steps: int
     graph_steps: int
     residuals: list = field(default_factory=list)
+    sample_residuals: list = field(default_factory=list)
     objective: list | None = None
     backward: list = field(default_factory=list)
+    state: tuple | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["backward"] = [b.to_dict() for b in self.backward]
-        return d
+        """Everything but the state tensors, as plain data (the state as its shapes)."""
+        return {"mode": self.mode, "steps": self.steps, "graph_steps": self.graph_steps,
+                "residuals": list(self.residuals), "sample_residuals": list(self.sample_residuals),
+                "objective": None if self.objective is None else list(self.objective),
+                "backward": [b.to_dict() for b in self.backward],
+                "state_shapes": None if self.state is None else [list(t.shape) for t in self.state]}
 
 
 def parse_grad_mode(grad: str, steps: int) -> tuple[str, int]:
-    """``(mode, graph_steps)`` for a mode name; ``truncated:k`` is checked against ``steps``."""
+    """``(mode, graph_steps)`` for a mode name; ``truncated:k`` is checked against ``steps``.
+
+    Raises:
+        TypeError: ``grad`` is not a str.
+        ValueError: an unknown mode, or ``truncated:k`` without an ASCII integer ``1 <= k <= steps``.
+    """
     if not isinstance(grad, str):
         raise TypeError(f"grad must be a str, one of {GRAD_MODES}; got {type(grad).__name__}")
     if grad.startswith("truncated:"):
         k_text = grad.split(":", 1)[1]
-        if not k_text.isdigit():
-            raise ValueError(f"grad={grad!r}: 'truncated:k' needs an integer k >= 1")
+        if not re.fullmatch(r"[0-9]+", k_text):  # str.isdigit would accept '٣' or '²'
+            raise ValueError(f"grad={grad!r}: 'truncated:k' needs an integer k >= 1 written with the digits 0-9")
         k = int(k_text)
         if not 1 <= k <= steps:
             raise ValueError(f"grad={grad!r}: k must satisfy 1 <= k <= steps = {steps}")
@@ -96,14 +121,22 @@ def parse_grad_mode(grad: str, steps: int) -> tuple[str, int]:
 
 
 def as_fixed_point(model) -> FixedPoint:
-    """A :class:`FixedPoint` for a solver or a FixedPoint."""
+    """A :class:`FixedPoint` for a solver instance or a FixedPoint.
+
+    Raises:
+        TypeError: ``model`` is a class (``hg.NMF`` instead of ``hg.NMF(rank=8)``) or has no ``init/step/readout``.
+    """
     if isinstance(model, FixedPoint):
         return model
+    if isinstance(model, type):
+        raise TypeError(f"model must be a solver instance or a hamgrad.FixedPoint, got the class {model.__name__}: "
+                        f"build one first, e.g. {model.__name__}(rank=8)")
     if all(callable(getattr(model, a, None)) for a in ("init", "step", "readout")):
         return FixedPoint.from_solver(model)
     raise TypeError(f"model must be a solver (init/step/readout) or a hamgrad.FixedPoint, got {type(model).__name__}")
 
 
+# ---------------------------------------------------------------------- the implicit backward
 class _Adjoint(torch.autograd.Function):
     """Identity on the state whose backward replaces the incoming gradient g by u = (I − Jᵀ)⁻¹ g."""
 
@@ -114,110 +147,265 @@ class _Adjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("grad='implicit' supports first derivatives only: the backward's adjoint solve is not "
+                               "differentiable, so create_graph=True (double backward, Hessian-vector products) "
+                               "would give wrong second derivatives; use grad='bptt' for those")
         return (None, *ctx.adjoint_solve(grads))
 
 
-def _implicit_state(fp, h, x, info, tol, max_iter, adjoint, strict):
-    """``h`` (the value) with the implicit gradient attached, through one extra differentiable application of F."""
-    h_req = tuple(t.detach().requires_grad_(True) for t in h)
-    f = fp.step(h_req, x)
-    h_star = tuple(hk + (fk - fk.detach()) for hk, fk in zip(h, f))  # value h^K, derivative that of F(h^K, x)
+def _check_adjoint_args(tol, max_iter, adjoint, strict):
+    if not callable(adjoint):
+        check_choice(adjoint, "adjoint", ADJOINT_METHODS)
+    if tol is not None:
+        check_positive(tol, "tol")
+    check_steps(max_iter, "max_iter")
+    check_bool(strict, "strict")
+
+
+def _linear_solve(adjoint, matvec: Callable, b: torch.Tensor, tol: float, max_iter: int):
+    """Solve ``matvec(u) = b`` (``matvec(u) = u − Jᵀu``) with a built-in method or a user's callable."""
+    if adjoint == "fixed-point":
+        return fixed_point_solve(lambda u: u - matvec(u), b, tol, max_iter)
+    if adjoint == "gmres":
+        return gmres(matvec, b, tol, max_iter)
+    res = adjoint(matvec, b, tol, max_iter)
+    missing = [a for a in ("x", "residual", "iterations", "converged") if not hasattr(res, a)]
+    if missing:
+        raise TypeError(f"adjoint(matvec, b, tol, max_iter) must return an object with x, residual, iterations and "
+                        f"converged (like hamgrad.LinearSolveResult); {type(res).__name__} lacks {missing}")
+    if not isinstance(res.x, torch.Tensor) or res.x.shape != b.shape:
+        raise TypeError(f"adjoint(...).x must be a tensor of shape {tuple(b.shape)} (like b), got "
+                        f"{getattr(res.x, 'shape', type(res.x).__name__)}")
+    return res
+
+
+def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, adjoint, strict) -> tuple:
+    """``h`` (detached, its value unchanged) with the implicit gradient attached, or ``h`` itself when nothing
+    upstream requires grad (then no graph is built). ``record`` receives one :class:`BackwardInfo` per backward."""
+    if not torch.is_grad_enabled():
+        return h
+    f = fp.step(h, x)  # h is detached: f's graph reaches x and F's parameters only (B*)
+    if not any(t.requires_grad for t in f):
+        return h
+    h_out = tuple(hk + (fk - fk.detach()) for hk, fk in zip(h, f))  # value h*, derivative that of F(h*, x) in x
     if tol is None:
         tol = 1e-10 if h[0].dtype == torch.float64 else 1e-5
-
-    def jt(u):  # Jᵀ u at h^K, on flat vectors
-        vs = torch.autograd.grad(f, h_req, unflatten_state(u, f), retain_graph=True, allow_unused=True)
-        return flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, h_req)])
+    x_const = x.detach() if isinstance(x, torch.Tensor) else x
 
     def adjoint_solve(grads):
         start = time.perf_counter()
-        g = flatten_state(grads)
-        if adjoint == "fixed-point":
-            res: LinearSolveResult = fixed_point_solve(jt, g, tol, max_iter)
-        else:
-            res = gmres(lambda u: u - jt(u), g, tol, max_iter)
-        info.backward.append(BackwardInfo(res.method, res.residual, res.iterations, res.converged, tol,
-                                          time.perf_counter() - start))
+        with torch.enable_grad():
+            h_req = tuple(t.detach().requires_grad_(True) for t in h)
+            f_h = fp.step(h_req, x_const)  # graph to h only, for the products Jᵀu at h*
+
+            def matvec(u):  # (I − Jᵀ) u on flat vectors
+                vs = torch.autograd.grad(f_h, h_req, unflatten_state(u, f_h), retain_graph=True, allow_unused=True)
+                return u - flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, h_req)])
+
+            zeros = [torch.zeros_like(t) for t in h]
+            res = _linear_solve(adjoint, matvec, flatten_state([z if g is None else g for g, z in zip(grads, zeros)]),
+                                tol, max_iter)
+        method = adjoint if isinstance(adjoint, str) else getattr(adjoint, "__name__", type(adjoint).__name__)
+        record.append(BackwardInfo(method, float(res.residual), int(res.iterations), bool(res.converged), tol,
+                                   time.perf_counter() - start))
         if not res.converged:
-            msg = (f"implicit backward ({res.method}) did not converge: relative residual {res.residual:.3g} > "
+            msg = (f"implicit backward ({method}) did not converge: relative residual {float(res.residual):.3g} > "
                    f"tol {tol:.1g} after {res.iterations} iterations (is F contractive at h^K? try more forward "
                    f"steps, adjoint='gmres' or a larger max_iter)")
             if strict:
                 raise ConvergenceError(msg)
             warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-        return unflatten_state(res.x, f)
+        return unflatten_state(res.x.detach(), h)
 
-    return _Adjoint.apply(adjoint_solve, *h_star)
+    return _Adjoint.apply(adjoint_solve, *h_out)
 
 
-def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
-          generator: torch.Generator | None = None, *, monitor: bool = True, tol: float | None = None,
-          max_iter: int = 200, adjoint: str = "fixed-point", strict: bool = False):
-    """Unroll ``steps`` applications of F on ``x`` and read out ``y`` with the gradient mode ``grad``.
+def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: int = 200,
+                      adjoint: str | Callable = "fixed-point", strict: bool = False, record: list | None = None):
+    """Attach the implicit-function-theorem gradient to a fixed point ``h* = F(h*, x)`` found by any means.
+
+    The returned state has ``h_star``'s values; backpropagating through it (e.g. through ``model``'s readout)
+    solves ``u = g + J*ᵀ u`` at ``(h*, x)`` and passes ``uᵀ ∂F/∂x`` to ``x`` and F's parameters, so that
+    ``∂y/∂x = ∂G/∂h (I − J*)⁻¹ B* + ∂G/∂x`` (docs/theory.md §4). ``hg.solve(..., grad="implicit")`` is
+    ``implicit_gradient(model, info.state, x)`` after K steps.
 
     Args:
-        model: a solver (``hg.NMF(...)``, a registered one) or a :class:`hamgrad.FixedPoint` (any ``F(h, x)``).
-        x: the input; for solvers ``(..., d, n)``.
-        steps: K >= 1.
-        grad: ``"bptt" | "one-step" | "one-step-coef" | "truncated:k" | "implicit"`` (see the module docstring).
-        h0: the initial state (a tuple of tensors); default ``model.init(x, generator)`` (no graph).
-        generator: a ``torch.Generator`` for the random initialisation.
-        monitor: record per-step residuals and (for solvers) the mean objective in ``info`` (one host sync per
-            solve; switch off in training loops).
-        tol, max_iter, adjoint, strict: the implicit backward solve — relative residual tolerance (default 1e-10 in
-            float64, 1e-5 otherwise), iteration limit, ``"fixed-point"`` or ``"gmres"``, and whether
-            non-convergence raises :class:`ConvergenceError` instead of warning :class:`ConvergenceWarning`.
+        model: a solver instance or a :class:`hamgrad.FixedPoint`.
+        h_star: the fixed point, a tuple of tensors (its own graph, if any, is dropped).
+        x: the input F was solved for.
+        tol: as in :func:`solve`.
+        max_iter: as in :func:`solve`.
+        adjoint: as in :func:`solve`.
+        strict: as in :func:`solve`.
+        record: a list that receives one :class:`BackwardInfo` per backward call (optional).
 
     Returns:
-        ``(y, info)`` with ``info`` a :class:`SolveInfo`.
+        A tuple of tensors equal to ``h_star`` carrying the implicit gradient (no graph when nothing requires grad
+        or grad mode is off).
+
+    Raises:
+        TypeError, ValueError: bad arguments (each error names the argument).
+        RuntimeError: at backward with ``create_graph=True`` (second derivatives are not supported).
     """
     fp = as_fixed_point(model)
+    _check_adjoint_args(tol, max_iter, adjoint, strict)
+    h = tuple(t.detach() for t in as_state(h_star, "h_star"))
+    if record is not None and not isinstance(record, list):
+        raise TypeError(f"record must be a list or None, got {type(record).__name__}")
+    return _attach_implicit(fp, h, x, [] if record is None else record, tol, max_iter, adjoint, strict)
+
+
+# ---------------------------------------------------------------------- solve = validate, loop, read out
+def _validate(fp: FixedPoint, x, steps, grad, h0, generator, monitor, tol, max_iter, adjoint, strict):
+    """Check every argument of :func:`solve`; returns ``(mode, graph_steps, h0)``."""
     steps = check_steps(steps)
     mode, graph_steps = parse_grad_mode(grad, steps)
-    check_choice(adjoint, "adjoint", ADJOINT_METHODS)
-    if tol is not None:
-        check_positive(tol, "tol")
-    check_steps(max_iter, "max_iter")
+    _check_adjoint_args(tol, max_iter, adjoint, strict)
+    check_bool(monitor, "monitor")
     solver = fp.solver
-    if mode == "one-step-coef" and not callable(getattr(solver, "coef_step", None)):
-        raise ValueError("grad='one-step-coef' needs a solver with coef_step(x, h) (the official code's last "
-                         "code update); a FixedPoint over a user's F supports the other modes")
+    if mode == "one-step-coef" and not callable(getattr(solver, "coef_readout", None)):
+        raise ValueError("grad='one-step-coef' needs a solver with coef_readout(x, h) (the official code's last "
+                         "code update, read out); a FixedPoint over a user's F supports the other modes")
     if solver is not None and callable(getattr(solver, "check_input", None)):
         solver.check_input(x)
     else:
         check_float_tensor(x, "x")
         check_finite(x, "x")
+    check_generator(generator, "generator", x.device)
     if h0 is None:
         with torch.no_grad():
-            h = fp.init(x, generator=generator)
-    else:
-        h = as_state(h0, "h0")
-        if solver is not None and callable(getattr(solver, "check_state", None)):
-            solver.check_state(x, h, "h0")
-        for i, t in enumerate(h):
-            check_finite(t.detach(), f"h0[{i}]")
+            return mode, graph_steps, fp.init(x, generator=generator)
+    h = as_state(h0, "h0")
+    if solver is not None and callable(getattr(solver, "check_state", None)):
+        solver.check_state(x, h, "h0")
+    for i, t in enumerate(h):
+        check_finite(t.detach(), f"h0[{i}]")
+    return mode, graph_steps, h
 
-    info = SolveInfo(mode=grad, steps=steps, graph_steps=graph_steps)
+
+def _stepper(fp: FixedPoint, x, monitor: bool) -> Callable:
+    """``step(h) -> (F(h, x), objective or None)``; the objective (solvers, ``monitor``) from the products the step
+    already has where the solver offers ``monitored_step``."""
+    solver = fp.solver
+    if monitor and callable(getattr(solver, "monitored_step", None)):
+        fused = solver.monitored_step(x)
+
+        def step(h):
+            h_new, obj = FixedPoint.call_pure(lambda h, x: fused(h), h, x)
+            return FixedPoint.check_output(h_new, h), obj
+        return step
+    if monitor and callable(getattr(solver, "objective", None)):
+        def step(h):
+            h_new = fp.step(h, x)
+            with torch.no_grad():
+                return h_new, solver.objective(x, h_new)
+        return step
+    return lambda h: (fp.step(h, x), None)
+
+
+def _unroll(fp: FixedPoint, x, h, steps: int, graph_steps: int, monitor: bool) -> tuple:
+    """The K steps, the last ``graph_steps`` with a graph; returns ``(h^K, residuals, objectives)`` with the
+    monitored values as device tensors (empty lists without ``monitor``)."""
+    step = _stepper(fp, x, monitor)
+    nb = fp.sample_dims(x) if monitor else 0
     residuals, objective = [], []
-    track_objective = monitor and callable(getattr(solver, "objective", None))
     grad_on = torch.is_grad_enabled()
     for t in range(steps):
         with torch.set_grad_enabled(grad_on and t >= steps - graph_steps):
-            h_new = fp.step(h, x)
+            h_new, obj = step(h)
         if monitor:
             with torch.no_grad():
-                residuals.append(state_residual(h_new, h))
-                if track_objective:
-                    objective.append(solver.objective(x, h_new).mean())
+                residuals.append(state_residual(h_new, h, nb))
+                if obj is not None:
+                    objective.append(obj.detach().mean())
         h = h_new
-    if monitor:
-        info.residuals = torch.stack(residuals).tolist()
-        info.objective = torch.stack(objective).tolist() if track_objective else None
+    return h, residuals, objective
 
+
+def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor | None) -> None:
+    """Move the monitored values to ``info`` in one host sync; warn when the state became NaN/Inf or when ``y``
+    (a solver's output, else None) is all zero for some sample."""
+    with torch.no_grad():
+        per_sample = torch.stack(residuals)  # (steps, *batch)
+        total = per_sample.reshape(len(residuals), -1).square().sum(dim=1).sqrt()
+        parts = [total, per_sample.reshape(-1)]
+        if objective:
+            parts.append(torch.stack(objective))
+        if y is not None:
+            parts.append(y.detach().abs().amax(dim=(-2, -1)).reshape(-1))
+        values = torch.cat([p.to(total.dtype) for p in parts]).tolist()  # the solve's one host sync
+    k, n = len(residuals), per_sample.numel()
+    info.residuals = values[:k]
+    info.sample_residuals = torch.tensor(values[k:k + n], dtype=torch.float64).reshape(per_sample.shape).tolist()
+    rest = values[k + n:]
+    if objective:
+        info.objective, rest = rest[:k], rest[k:]
+    bad = [t for t, r in enumerate(info.residuals) if not abs(r) < float("inf")]
+    if bad:
+        warnings.warn(f"the state became NaN or Inf at step {bad[0] + 1} of {k}: the output is not finite (check "
+                      "the input's scale and the solver's hyperparameters)", RuntimeWarning, stacklevel=3)
+    elif y is not None and not all(rest):
+        zero = [i for i, v in enumerate(rest) if not v]
+        warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened): eps too large for "
+                      "the input's scale, or the input too small for its dtype?", RuntimeWarning, stacklevel=3)
+
+
+def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
+          generator: torch.Generator | None = None, *, monitor: bool = True, tol: float | None = None,
+          max_iter: int = 200, adjoint: str | Callable = "fixed-point", strict: bool = False):
+    """Unroll ``steps`` applications of F on ``x`` and read out ``y`` with the gradient mode ``grad``.
+
+    Args:
+        model: a solver instance (``hg.NMF(...)``, a registered one) or a :class:`hamgrad.FixedPoint`.
+        x: the input; for solvers ``(..., d, n)`` with a non-empty batch.
+        steps: K >= 1.
+        grad: ``"bptt" | "one-step" | "one-step-coef" | "truncated:k" | "implicit"`` (see the module docstring).
+        h0: the initial state (a tuple of tensors); default ``model.init(x, generator)`` (no graph).
+        generator: a ``torch.Generator`` on ``x``'s device for the random initialisation.
+        monitor: record per-step residuals (total and per sample) and, for solvers, the mean objective in
+            ``info``, with one host sync per solve, and warn when the state becomes NaN/Inf or (solvers) all zero.
+            ``False`` skips all of it (training loops).
+        tol: the implicit backward solve's relative residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
+        max_iter: the implicit backward solve's iteration limit.
+        adjoint: the implicit backward solve's linear solver: ``"fixed-point"``, ``"gmres"`` or a callable
+            ``adjoint(matvec, b, tol, max_iter)`` solving ``matvec(u) = b`` (``matvec(u) = u − Jᵀu`` on flat vectors)
+            and returning an object with ``x``, ``residual``, ``iterations`` and ``converged`` (like
+            :class:`hamgrad.LinearSolveResult`).
+        strict: whether the implicit backward solve's non-convergence raises :class:`ConvergenceError` instead of
+            warning :class:`ConvergenceWarning`.
+
+    Returns:
+        ``(y, info)`` with ``info`` a :class:`SolveInfo` (``info.state`` is the final state ``h^K``).
+
+    Raises:
+        TypeError, ValueError: bad arguments; each message names the argument and what was expected.
+        RuntimeError: F modified its input in place.
+
+    Examples:
+        >>> import torch, hamgrad as hg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(2, 16, 32, generator=g, requires_grad=True)    # (batch, d, n), non-negative for NMF
+        >>> y, info = hg.solve(hg.NMF(rank=4), x, steps=6, grad="one-step", generator=g)
+        >>> y.shape, info.steps, info.graph_steps
+        (torch.Size([2, 16, 32]), 6, 1)
+        >>> y.square().mean().backward()                                  # through the last step only
+        >>> x.grad.shape
+        torch.Size([2, 16, 32])
+        >>> all(a >= b for a, b in zip(info.objective, info.objective[1:]))   # NMF's objective never increases
+        True
+    """
+    fp = as_fixed_point(model)
+    mode, graph_steps, h = _validate(fp, x, steps, grad, h0, generator, monitor, tol, max_iter, adjoint, strict)
+    info = SolveInfo(mode=grad, steps=steps, graph_steps=graph_steps)
+    h, residuals, objective = _unroll(fp, x, h, steps, graph_steps, monitor)
+    info.state = tuple(t.detach() for t in h)
     if mode == "one-step-coef":
-        y = (h[0].detach() @ solver.coef_step(x, h)).to(x.dtype)
-    elif mode == "implicit" and grad_on:
-        y = fp.readout(_implicit_state(fp, h, x, info, tol, max_iter, adjoint, strict), x)
+        y = fp.solver.coef_readout(x, h)
+    elif mode == "implicit":
+        y = fp.readout(_attach_implicit(fp, info.state, x, info.backward, tol, max_iter, adjoint, strict), x)
     else:
         y = fp.readout(h, x)
+    if monitor:
+        _record(info, residuals, objective, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
     return y, info

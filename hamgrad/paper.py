@@ -15,6 +15,7 @@ holds. The ablation behind figures 4–6 is a resumable :func:`hamgrad.experimen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,18 +29,23 @@ from tqdm.auto import tqdm
 from . import plots
 from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_radius,
                        svdvals)
-from .experiments import AblationConfig, load_model, load_results, run_ablation
+from .experiments import AblationConfig, load_model, load_results, read_config, run_ablation
 from .fixed_point import FixedPoint
 from .solvers import CD, NMF, SoftVQ
 
-__all__ = ["FIGURES", "compute", "plot", "save", "run", "run_all", "quick_from_env", "ablation_config"]
+__all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config"]
 
 #: Figure names in the order they are produced (4–6 share the ablation sweep).
 FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps")
+_FROM_SWEEP = ("ablation", "accumulative_ratio", "feature_maps")
 
 
 def quick_from_env() -> bool:
-    """``True`` when the environment variable ``HAMGRAD_QUICK`` is ``1`` (what CI and the notebooks read)."""
+    """Whether the environment asks for the quick (CI) size, as CI and the notebooks do.
+
+    Returns:
+        ``True`` when ``HAMGRAD_QUICK`` is ``1``, ``true`` or ``yes`` (any case), else ``False``.
+    """
     return os.environ.get("HAMGRAD_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
 
@@ -95,8 +101,18 @@ def _spectrum(quick: bool, **_) -> dict:
 
 def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 0):
     """A contractive user model ``F(h, x) = scale·tanh(W h + U x)`` with ``‖W‖₂ = 1`` (so ``‖J‖₂ <= scale``),
-    read out by ``G(h, x) = V h``; returns ``(FixedPoint, x, h0)`` in float64. Figures 2 and 3 use it as the case
-    where the paper's propositions hold."""
+    read out by ``G(h, x) = V h``. Figures 2 and 3 use it as the case where the paper's propositions hold
+    (docs/theory.md §3).
+
+    Args:
+        n: the state's size (``h`` is ``(n, 4)``).
+        m: the input's size (``x`` is ``(m, 4)``).
+        scale: the contraction factor, a bound on ``‖J‖₂``.
+        seed: seeds W, U, V, x and h0.
+
+    Returns:
+        ``(model, x, h0)``: a :class:`hamgrad.FixedPoint`, the input and the initial state ``(h,)``, in float64.
+    """
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(n, n, generator=g, dtype=torch.float64)
     W = W / torch.linalg.matrix_norm(W, ord=2)
@@ -157,7 +173,14 @@ def _agreement(quick: bool, **_) -> dict:
 
 # ---------------------------------------------------------------------- figures 4–6: the trained HamNet
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline; tiny when ``quick``."""
+    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline.
+
+    Args:
+        quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
+
+    Returns:
+        The :class:`hamgrad.experiments.AblationConfig`.
+    """
     if quick:
         return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
     return AblationConfig(seeds=2, iters=300)
@@ -173,13 +196,25 @@ def _sweep(quick: bool, ablation_dir, progress: bool) -> tuple[Path, list]:
     holding a sweep of another config (one you ran with ``hamgrad ablate``) is read as it is."""
     out = _ablation_dir(quick, ablation_dir)
     config = ablation_config(quick)
-    config_path = out / "config.json"
-    if not config_path.exists() or AblationConfig.from_json(config_path.read_text(encoding="utf-8")) == config:
+    if not (out / "config.json").exists() or read_config(out) == config:
         run_ablation(config, out, device="cpu", progress=progress)
-    rows = load_results(out)
+    rows = [r for r in load_results(out) if r.get("status", "ok") == "ok"]
     if not rows:
         raise ValueError(f"ablation_dir={str(out)!r} holds no finished runs")
     return out, rows
+
+
+def _sweep_source(quick: bool, ablation_dir) -> dict:
+    """What figures 4–6 were drawn from: the sweep's folder and a digest of its config and rows (``None`` while the
+    folder holds no sweep), so that a figure drawn from another sweep, or from fewer runs, is recomputed."""
+    out = _ablation_dir(quick, ablation_dir)
+    digest = hashlib.sha256()
+    for name in ("config.json", "results.jsonl"):
+        path = out / name
+        if not path.exists():
+            return {"sweep": str(out), "digest": None}
+        digest.update(path.read_bytes())
+    return {"sweep": str(out), "digest": digest.hexdigest()[:16]}
 
 
 def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
@@ -192,7 +227,7 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     curves = [{"solver": r["solver"], "grad": r["grad"], "seed": r["seed"], "step": r["curve"]["step"],
                "loss": r["curve"]["loss"]} for r in rows]
     return {"metric": "mIoU", "sweep": str(out), "table": table, "curves": curves,
-            "config": json.loads((out / "config.json").read_text(encoding="utf-8"))}
+            "config": read_config(out).to_dict()}
 
 
 def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
@@ -202,7 +237,7 @@ def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
     if not ham_rows:
         raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
     row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])
-    config = AblationConfig.from_json((out / "config.json").read_text(encoding="utf-8"))
+    config = read_config(out)
     model = load_model(out, row["run_id"])
     ds = config.dataset()
     val = [ds[config.train_samples + i] for i in range(min(config.val_samples, 16))]
@@ -264,16 +299,46 @@ def _check_name(name: str) -> str:
 
 
 def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool = False) -> dict:
-    """The numbers behind figure ``name`` as plain data (lists, floats, str), at the quick or the full size."""
+    """The numbers behind one figure, at the quick or the full size.
+
+    Args:
+        name: one of :data:`FIGURES`.
+        quick: the CI size (seconds per figure) instead of the full size.
+        ablation_dir: for figures 4–6, the folder of a sweep of your own; by default the built-in sweep
+            (:func:`ablation_config`) is run, or resumed, in ``runs/paper-ablation`` (``-quick`` at the quick size).
+        progress: show progress bars.
+
+    Returns:
+        Plain data (dicts, lists, floats, str) as the figure's JSON holds it, with ``figure``, ``quick``,
+        ``seconds`` and ``torch`` (the version) added; figures 4–6 also record their ``source``: the sweep folder
+        and a digest of its config and rows.
+
+    Raises:
+        ValueError: when ``name`` is not one of :data:`FIGURES`, or the sweep behind figures 4–6 holds no finished
+            run.
+    """
     start = time.perf_counter()
     result = _COMPUTE[_check_name(name)](quick, ablation_dir=ablation_dir, progress=progress)
     result.update(figure=name, quick=bool(quick), seconds=round(time.perf_counter() - start, 2),
                   torch=torch.__version__)
+    if name in _FROM_SWEEP:
+        result["source"] = _sweep_source(quick, ablation_dir)
     return result
 
 
 def plot(name: str, result: dict):
-    """Figure ``name`` drawn from its :func:`compute` result (or the JSON :func:`save` wrote)."""
+    """Draw one figure from its numbers.
+
+    Args:
+        name: one of :data:`FIGURES`.
+        result: its :func:`compute` result, or the JSON :func:`save` wrote, read back.
+
+    Returns:
+        A matplotlib ``Figure``.
+
+    Raises:
+        ValueError: when ``name`` is not one of :data:`FIGURES`.
+    """
     return _PLOT[_check_name(name)](result)
 
 
@@ -290,27 +355,78 @@ def save(name: str, result: dict, fig, out) -> tuple[Path, Path]:
     return png, js
 
 
-def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: bool = False,
-        force: bool = False) -> dict:
-    """Compute, plot and save one figure; a figure whose JSON in ``out`` is already at this size is only redrawn
-    (``force=True`` recomputes it)."""
-    js = Path(out) / f"{_check_name(name)}.json"
-    if js.exists() and not force:
-        result = json.loads(js.read_text(encoding="utf-8"))
-        if result.get("quick") == bool(quick):
-            save(name, result, plot(name, result), out)
-            return result
+def load(name: str, out) -> dict | None:
+    """The result :func:`save` wrote for figure ``name`` in ``out`` (``None`` when there is none).
+
+    Raises:
+        ValueError: naming the file when it is not a figure JSON (damaged, or another figure's).
+    """
+    path = Path(out) / f"{_check_name(name)}.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a figure JSON ({err}); delete it, or pass force=True (hamgrad figures "
+                         f"--force) to recompute it") from None
+    if not isinstance(result, dict) or result.get("figure") != name or not isinstance(result.get("quick"), bool):
+        raise ValueError(f"{path} is not the JSON of figure {name!r}; delete it, or pass force=True (hamgrad "
+                         f"figures --force) to recompute it")
+    return result
+
+
+def _check_sizes(out, quick: bool) -> None:
+    """Refuse to write figures of one size into a folder holding figures of the other."""
+    other = [f"{n}.json" for n in FIGURES if (r := load(n, out)) is not None and r["quick"] != bool(quick)]
+    if other:
+        raise ValueError(f"out={str(out)!r} holds {'quick' if not quick else 'full-size'} figures ({', '.join(other)})"
+                         f"; one folder holds one size: choose another folder, or pass force=True (hamgrad figures "
+                         f"--force) to replace them")
+
+
+def _run(name: str, out, quick: bool, ablation_dir, progress: bool, force: bool) -> dict:
+    """:func:`run` without the folder's size check."""
+    result = None if force else load(name, out)
+    if result is not None and result["quick"] == bool(quick) and (
+            name not in _FROM_SWEEP or _is_current(result, quick, ablation_dir)):
+        save(name, result, plot(name, result), out)
+        return result
     result = compute(name, quick, ablation_dir=ablation_dir, progress=progress)
     save(name, result, plot(name, result), out)
     return result
 
 
+def _is_current(result: dict, quick: bool, ablation_dir) -> bool:
+    """Whether a figure drawn from a sweep still shows it: its recorded source matches the sweep folder now (a
+    default folder that does not exist, as in a fresh clone, keeps the figure)."""
+    now = _sweep_source(quick, ablation_dir)
+    if now["digest"] is None and ablation_dir is None:
+        return True
+    return result.get("source", {}).get("digest") == now["digest"]
+
+
+def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: bool = False,
+        force: bool = False) -> dict:
+    """Compute, plot and save one figure. A figure whose JSON in ``out`` is already at this size (and, for figures
+    4–6, drawn from the same sweep, see :func:`compute`) is only redrawn; ``force=True`` recomputes it.
+
+    Raises:
+        ValueError: when ``out`` holds figures of the other size (unless ``force``), or a damaged figure JSON.
+    """
+    if not force:
+        _check_sizes(out, quick)
+    return _run(name, out, quick, ablation_dir, progress, force)
+
+
 def run_all(out, quick: bool = False, *, names=FIGURES, ablation_dir=None, progress: bool = True,
             force: bool = False) -> dict:
     """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`)."""
+    names = [_check_name(n) for n in names]
+    if not force:
+        _check_sizes(out, quick)
     results = {}
-    with tqdm(list(names), desc="figures", unit="fig", disable=not progress) as bar:
+    with tqdm(names, desc="figures", unit="fig", disable=not progress) as bar:
         for name in bar:
             bar.set_postfix_str(name)
-            results[name] = run(name, out, quick, ablation_dir=ablation_dir, progress=progress, force=force)
+            results[name] = _run(name, out, quick, ablation_dir, progress, force)
     return results

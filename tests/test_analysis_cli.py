@@ -1,6 +1,9 @@
-"""``hamgrad spectrum``: the printed values against dense references computed here."""
+"""``hamgrad spectrum``: the printed values against dense references computed here; ``hamgrad figures``: its refusals
+and messages."""
 
+import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ from torch.func import jacrev
 
 import hamgrad as hg
 from hamgrad.cli import main
+from hamgrad.experiments import AblationConfig, run_ablation
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 
@@ -55,3 +59,76 @@ def test_spectrum_reports_bad_arguments(capsys):
     rc = main(["spectrum", "--d", "6", "--n", "8", "--rank", "2", "-k", "200"])
     assert rc == 2
     assert "k must satisfy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- hamgrad figures: sizes, sources, damaged files
+def _sweep(folder, solvers):
+    config = AblationConfig.quick(solvers=solvers, grads=("one-step",), iters=2, log_every=1, checkpoint_every=1)
+    run_ablation(config, folder, progress=False)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    return _sweep(root / "A", ("vq",)), _sweep(root / "B", ("cd",))
+
+
+def _figures(out, *args):
+    return main(["figures", "--only", "ablation", "--out", str(out), *args])
+
+
+def test_figures_refuse_to_mix_sizes_and_follow_the_sweep(tmp_path, sweeps, capsys):
+    a, b = sweeps
+    out = tmp_path / "figs"
+    assert _figures(out, "--ablation-dir", a) == 0  # full size, drawn from sweep A
+    full = (out / "ablation.json").read_text()
+    assert {r["solver"] for r in json.loads(full)["table"]} == {"none", "vq"}
+    capsys.readouterr()
+    assert _figures(out, "--quick", "--ablation-dir", a) == 2
+    assert capsys.readouterr().err == (f"hamgrad figures: error: out='{out}' holds full-size figures (ablation.json); "
+                                       f"one folder holds one size: choose another folder, or pass force=True "
+                                       f"(hamgrad figures --force) to replace them\n")
+    assert (out / "ablation.json").read_text() == full
+    # another sweep behind the same figure is recomputed from it
+    assert _figures(out, "--ablation-dir", b) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert {r["solver"] for r in result["table"]} == {"none", "cd"} and result["source"]["sweep"] == b
+    # --force replaces the full-size figure with a quick one
+    assert _figures(out, "--quick", "--force", "--ablation-dir", b) == 0
+    assert json.loads((out / "ablation.json").read_text())["quick"] is True
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("figure", r"figs/ablation.json is not a figure JSON \(Unterminated string"),
+    ("rows", r"results.jsonl line 1 is not a sweep row \(a JSON object with a run_id\)"),
+    ("truncated", r"results.jsonl line 2 is not a JSON row \(truncated or damaged file"),
+    ("config", r"config.json is not a valid sweep config \(unknown AblationConfig fields \['colour'\]"),
+    ("checkpoint", r"checkpoint .*vq_one-step_seed0/checkpoint.pt cannot be read \(truncated"),
+    ("foreign checkpoint", r"checkpoint .*vq_one-step_seed0/checkpoint.pt was not written by run vq_one-step_seed0"),
+])
+def test_figures_damaged_files_are_named(tmp_path, sweeps, capsys, damage, match):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweeps[0], sweep)
+    out = tmp_path / "figs"
+    assert _figures(out, "--ablation-dir", str(sweep)) == 0
+    results, ckpt = sweep / "results.jsonl", sweep / "runs" / "vq_one-step_seed0" / "checkpoint.pt"
+    if damage == "figure":
+        (out / "ablation.json").write_text('{"figure": "abl')
+    elif damage == "rows":
+        results.write_text('{"solver": "vq"}\n' + results.read_text())
+    elif damage == "truncated":
+        results.write_text(results.read_text()[:-30])
+    elif damage == "config":
+        config = json.loads((sweep / "config.json").read_text())
+        (sweep / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+    elif damage == "checkpoint":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    else:
+        ckpt.write_bytes((sweep / "runs" / "none_seed0" / "checkpoint.pt").read_bytes())
+    only = "feature_maps" if "checkpoint" in damage else "ablation"
+    capsys.readouterr()
+    assert main(["figures", "--only", only, "--out", str(out), "--ablation-dir", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("hamgrad figures: error: ") and re.search(match, last) and "Traceback" not in err, err

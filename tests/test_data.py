@@ -315,3 +315,15 @@ def test_voc_bad_inputs(voc_root):
     _write_png(rgb_label, np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError, match="2007_000001.png"):
         VOCSegmentation(voc_root, "train")[0]
+
+
+@pytest.mark.parametrize("damaged", ["SegmentationClass/2007_000002.png", "JPEGImages/2007_000002.jpg"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_voc_corrupt_file_is_named(voc_root, damaged, damage):
+    path = voc_root / damaged
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] if damage == "truncate" else b"not an image at all")
+    ds = VOCSegmentation(voc_root, "train")
+    with pytest.raises(ValueError, match=f"{path}.*corrupt or truncated"):
+        ds[1]
+    ds[0]  # the other items still read

@@ -3,6 +3,14 @@
 import csv
 import json
 import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +200,181 @@ def test_cli_ablate(tmp_path, capsys):
     assert "different config" in capsys.readouterr().err
     assert cli_main(["ablate", "--solvers", "nmf", "--grads", "sideways", "--out", out]) == 2
     assert "unknown gradient mode" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- sweep files checked against the config
+def _row_lines(path):
+    return path.read_text().splitlines()
+
+
+def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
+    config = _tiny(grads=("one-step",))
+    run_ablation(config, tmp_path, progress=False)
+    lines = _row_lines(tmp_path / "results.jsonl")
+    foreign = json.loads(lines[1])
+    foreign.update(run_id="cd_one-step_seed0", solver="cd")  # a run this config does not have
+    mismatched = json.loads(lines[1])
+    mismatched.update(run_id="nmf_one-step_seed0", seed=1)  # run id and seed disagree
+    (tmp_path / "results.jsonl").write_text("\n".join([lines[1], lines[0], lines[1], json.dumps(foreign)]) + "\n")
+    with pytest.warns(UserWarning, match=r"ignored 2 row\(s\): line 3: a repeated row of run nmf_one-step_seed0; "
+                                         r"line 4 \(run cd_one-step_seed0\): its run is not in the sweep's config"):
+        rows = load_results(tmp_path)
+    assert [r["run_id"] for r in rows] == ["nmf_one-step_seed0", "none_seed0"]
+    (tmp_path / "results.jsonl").write_text(json.dumps(mismatched) + "\n")
+    with pytest.warns(UserWarning, match=r"does not match its run: seed=1 \(expected 0\)"):
+        assert load_results(tmp_path) == []
+    # the runner trains the run whose row was not valid, then keeps one row per run; the summary shows only these
+    (tmp_path / "results.jsonl").write_text("\n".join([lines[0], lines[0], json.dumps(foreign)]) + "\n")
+    with pytest.warns(UserWarning, match="ignored 2 row"):
+        summary = run_ablation(config, tmp_path, progress=False)
+    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0", "nmf_one-step_seed0"]
+    assert [(c.solver, c.seeds) for c in summary.cells] == [("none", [0]), ("nmf", [0])]
+    assert "cd" not in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: p.write_text(p.read_text()[:-20]), r"results.jsonl line 2 is not a JSON row \(truncated"),
+    (lambda p: p.write_text('{"solver": "nmf"}\n'), r"results.jsonl line 1 is not a sweep row .*run_id"),
+    (lambda p: (p.parent / "config.json").write_text('{"solver": "nmf"}'),
+     r"config.json is not a valid sweep config \(unknown AblationConfig fields \['solver'\]"),
+    (lambda p: (p.parent / "config.json").write_text('{"seeds": '), r"config.json is not a valid sweep config"),
+])
+def test_damaged_sweep_files_are_named(tmp_path, damage, match):
+    config = _tiny(grads=("one-step",))
+    run_ablation(config, tmp_path, progress=False)
+    damage(tmp_path / "results.jsonl")
+    with pytest.raises(ValueError, match=match):
+        load_results(tmp_path)
+
+
+def test_checkpoint_of_another_run_or_config_is_never_resumed(tmp_path, counted_steps):
+    config = _tiny()
+    counted_steps["raise_at"] = 17  # nmf_one-step_seed0 stops after its checkpoint at step 5
+    with pytest.raises(Interrupt):
+        run_ablation(config, tmp_path, progress=False)
+    runs = tmp_path / "runs"
+    good = (runs / "nmf_one-step_seed0" / "checkpoint.pt").read_bytes()
+    counted_steps.update(calls=0, raise_at=None)
+    # another run's checkpoint copied in its place
+    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(
+        (runs / "none_seed0" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"checkpoint .*nmf_one-step_seed0.checkpoint.pt was not written by run "
+                                         r"nmf_one-step_seed0 of this sweep's config \(it names run 'none_seed0'\)"):
+        run_ablation(config, tmp_path, progress=False)
+    # the same run of another config (lr differs)
+    other = tmp_path / "other"
+    run_ablation(_tiny(lr=1e-3, baseline=False), other, progress=False)
+    counted_steps["calls"] = 0
+    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(
+        (other / "runs" / "nmf_one-step_seed0" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="it names run 'nmf_one-step_seed0' of another config"):
+        run_ablation(config, tmp_path, progress=False)
+    # a truncated checkpoint
+    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt cannot be read \(truncated"):
+        run_ablation(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read"):
+        load_model(tmp_path, "nmf_one-step_seed0")
+    assert counted_steps["calls"] == 0 and [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
+    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(good)
+    run_ablation(config, tmp_path, progress=False)
+    assert counted_steps["calls"] == 5 + 10
+
+
+def test_device_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="device='nonsense' is not a torch device"):
+        run_ablation(_tiny(), tmp_path, device="nonsense", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda': no cuda device is available"):
+            run_ablation(_tiny(), tmp_path, device="cuda", progress=False)
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+# ---------------------------------------------------------------------- the lock, Ctrl-C, the CLI's messages
+def _hamgrad(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "hamgrad.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def _wait_for(path, proc, timeout=120.0):
+    start = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - start < timeout, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_second_driver_refused_then_ctrl_c_then_resume(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["ablate", "--quick", "--solvers", "nmf", "--grads", "bptt", "--no-baseline", "--iters", "60",
+            "--out", str(out)]
+    first = _hamgrad(*args)
+    try:
+        _wait_for(out / "runs" / "nmf_bptt_seed0" / "checkpoint.pt", first)
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.fullmatch(rf"hamgrad ablate: error: out_dir='{out}' is being written by another hamgrad ablate "
+                            rf"\(pid {first.pid} on {re.escape(socket.gethostname())}, started [^,]+, lock "
+                            rf"{out}/ablate.lock\); wait for it to finish or stop it", err), err
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.communicate()
+    assert first.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "hamgrad ablate: interrupted: resume with the same command"
+    assert "Traceback" not in stderr
+    assert load_results(out) == []
+    step = torch.load(out / "runs" / "nmf_bptt_seed0" / "checkpoint.pt", weights_only=True)["step"]
+    assert 5 <= step < 60
+    assert cli_main(args) == 0  # the lock was released; the run resumes from its checkpoint
+    rows = load_results(out)
+    assert [r["run_id"] for r in rows] == ["nmf_bptt_seed0"] and rows[0]["curve"]["step"][-1] == 60
+
+
+def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
+    out = tmp_path / "sweep"
+    dead = _hamgrad("ablate", "--quick", "--solvers", "vq", "--grads", "one-step", "--iters", "400", "--out",
+                    str(out))
+    try:
+        _wait_for(out / "runs" / "none_seed0" / "checkpoint.pt", dead)
+    finally:
+        dead.kill()  # SIGKILL: no clean-up runs, the lock file keeps naming it
+        dead.communicate()
+    assert f'"pid": {dead.pid}' in (out / "ablate.lock").read_text()
+    config = AblationConfig.quick(solvers=("vq",), grads=("one-step",), iters=400)
+    with pytest.warns(UserWarning, match=rf"taking over the lock of a driver that is no longer running \(pid "
+                                         rf"{dead.pid} on"):
+        with runner._SweepLock(out):
+            assert f'"pid": {os.getpid()}' in (out / "ablate.lock").read_text()
+    assert (out / "ablate.lock").read_text() == ""  # released
+
+
+def test_cli_failures_are_one_line_messages(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["ablate", "--quick", "--device", "nonsense", "--out", str(tmp_path / "a")], "device='nonsense'"),
+        (["ablate", "--quick", "--out", str(tmp_path / "file" / "sub")], f"Not a directory: '{tmp_path}/file/sub'"),
+        (["ablate", "--quick", "--out", str(tmp_path / "file")], f"out_dir='{tmp_path}/file' exists and is not"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["ablate", "--quick", "--device", "cuda", "--out", str(tmp_path / "a")],
+                      "device='cuda': no cuda device is available"))
+    proc = subprocess.run([sys.executable, "-m", "hamgrad.cli", *cases[0][0]], capture_output=True, text=True)
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.startswith("hamgrad ablate: error: ") and cases[0][1] in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    for args, match in cases[1:]:  # the same path in this process: a traceback would fail the test
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hamgrad ablate: error: ") and match in err and err.count("\n") == 1, err
+
+
+def test_cli_out_without_permission(tmp_path, monkeypatch, capsys):
+    # as root a read-only folder is still writable, so the operating system's refusal is simulated
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert cli_main(["ablate", "--quick", "--out", str(tmp_path / "ro" / "sweep")]) == 2
+    assert capsys.readouterr().err == f"hamgrad ablate: error: [Errno 13] Permission denied: '{tmp_path}/ro/sweep'\n"

@@ -1,4 +1,4 @@
-"""The hams against direct float64 transcriptions of MATH.md §2, their invariants, dtypes and the registry."""
+"""The hams against direct float64 transcriptions of docs/theory.md §2, their invariants, dtypes and the registry."""
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ def _colnorm(A):
     return A / torch.linalg.vector_norm(A, dim=-2, keepdim=True)
 
 
-# ---------------------------------------------------------------- transcriptions of MATH.md §2, element by element
+# ---------------------------------------------------------------- transcriptions of docs/theory.md §2, element by element
 def _nmf_step_ref(X, D, C, eps):
     C = C * (D.transpose(-1, -2) @ X) / (D.transpose(-1, -2) @ D @ C + eps)
     D = D * (X @ C.transpose(-1, -2)) / (D @ C @ C.transpose(-1, -2) + eps)
@@ -244,3 +244,30 @@ def test_bad_inputs():
         hg.solve(s, x, steps=2, h0=(h[0], h[1][..., :5]))
     with pytest.raises(TypeError, match=r"tuple \(D, C\)"):
         s.step(x, h[0])
+
+
+@pytest.mark.parametrize("s,scale,dtype,match", [
+    (hg.NMF(rank=2, eps=1e300), 1.0, torch.float32, r"eps .* = 1e\+300 overflows torch.float32"),
+    (hg.SoftVQ(rank=2, inv_t=1e308), 1.0, torch.float32, r"inv_t .* overflows torch.float32"),
+    (hg.CD(rank=2, beta=1e39), 1.0, torch.float32, r"beta .* overflows torch.float32"),
+    (hg.NMF(rank=2), 1e19, torch.float32, r"max\|x\|\^2 \* d \* n .* overflows torch.float32"),
+    (hg.SoftVQ(rank=2), 1e37, torch.float32, r"max\|x\|\^2 \* d \* n .* overflows"),
+    (hg.SoftVQ(rank=2), 1e160, torch.float64, r"overflows torch.float64"),
+    (hg.NMF(rank=2), 1e19, torch.bfloat16, r"overflows torch.float32"),  # half inputs compute in float32
+])
+def test_inputs_and_hyperparameters_beyond_the_compute_dtype(s, scale, dtype, match):
+    x = (_data(dtype=torch.float64) * scale).to(dtype)
+    assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match=match):
+        hg.solve(s, x, steps=2)
+
+
+def test_float64_allows_what_float32_cannot():
+    x = _data()
+    y, _ = hg.solve(hg.SoftVQ(rank=R_, inv_t=1e300), x, steps=3)  # one-hot codes, but every number finite
+    assert torch.isfinite(y).all()
+
+
+def test_empty_batch_is_refused():
+    with pytest.raises(ValueError, match="empty batch"):
+        hg.solve(hg.NMF(rank=2), _data()[:0], steps=2)

@@ -44,7 +44,8 @@ class LinearOperator:
         shape: ``(m, n)``.
         apply: ``V (b, n) -> (b, m)``, the rows of ``V`` mapped by the operator (``V Aᵀ``).
         rapply: ``U (b, m) -> (b, n)``, the rows of ``U`` mapped by the transpose (``U A``).
-        dtype, device: of the vectors it acts on.
+        dtype: the dtype of the vectors it acts on.
+        device: the device of the vectors it acts on.
         name: a label for error messages and ``repr``.
         gram: optional ``V (b, n) -> (b, n)``, the rows of ``V`` mapped by ``AᵀA``, when there is a cheaper way than
             ``rapply(apply(V))`` (the default).

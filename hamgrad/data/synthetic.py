@@ -90,7 +90,21 @@ class GlobalContextShapes(Dataset):
         seed: non-negative int; item ``i`` is a function of ``(seed, i)`` only.
 
     Items are ``(image, label)``: ``image`` float32 ``(3, size, size)`` in [0, 1], ``label`` int64 ``(size, size)`` in
-    ``[0, num_classes)``, 0 for background. No pixel carries :attr:`ignore_index`.
+    ``[0, num_classes)``, 0 for background. No pixel carries :attr:`ignore_index`. Indexing accepts ``-len <= i < len``.
+
+    Raises:
+        TypeError: when an integer argument is not an int, or ``noise`` is not a number.
+        ValueError: when an argument is out of its range, ``num_shapes`` is not an int or a pair, or ``size`` leaves
+            less than 8 pixels of grid cell per shape.
+
+    Examples:
+        >>> from hamgrad.data import GlobalContextShapes
+        >>> ds = GlobalContextShapes(num_samples=4, size=32, num_shapes=(3, 4), seed=0)
+        >>> image, label = ds[0]
+        >>> image.shape, label.shape, ds.num_classes
+        (torch.Size([3, 32, 32]), torch.Size([32, 32]), 4)
+        >>> sorted(label.unique().tolist()) == [0, 1 + ds.majority_family(0)]   # every shape: the majority family
+        True
     """
 
     #: PyTorch's default ``ignore_index`` for cross-entropy; no label of this dataset uses it.
@@ -132,7 +146,18 @@ class GlobalContextShapes(Dataset):
         return self.num_samples
 
     def layout(self, index: int) -> ShapeLayout:
-        """The metadata of item ``index``: shapes, families and the majority family (no pixels are drawn)."""
+        """The metadata of item ``index``: shapes, families and the majority family (no pixels are drawn).
+
+        Args:
+            index: an item index, ``-len(self) <= index < len(self)``.
+
+        Returns:
+            The item's :class:`ShapeLayout`.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         i = check_index(index, self.num_samples)
         rng = np.random.default_rng((self.seed, i, 0))
         low, high = self.num_shapes
@@ -158,11 +183,23 @@ class GlobalContextShapes(Dataset):
                            angles=angles, colors=colors, majority=int(np.argmax(counts)))
 
     def majority_family(self, index: int) -> int:
-        """The global variable of item ``index``: its majority family (shape pixels are labelled ``1 + it``)."""
+        """The global variable of item ``index``: its majority family.
+
+        Returns:
+            The family index in ``[0, num_families)``; the item's shape pixels are labelled one more than it.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         return self.layout(index).majority
 
     def masks(self, layout: ShapeLayout) -> np.ndarray:
-        """(n, size, size) bool: the pixels of each shape of ``layout`` (disjoint)."""
+        """The pixels of each shape of ``layout``.
+
+        Returns:
+            A bool array ``(n, size, size)``, one disjoint mask per shape.
+        """
         dy = self._yy[None] - layout.centers[:, 0, None, None]
         dx = self._xx[None] - layout.centers[:, 1, None, None]
         cos, sin = np.cos(layout.angles)[:, None, None], np.sin(layout.angles)[:, None, None]

@@ -28,6 +28,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _read(path: Path, what: str, convert) -> Image.Image:
+    """``convert`` applied to the fully decoded image at ``path``; an unreadable file is a ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return convert(im).copy()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, bad chunks
+        raise ValueError(f"{what} {path} is not a readable image (corrupt or truncated file: {err})") from None
+
+
 class VOCSegmentation(Dataset):
     """PASCAL VOC semantic segmentation from a VOC-layout folder.
 
@@ -44,10 +54,13 @@ class VOCSegmentation(Dataset):
     :data:`IMAGENET_STD`; ``label`` int64 ``(H, W)`` with class indices in ``[0, 21)`` and 255 (:attr:`ignore_index`).
 
     Raises:
+        TypeError: when ``split`` is not a non-empty str, or ``size``, ``crop`` or ``seed`` is not an int (or pair).
         FileNotFoundError: naming the missing folder, split file, or the image or label file of a listed id (all are
             checked when the dataset is built).
-        ValueError: on an empty split file; when an item is read, on a label PNG that is not a palette or greyscale
-            image, holds a value outside ``[0, 21)`` and 255, or differs in size from its image.
+        ValueError: when ``size``, ``crop`` or ``seed`` is out of range; on an empty split file; when an item is
+            read, on an image or label file that cannot be decoded (corrupt or truncated), on a label PNG that is not
+            a palette or greyscale image, holds a value outside ``[0, 21)`` and 255, or differs in size from its
+            image.
     """
 
     num_classes = 21
@@ -78,23 +91,37 @@ class VOCSegmentation(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        """The JPEG of item ``index``."""
+        """The JPEG of item ``index``.
+
+        Returns:
+            ``root/JPEGImages/<id>.jpg``.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         return self.root / "JPEGImages" / f"{self.ids[check_index(index, len(self))]}.jpg"
 
     def label_path(self, index: int) -> Path:
-        """The label PNG of item ``index``."""
+        """The label PNG of item ``index``.
+
+        Returns:
+            ``root/SegmentationClass/<id>.png``.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
         return self.root / "SegmentationClass" / f"{self.ids[check_index(index, len(self))]}.png"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = check_index(index, len(self))
         image_path, label_path = self.image_path(i), self.label_path(i)
-        with Image.open(image_path) as im:
-            image = im.convert("RGB")
-        with Image.open(label_path) as im:
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"label {label_path} must be a palette ('P') or greyscale ('L') PNG of class "
-                                 f"indices, got mode {im.mode!r}")
-            label = im.copy()
+        image = _read(image_path, "image", lambda im: im.convert("RGB"))
+        label = _read(label_path, "label", lambda im: im)
+        if label.mode not in ("P", "L"):
+            raise ValueError(f"label {label_path} must be a palette ('P') or greyscale ('L') PNG of class "
+                             f"indices, got mode {label.mode!r}")
         if image.size != label.size:
             raise ValueError(f"image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but label {label_path} "
                              f"is {label.size[0]}x{label.size[1]}")

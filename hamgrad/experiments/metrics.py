@@ -12,7 +12,8 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     """``(num_classes, num_classes)`` int64 counts, rows = true class, columns = predicted class.
 
     Args:
-        pred, target: integer tensors of the same shape (predicted and true labels per pixel).
+        pred: integer tensor of predicted labels per pixel.
+        target: integer tensor of true labels per pixel, the shape of ``pred``.
         num_classes: number of classes; labels must lie in ``[0, num_classes)``.
         ignore_index: target label whose pixels are not counted (e.g. 255 for VOC boundaries), or ``None``.
     """

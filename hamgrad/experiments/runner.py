@@ -3,11 +3,14 @@
 Layout of ``out_dir``::
 
     config.json                  the AblationConfig of the sweep (a different config is refused)
+    ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
     results.jsonl, results.csv   one row per finished run (the CSV holds the scalar columns)
     summary.md, summary.json     the Table-1-style summary
     runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states and training curve of each run
 
-Resuming: ``results.jsonl`` is the record of finished runs; a run listed there is never trained again. Any other run
+Resuming: ``results.jsonl`` is the record of finished runs; a run listed there is never trained again. Its rows are
+checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the config ignored, each
+with a warning), and a checkpoint is resumed only by the run and config that wrote it. Any other run
 restarts from its latest checkpoint (saved every ``checkpoint_every`` iterations and when training ends), restoring the
 model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
 curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary name
@@ -24,7 +27,10 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
+import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,20 +42,27 @@ from .config import AblationConfig, RunSpec
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
 
-__all__ = ["run_ablation", "load_results", "load_model", "build_model", "CSV_COLUMNS"]
+__all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_model", "CSV_COLUMNS"]
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
-CSV_COLUMNS = ("run_id", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc", "final_loss",
+CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc", "final_loss",
                "diverged", "train_seconds", "eval_seconds", "finished_at")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
+_LOCK = "ablate.lock"
+#: Keys of a finished (``status == "ok"``) row besides the run's identity.
+_REQUIRED = ("miou", "pixel_acc", "iou", "diverged", "curve")
 
 
 # ---------------------------------------------------------------------- files
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` (``os.replace`` is atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Call ``write(tmp_path)`` and move the result over ``path`` (``os.replace`` is atomic). The temporary name is
+    unique to the writer, so two processes writing the same file never move each other's temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -69,36 +82,100 @@ def _write_results(out: Path, rows: list) -> None:
     _write_text(out / "results.csv", _csv_text(rows))
 
 
+def read_config(out_dir) -> AblationConfig:
+    """The :class:`AblationConfig` of the sweep in ``out_dir`` (its ``config.json``).
+
+    Raises:
+        ValueError: naming the file when it is missing, not JSON, or not a valid AblationConfig.
+    """
+    path = Path(out_dir) / "config.json"
+    try:
+        return AblationConfig.from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} not found: {str(out_dir)!r} holds no sweep") from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid sweep config ({err})") from None
+
+
+def _row_problem(row: dict, spec: RunSpec | None) -> str | None:
+    """Why ``row`` is not a row of run ``spec`` (``None`` when it is)."""
+    if spec is None:
+        return "its run is not in the sweep's config"
+    expected = {"solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed}
+    wrong = [f"{k}={row.get(k)!r} (expected {v!r})" for k, v in expected.items() if row.get(k) != v]
+    if wrong:
+        return "it does not match its run: " + ", ".join(wrong)
+    if row.get("status", "ok") == "ok":
+        missing = [k for k in _REQUIRED if k not in row]
+        if missing:
+            return f"it lacks {missing}"
+    return None
+
+
 def load_results(out_dir) -> list[dict]:
-    """The finished runs' rows of a sweep folder (from ``results.jsonl``), in the order they finished."""
-    path = Path(out_dir) / "results.jsonl"
+    """The rows of the sweep in ``out_dir`` (from ``results.jsonl``), in the order they were recorded, checked
+    against its ``config.json``: a repeated row of a run is dropped, and a row of a run that is not in the config
+    (or that does not match its run) is ignored, each with a warning. Rows have ``status`` ``"ok"`` or
+    ``"failed"`` (then ``error`` holds the run's last error and the metrics are ``None``).
+
+    Raises:
+        ValueError: naming the file (and line) when ``config.json`` is not a valid config, or a line of
+            ``results.jsonl`` is not a JSON object with a ``run_id`` (a truncated or foreign file).
+    """
+    out = Path(out_dir)
+    path = out / "results.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    specs = {s.run_id: s for s in read_config(out).runs()}
+    rows, seen, ignored = [], set(), []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number} is not a JSON row (truncated or damaged file: {err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("run_id"), str):
+            raise ValueError(f"{path} line {number} is not a sweep row (a JSON object with a run_id)")
+        if row["run_id"] in seen:
+            ignored.append(f"line {number}: a repeated row of run {row['run_id']}")
+            continue
+        problem = _row_problem(row, specs.get(row["run_id"]))
+        if problem:
+            ignored.append(f"line {number} (run {row['run_id']}): {problem}")
+            continue
+        seen.add(row["run_id"])
+        rows.append(row)
+    if ignored:
+        warnings.warn(f"{path}: ignored {len(ignored)} row(s): " + "; ".join(ignored), stacklevel=2)
+    return rows
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before writing anything, an ``out`` that is a file or a non-empty folder without a sweep."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
+    if out.is_dir() and not (out / "config.json").exists() and any(p.name != _LOCK for p in out.iterdir()):
+        raise ValueError(f"out_dir={str(out)!r} is not empty and holds no sweep (no config.json); choose another "
+                         f"folder")
 
 
 def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool) -> None:
-    """Create ``out`` or check that it holds this config's sweep; with ``overwrite`` clear a different one."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
+    """Check that ``out`` (existing, locked) holds this config's sweep or none; with ``overwrite`` clear another."""
     config_path = out / "config.json"
-    if config_path.exists():
-        try:
-            old = AblationConfig.from_json(config_path.read_text(encoding="utf-8"))
-        except (ValueError, TypeError) as err:
-            old, reason = None, f"its config.json is not a valid AblationConfig ({err})"
-        else:
-            diff = [f"{k}: {v!r} -> {config.to_dict()[k]!r}" for k, v in old.to_dict().items()
-                    if config.to_dict()[k] != v]
-            reason = "it holds a sweep with a different config (" + "; ".join(diff) + ")"
-        if old == config:
-            return
-    elif out.exists() and any(out.iterdir()):
-        reason = "it is not empty and holds no sweep (no config.json)"
-    else:
-        out.mkdir(parents=True, exist_ok=True)
+    if not config_path.exists():
         _write_text(config_path, config.to_json())
         return
+    try:
+        old = read_config(out)
+    except ValueError as err:
+        reason = str(err)
+    else:
+        if old == config:
+            return
+        diff = [f"{k}: {v!r} -> {config.to_dict()[k]!r}" for k, v in old.to_dict().items()
+                if config.to_dict().get(k) != v]
+        reason = "it holds a sweep with a different config (" + "; ".join(diff) + ")"
     if not overwrite:
         raise ValueError(f"out_dir={str(out)!r}: {reason}; pass overwrite=True (hamgrad ablate --overwrite) to "
                          f"replace its sweep, or choose another folder")
@@ -106,6 +183,53 @@ def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool) -> None
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "runs", ignore_errors=True)
     _write_text(config_path, config.to_json())
+
+
+class _SweepLock:
+    """An exclusive lock on a sweep folder for the process that writes it (``out/ablate.lock``).
+
+    The lock is an ``fcntl.flock`` on the file, which the kernel releases when its holder exits in any way (a
+    SIGKILL included), so a lock left by a dead driver is simply taken over; the file names the holder (pid, host,
+    start time) for the refusal message and is emptied on release.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / _LOCK
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise ValueError(f"out_dir={str(self.path.parent)!r} is being written by another hamgrad ablate "
+                             f"({holder}, lock {self.path}); wait for it to finish or stop it") from None
+        previous = self._holder(fd)
+        if previous != "unknown holder":
+            warnings.warn(f"{self.path}: taking over the lock of a driver that is no longer running ({previous})",
+                          stacklevel=3)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing releases the flock
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+        except (ValueError, TypeError, KeyError):
+            return "unknown holder"
 
 
 # ---------------------------------------------------------------------- data and model
@@ -126,9 +250,14 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
-    """The trained model of run ``run_id`` of the sweep in ``out_dir``, in eval mode (from its checkpoint)."""
+    """The trained model of run ``run_id`` of the sweep in ``out_dir``, in eval mode (from its checkpoint).
+
+    Raises:
+        ValueError: when ``run_id`` is not a run of the sweep, or its checkpoint is missing, unreadable, or belongs
+            to another run or config (each naming the file).
+    """
     out = Path(out_dir)
-    config = AblationConfig.from_json((out / "config.json").read_text(encoding="utf-8"))
+    config = read_config(out)
     specs = {s.run_id: s for s in config.runs()}
     if run_id not in specs:
         raise ValueError(f"run_id={run_id!r} is not a run of the sweep in {str(out)!r}; runs: {sorted(specs)}")
@@ -136,8 +265,24 @@ def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
     if not path.exists():
         raise ValueError(f"run_id={run_id!r} has no checkpoint ({path} is missing)")
     model = build_model(config, specs[run_id])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-    return model.to(device).eval()
+    model.load_state_dict(_load_checkpoint(path, config, specs[run_id], "cpu")["model"])
+    return model.to(_check_device(device)).eval()
+
+
+def _check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if dev.type != "cpu":
+        module = getattr(torch, dev.type, None)
+        count = module.device_count() if hasattr(module, "device_count") and module.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}: no {dev.type} device is available on this machine")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device!r}: this machine has {count} {dev.type} device(s)")
+    return dev
 
 
 # ---------------------------------------------------------------------- training
@@ -164,12 +309,31 @@ def _device_rng(device: torch.device):
     return None if device.type == "cpu" else torch.get_device_module(device.type)
 
 
-def _save_checkpoint(path: Path, model, optimizer, state: dict, batches: torch.Generator, device) -> None:
+def _save_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, model, optimizer, state: dict,
+                     batches: torch.Generator, device) -> None:
     rng = _device_rng(device)
-    payload = {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    payload = {**state, "run_id": spec.run_id, "config": config.to_json(),
+               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "rng_torch": torch.get_rng_state(), "rng_batches": batches.get_state(),
                "rng_device": None if rng is None else rng.get_rng_state(device)}
     _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, device) -> dict:
+    """The checkpoint of run ``spec`` at ``path``; one that cannot be read, or that another run or another config
+    wrote, is refused with a ValueError naming the file (never resumed)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a hamgrad checkpoint: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}); delete it to restart run "
+                         f"{spec.run_id}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("run_id") != spec.run_id or ckpt.get("config") != config.to_json():
+        owner = ckpt.get("run_id") if isinstance(ckpt, dict) else None
+        raise ValueError(f"checkpoint {path} was not written by run {spec.run_id} of this sweep's config (it names "
+                         f"run {owner!r}{'' if owner is None else ' of another config' if owner == spec.run_id else ''}"
+                         f"); delete it to restart the run")
+    return ckpt
 
 
 def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config: AblationConfig, seed: int,
@@ -198,7 +362,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     batches = torch.Generator().manual_seed(spec.seed)
     state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []}}
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = _load_checkpoint(ckpt_path, config, spec, device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_torch"].cpu())
@@ -231,14 +395,14 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
             if state["step"] % config.checkpoint_every == 0 or state["step"] == config.iters or state["diverged"]:
                 state["train_seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
-                _save_checkpoint(ckpt_path, model, optimizer, state, batches, device)
+                _save_checkpoint(ckpt_path, config, spec, model, optimizer, state, batches, device)
 
     start = time.perf_counter()
     conf = _evaluate(model, images[n_train:], labels[n_train:], config, spec.seed, device)
     iou = iou_per_class(conf)
     losses = state["curve"]["loss"]
     return {
-        "run_id": spec.run_id, "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+        "run_id": spec.run_id, "status": "ok", "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
         "steps": config.steps, "eval_steps": config.resolved_eval_steps, "iters": config.iters,
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
@@ -267,28 +431,37 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
 
     Returns:
         the :class:`~hamgrad.experiments.Summary` of the finished runs (also in ``summary.md``/``summary.json``).
+
+    Raises:
+        ValueError: naming the argument or file: a ``device`` this machine lacks; an ``out_dir`` that is a file, holds
+            other files or another config's sweep (without ``overwrite``), or is locked by another running driver
+            (``out_dir/ablate.lock`` names it; the lock of a driver that died is taken over); a damaged
+            ``results.jsonl``, ``config.json`` or checkpoint, or a checkpoint another run or config wrote.
     """
     if not isinstance(config, AblationConfig):
         raise TypeError(f"config must be an AblationConfig, got {type(config).__name__}")
-    device = torch.device(device)
+    device = _check_device(device)
     out = Path(out_dir)
-    _prepare_out_dir(config, out, overwrite)
-    rows = load_results(out)
-    _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
-    runs = config.runs()
-    done = {r["run_id"] for r in rows}
-    with tqdm(total=len(runs) * config.iters, initial=len(done) * config.iters, unit="it", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for spec in runs:
-            if spec.run_id in done:
-                continue
-            bar.set_description(spec.run_id)
-            rows.append(_run(config, spec, out / "runs" / spec.run_id, device, bar))
-            done.add(spec.run_id)
-            _write_results(out, rows)
-            _write_summary(out, summarize(rows, config.grads))
-    summary = summarize(rows, config.grads)
-    _write_summary(out, summary)
+    _check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _SweepLock(out):
+        _prepare_out_dir(config, out, overwrite)
+        rows = load_results(out)
+        _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
+        runs = config.runs()
+        done = {r["run_id"] for r in rows}
+        with tqdm(total=len(runs) * config.iters, initial=len(done) * config.iters, unit="it",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for spec in runs:
+                if spec.run_id in done:
+                    continue
+                bar.set_description(spec.run_id)
+                rows.append(_run(config, spec, out / "runs" / spec.run_id, device, bar))
+                done.add(spec.run_id)
+                _write_results(out, rows)
+                _write_summary(out, summarize(rows, config.grads))
+        summary = summarize(rows, config.grads)
+        _write_summary(out, summary)
     if progress:
         print(summary.to_markdown())
     return summary

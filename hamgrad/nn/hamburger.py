@@ -49,26 +49,6 @@ class HamCapture:
     info: SolveInfo | None = None
 
 
-class _StateRecorder:
-    """A solver stand-in that delegates everything to ``solver`` and keeps the final state ``(D, C)`` of a solve."""
-
-    def __init__(self, solver):
-        self._solver = solver
-        self.state = None
-
-    def __getattr__(self, name):
-        return getattr(self._solver, name)
-
-    def readout(self, x, h):
-        self.state = tuple(h)
-        return self._solver.readout(x, h)
-
-    def coef_step(self, x, h):
-        codes = self._solver.coef_step(x, h)
-        self.state = (h[0], codes)
-        return codes
-
-
 class Hamburger(nn.Module):
     """The Hamburger block: a global-context module that replaces attention by a low-rank matrix decomposition.
 
@@ -90,6 +70,25 @@ class Hamburger(nn.Module):
         with ham.capture() as cap:
             model(images)
         cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+
+    Raises:
+        TypeError: when ``channels``, ``d``, ``rank`` or a number of steps is not an int, or ``solver_kwargs`` is not
+            a dict (or the solver rejects one of them).
+        ValueError: when one of them is below 1, ``rank >= d``, ``steps`` is not an int or a pair, ``grad`` is not a
+            gradient mode valid for both step counts, ``solver`` is not registered, or ``grad="one-step-coef"`` is
+            asked of a solver without ``coef_step``.
+
+    Examples:
+        >>> import torch
+        >>> from hamgrad.nn import Hamburger
+        >>> ham = Hamburger(channels=16, d=32, solver="nmf", rank=4, steps=(6, 7)).eval()   # eval: K = 7
+        >>> x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> with ham.capture() as cap:
+        ...     out = ham(x, generator=torch.Generator().manual_seed(1))
+        >>> out.shape, cap.shape, cap.D.shape, cap.C.shape, cap.info.steps
+        (torch.Size([2, 16, 8, 8]), (8, 8), torch.Size([2, 32, 4]), torch.Size([2, 4, 64]), 7)
+        >>> bool((out >= 0).all())                    # the block ends in a ReLU
+        True
     """
 
     def __init__(self, channels: int, d: int = 512, solver: str = "nmf", rank: int = 64, steps=(6, 7),
@@ -110,8 +109,8 @@ class Hamburger(nn.Module):
         if solver_kwargs is not None and not isinstance(solver_kwargs, dict):
             raise TypeError(f"solver_kwargs must be a dict or None, got {type(solver_kwargs).__name__}")
         self.solver = get_solver(solver, rank=rank, **(solver_kwargs or {}))
-        if grad == "one-step-coef" and not callable(getattr(self.solver, "coef_step", None)):
-            raise ValueError(f"grad='one-step-coef' needs a solver with coef_step; solver={solver!r} has none")
+        if grad == "one-step-coef" and not callable(getattr(self.solver, "coef_readout", None)):
+            raise ValueError(f"grad='one-step-coef' needs a solver with coef_readout; solver={solver!r} has none")
         self.channels, self.d, self.rank, self.grad = channels, d, rank, grad
         self.nonnegative = bool(getattr(self.solver, "nonnegative", False))
         self.lower_bread = nn.Conv2d(channels, d, 1)
@@ -124,8 +123,15 @@ class Hamburger(nn.Module):
 
     @contextlib.contextmanager
     def capture(self):
-        """Context manager yielding a :class:`HamCapture` filled by each forward pass inside the block (the last one
-        wins). Capturing records the solve's residuals and objective (one host sync per forward)."""
+        """Record what the ham sees and produces while the context is open.
+
+        Capturing records the solve's residuals and objective (one host sync per forward). Contexts nest: the
+        innermost one receives the forward passes, and leaving it restores the outer one.
+
+        Returns:
+            A context manager whose ``as`` target is a :class:`HamCapture`, filled by each forward pass inside the
+            block (the last one wins; its fields stay ``None`` when no forward pass ran).
+        """
         cap = HamCapture()
         previous, self._capture = self._capture, cap
         try:
@@ -134,6 +140,20 @@ class Hamburger(nn.Module):
             self._capture = previous
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The block on a feature map: lower bread, K solver steps, upper bread, residual and ReLU.
+
+        Args:
+            x: features ``(B, channels, H, W)``; the ham sees ``(B, d, H·W)``.
+            generator: a ``torch.Generator`` on ``x.device`` for the solver's random initial state; ``None`` uses
+                torch's global generator.
+
+        Returns:
+            ``ReLU(x + upper_bread(X̄))``, the shape of ``x``.
+
+        Raises:
+            ValueError: when ``x`` is not ``(B, channels, H, W)``, when ``rank > H·W``, or when the ham's input is not
+                finite (the solver's checks in :func:`hamgrad.solve`).
+        """
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
         B, _, H, W = x.shape
@@ -143,11 +163,13 @@ class Hamburger(nn.Module):
         z = z.reshape(B, self.d, H * W)
         steps = self.steps[0] if self.training else self.steps[1]
         cap = self._capture
-        solver = self.solver if cap is None else _StateRecorder(self.solver)
-        y, info = solve(solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
+        y, info = solve(self.solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
         if cap is not None:
-            D, C = solver.state
-            cap.x, cap.y, cap.D, cap.C = z.detach(), y.detach(), D.detach(), C.detach()
+            D, C = info.state
+            if self.grad == "one-step-coef":
+                with torch.no_grad():
+                    C = self.solver.coef_step(z, info.state)
+            cap.x, cap.y, cap.D, cap.C = z.detach(), y.detach(), D, C
             cap.shape, cap.info = (H, W), info
         out = self.upper_bread(y.reshape(B, self.d, H, W))
         return F.relu(x + out)

@@ -4,12 +4,14 @@
 
     encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
               stage i has width·2^i channels
-    head      squeeze 1×1 conv → Hamburger (or nothing, ham=None) → align 3×3 conv → 1×1 classifier
+    head      squeeze 1×1 conv → context module (a Hamburger, or self-attention, A², global pooling; or nothing)
+              → align 3×3 conv → 1×1 classifier
     output    logits upsampled bilinearly to the input size
 
 The encoder is deliberately shallow: its receptive field (19 pixels at output stride 4, 43 at 8, before the align
 conv) is local, so any global reasoning must come from the head's context module. ``HamNet(ham=None)`` is the
-baseline with the same encoder and head minus the Hamburger block.
+baseline with the same encoder and head minus the Hamburger block; ``HamNet(context="sa")`` puts self-attention (or
+``"a2"``, ``"gap"``, see :mod:`hamgrad.nn.attention`) where the Hamburger was.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_steps
+from .attention import CONTEXTS, build_context
 from .hamburger import Hamburger
 
 __all__ = ["HamNet"]
@@ -32,7 +35,7 @@ def _conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Seque
 
 
 class HamNet(nn.Module):
-    """A minimal semantic-segmentation network: shallow conv encoder, Hamburger head, classifier, upsampling.
+    """A minimal semantic-segmentation network: shallow conv encoder, context head, classifier, upsampling.
 
     Args:
         num_classes: number of output classes.
@@ -41,16 +44,42 @@ class HamNet(nn.Module):
         output_stride: 4 or 8 (2 or 3 stride-2 stages); the ham sees ``(H / output_stride) · (W / output_stride)``
             positions.
         ham: a solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...) or ``None`` for the baseline without the block.
-        d, rank, steps, grad, solver_kwargs: the :class:`Hamburger` block's arguments (ignored when ``ham=None``).
+        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next four); ``d`` also
+            sizes the other context modules.
+        rank: r, the number of bases of the ham (and of A²).
+        steps: ``(train, eval)`` numbers of solver steps K, or one int for both.
+        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES``.
+        solver_kwargs: further keyword arguments of the solver (e.g. ``{"inv_t": 100.0}`` for ``"vq"``).
+        context: another context module in the Hamburger's place, by name: ``"sa"`` (:class:`SelfAttention`),
+            ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`); a solver name is the same as
+            ``ham=``. ``None`` (the default): the head is the one ``ham`` names.
 
     ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
     ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
-    The block is ``self.hamburger`` (``None`` for the baseline); use ``model.hamburger.capture()`` to record it.
+    The head's context module is ``self.block``: ``self.hamburger`` for a ham (``None`` otherwise and for the
+    baseline), ``self.context`` for the other modules; ``model.block.capture()`` records any of them.
+
+    Raises:
+        TypeError: when ``num_classes``, ``in_channels`` or ``width`` is not an int (and the :class:`Hamburger`'s
+            errors for the block's arguments).
+        ValueError: when one of them is below 1, ``output_stride`` is not 4 or 8, a module name is unknown, or
+            ``context`` is given together with a ``ham`` other than the default ``"nmf"`` or ``None`` (and the
+            :class:`Hamburger`'s errors for the block's arguments).
+
+    Examples:
+        >>> import torch
+        >>> from hamgrad.nn import HamNet
+        >>> model = HamNet(num_classes=4, width=8, ham="vq", d=16, rank=4, solver_kwargs={"inv_t": 10.0})
+        >>> images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> model(images, generator=torch.Generator().manual_seed(1)).shape
+        torch.Size([2, 4, 32, 32])
+        >>> HamNet(num_classes=4, ham=None).hamburger is None      # the baseline without the block
+        True
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, output_stride: int = 4,
                  ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 7), grad: str = "one-step",
-                 solver_kwargs: dict | None = None):
+                 solver_kwargs: dict | None = None, context: str | None = None):
         super().__init__()
         check_steps(num_classes, "num_classes")
         check_steps(in_channels, "in_channels")
@@ -65,12 +94,38 @@ class HamNet(nn.Module):
             c_in = c_out
         self.encoder = nn.Sequential(*stages)
         self.squeeze = _conv_block(c_in, c_in, 1)
-        self.hamburger = None if ham is None else Hamburger(c_in, d=d, solver=ham, rank=rank, steps=steps,
-                                                            grad=grad, solver_kwargs=solver_kwargs)
+        if ham in CONTEXTS:
+            raise ValueError(f"ham={ham!r} is not a solver; pass context={ham!r} for that module")
+        if context is not None and ham not in (None, "nmf"):
+            raise ValueError(f"give the head's module once: ham={ham!r} and context={context!r} were both given")
+        name = ham if context is None else context
+        block = None if name is None else build_context(name, c_in, d=d, rank=rank, steps=steps, grad=grad,
+                                                        solver_kwargs=solver_kwargs)
+        # a Hamburger keeps its attribute name (and so the state-dict keys of existing checkpoints)
+        self.hamburger = block if isinstance(block, Hamburger) else None
+        self.context = None if isinstance(block, Hamburger) else block
         self.align = _conv_block(c_in, c_in, 3)
         self.classifier = nn.Conv2d(c_in, num_classes, 1)
 
+    @property
+    def block(self) -> nn.Module | None:
+        """The head's context module (a :class:`Hamburger`, an attention module, global pooling) or ``None``."""
+        return self.hamburger if self.hamburger is not None else self.context
+
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-pixel class logits.
+
+        Args:
+            images: ``(B, in_channels, H, W)`` with ``H`` and ``W`` multiples of ``output_stride``.
+            generator: seeds the ham's random initial state (``None``: torch's global generator).
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``.
+
+        Raises:
+            ValueError: when ``images`` is not 4-dimensional or its height or width is not a multiple of
+                ``output_stride``.
+        """
         if images.dim() != 4:
             raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
         H, W = images.shape[-2:]
@@ -78,7 +133,7 @@ class HamNet(nn.Module):
             raise ValueError(f"image height and width must be multiples of output_stride={self.output_stride}, "
                              f"got {H}×{W}")
         z = self.squeeze(self.encoder(images))
-        if self.hamburger is not None:
-            z = self.hamburger(z, generator=generator)
+        if self.block is not None:
+            z = self.block(z, generator=generator)
         logits = self.classifier(self.align(z))
         return F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)

@@ -4,11 +4,13 @@ A solver is a set of pure tensor functions over ``x`` of shape ``(..., d, n)`` a
 ``D (..., d, r)`` and ``C (..., r, n)``:
 
 - ``init(x, generator=None) -> h``     the initial state (random dictionary, codes from it);
-- ``step(x, h) -> h``                  one application of F (MATH.md §2), C first, then D;
+- ``step(x, h) -> h``                  one application of F (docs/theory.md §2), C first, then D;
 - ``readout(x, h) -> y``               the low-rank reconstruction ``X̄``, same shape and dtype as ``x``;
 - ``objective(x, h) -> (...)``         the decomposition objective per batch element;
-- ``coef_step(x, h) -> C``             the last code update of the official Hamburger code, D held constant
-                                       (the ``one-step-coef`` gradient mode).
+- ``monitored_step(x) -> fn``          ``fn(h) = (step(x, h), objective(x, step(x, h)))``, the objective from the
+                                       step's own products where the solver can (what ``hg.solve`` monitors);
+- ``coef_step(x, h) -> C``             the last code update of the official Hamburger code, D held constant;
+- ``coef_readout(x, h) -> y``          ``D coef_step(x, h)`` (the ``one-step-coef`` gradient mode's output).
 
 Precision: float16/bfloat16 inputs are computed in float32 (the state is kept in float32) and ``readout`` returns
 the input's dtype; autocast is switched off inside every method so the decomposition always runs in at least float32.
@@ -21,7 +23,7 @@ import functools
 
 import torch
 
-from .._checks import check_finite, check_float_tensor, check_positive
+from .._checks import check_finite, check_float_tensor, check_int, check_positive, check_representable
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -55,11 +57,7 @@ class Solver:
     nonnegative = False
 
     def __init__(self, rank: int, eps: float = 1e-6):
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"rank must be an int >= 1, got {rank!r}")
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        self.rank = rank
+        self.rank = check_int(rank, "rank", 1)
         self.eps = check_positive(eps, "eps")
 
     def __repr__(self) -> str:
@@ -72,19 +70,34 @@ class Solver:
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x, name: str = "x") -> None:
-        """Validate an input: a float tensor ``(..., d, n)``, finite, ``rank <= min(d, n)`` (and ``x >= 0`` for NMF).
+        """Validate an input: a float tensor ``(..., d, n)`` with a non-empty batch, finite, ``rank <= min(d, n)``
+        (and ``x >= 0`` for NMF), and small enough that the solver's products stay finite in the compute dtype.
 
         Costs a host sync (NaN/Inf check); :func:`hamgrad.solve` and :meth:`init` call it, :meth:`step` does not.
+
+        Raises:
+            TypeError: ``x`` is not a floating-point tensor.
+            ValueError: any other condition above fails (the message names ``name``).
         """
         check_float_tensor(x, name, min_dim=2)
         d, n = x.shape[-2:]
         if self.rank > min(d, n):
             raise ValueError(f"rank={self.rank} must be <= min(d, n) = min({d}, {n}) for {name} of shape "
                              f"{tuple(x.shape)} (x is (..., d, n))")
-        lo, _ = check_finite(x, name)
+        if x.numel() == 0:
+            raise ValueError(f"{name} has an empty batch (shape {tuple(x.shape)}): nothing to decompose")
+        lo, hi = check_finite(x, name)
         if self.nonnegative and lo < 0:
             raise ValueError(f"{name} must be non-negative for {type(self).__name__} (apply a ReLU first); "
                              f"its minimum is {lo:.4g}")
+        dtype = compute_dtype(x.dtype)
+        for label, value in self._magnitudes(max(abs(lo), abs(hi)), d, n).items():
+            check_representable(value, label, dtype, f" (for {name} of shape {tuple(x.shape)})")
+
+    def _magnitudes(self, amax: float, d: int, n: int) -> dict:
+        """Bounds (in float64) on hyperparameters and intermediates that must be finite in the compute dtype:
+        ``eps`` and ``max|x|² d n`` (bounds ‖X‖², and every product of the step for unit-norm bases)."""
+        return {"eps": self.eps, "max|x|^2 * d * n": amax * amax * d * n}
 
     def check_state(self, x, h, name: str = "h") -> tuple:
         """Validate that ``h = (D, C)`` has shapes ``(..., d, r)`` and ``(..., r, n)`` matching ``x``."""
@@ -116,8 +129,25 @@ class Solver:
 
     @_full_precision
     def step(self, x, h) -> tuple:
-        """One application of F: the code update, then the dictionary update (MATH.md §2)."""
+        """One application of F: the code update, then the dictionary update (docs/theory.md §2)."""
         return self._step(x, *self._cast_state(x, h))
+
+    def monitored_step(self, x):
+        """A function ``fn(h) -> (step(x, h), objective(x, step(x, h)))`` for the input ``x`` (checked here once).
+
+        The objective carries no graph; subclasses compute it from the step's own products (NMF) and precompute
+        what depends on ``x`` alone, so monitoring costs almost nothing.
+        """
+        check_float_tensor(x, "x", min_dim=2)
+        xc = x.to(compute_dtype(x.dtype))
+        with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
+            const = self._monitor_constants(xc)
+
+        def fn(h):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                D, C = self._cast_state(xc, h)
+                return self._step_and_objective(xc, D, C, const)
+        return fn
 
     def readout(self, x, h) -> torch.Tensor:
         """``X̄ = D C`` (C from the state, or the solver's readout codes), in ``x``'s dtype."""
@@ -140,6 +170,17 @@ class Solver:
         D, C = self._cast_state(x, h)
         return self._coef_codes(x, D.detach(), C.detach())
 
+    def coef_readout(self, x, h) -> torch.Tensor:
+        """``D coef_step(x, h)`` with D constant: the ``one-step-coef`` output, computed in the compute dtype (also
+        under autocast) and returned in ``x``'s dtype."""
+        return self._coef_readout(x, h).to(x.dtype)
+
+    @_full_precision
+    def _coef_readout(self, x, h):
+        D, C = self._cast_state(x, h)
+        D = D.detach()
+        return D @ self._coef_codes(x, D, C.detach())
+
     # ------------------------------------------------------------------ for subclasses
     def _random_bases(self, shape, x, generator):
         raise NotImplementedError
@@ -158,6 +199,14 @@ class Solver:
 
     def _objective(self, x, D, C):
         return ((x - D @ self._readout_codes(x, D, C)) ** 2).sum(dim=(-2, -1))
+
+    def _monitor_constants(self, x):
+        return None
+
+    def _step_and_objective(self, x, D, C, const):
+        h = self._step(x, D, C)
+        with torch.no_grad():
+            return h, self._objective(x, *(t.detach() for t in h))
 
 
 # ---------------------------------------------------------------------- registry

@@ -1,4 +1,4 @@
-"""The three hams of the paper, exactly as MATH.md §2 writes them.
+"""The three hams of the paper, exactly as docs/theory.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
 ``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are computed as transposes of ``(..., n, r)`` products
@@ -51,12 +51,28 @@ class NMF(Solver):
     def _mu_codes(self, x, D, C):
         return C * _project(D, x) / (_project(D.mT @ D, C) + self.eps)
 
-    def _step(self, x, D, C):
+    def _update(self, x, D, C):
+        """The step, and the products ``X Cᵀ`` and ``C Cᵀ`` of the new codes it formed."""
         C = self._mu_codes(x, D, C)
-        D = D * (x @ C.mT) / (D @ (C @ C.mT) + self.eps)
-        return D, C
+        XCt, CCt = x @ C.mT, C @ C.mT
+        return D * XCt / (D @ CCt + self.eps), C, XCt, CCt
+
+    def _step(self, x, D, C):
+        return self._update(x, D, C)[:2]
 
     _coef_codes = _mu_codes
+
+    def _monitor_constants(self, x):
+        return (x * x).sum(dim=(-2, -1))
+
+    def _step_and_objective(self, x, D, C, x_sq):
+        """The step and ``‖X − DC‖² = ‖X‖² − 2⟨XCᵀ, D⟩ + ⟨DᵀD, CCᵀ⟩`` at the new state, from the step's ``XCᵀ`` and
+        ``CCᵀ``: no d × n product (in float32 the difference loses digits only when the fit is nearly exact)."""
+        D, C, XCt, CCt = self._update(x, D, C)
+        with torch.no_grad():
+            Dd = D.detach()
+            obj = x_sq - 2 * (XCt.detach() * Dd).sum(dim=(-2, -1)) + ((Dd.mT @ Dd) * CCt.detach()).sum(dim=(-2, -1))
+        return (D, C), obj.clamp_min(0)
 
 
 class SoftVQ(Solver):
@@ -74,6 +90,11 @@ class SoftVQ(Solver):
 
     def hparams(self) -> dict:
         return {**super().hparams(), "inv_t": self.inv_t}
+
+    def _magnitudes(self, amax, d, n):
+        # the scores inv_t · Dᵀx of unit bases against columns of norm <= sqrt(d) max|x|
+        return {**super()._magnitudes(amax, d, n), "inv_t": self.inv_t, "inv_t * sqrt(d) * max|x|":
+                self.inv_t * d ** 0.5 * amax}
 
     def _random_bases(self, shape, x, generator):
         D = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -111,6 +132,9 @@ class CD(Solver):
 
     def hparams(self) -> dict:
         return {**super().hparams(), "inv_t": self.inv_t, "beta": self.beta}
+
+    def _magnitudes(self, amax, d, n):
+        return {**super()._magnitudes(amax, d, n), "inv_t": self.inv_t, "beta": self.beta}
 
     _random_bases = SoftVQ._random_bases
 
