@@ -124,15 +124,23 @@ def _import_user_module(spec: str) -> None:
     from pathlib import Path
 
     is_file = spec.endswith(".py") or os.sep in spec
-    if is_file and not Path(spec).is_file():
-        raise ValueError(f"--import {spec}: no such file")
+    if is_file:
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise ValueError(f"--import {spec}: no such file")
+        loaded = sys.modules.get(path.stem)
+        if loaded is not None and Path(getattr(loaded, "__file__", None) or "").resolve() != path:
+            raise ValueError(f"--import {spec}: a module named {path.stem!r} is already imported (rename the file)")
     try:
         if is_file:
-            path = Path(spec)
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[path.stem] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(path.stem, None)
+                raise
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())

@@ -164,6 +164,13 @@ def test_import_of_a_module_that_raises_is_one_line(tmp_path, capsys, registry):
                                        "the solver module is broken\n")
 
 
+def test_import_of_a_file_named_like_a_loaded_module_is_refused(tmp_path, capsys, registry):
+    clash = _write_solver(tmp_path, "json", "lasso_json")  # executing it as 'json' would replace the json module
+    assert main(["spectrum", "--import", str(clash), "--solver", "lasso_json"]) == 2
+    assert "a module named 'json' is already imported (rename the file)" in capsys.readouterr().err
+    assert json.dumps([1]) == "[1]" and "lasso_json" not in hg.available_solvers()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
