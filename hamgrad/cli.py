@@ -189,19 +189,20 @@ def _build_solver(name: str, rank: int | None, solver_args: list, builtins: set)
 
     kwargs = _parse_solver_args(solver_args)
     key = name.lower()
-    plugins = _entry_point_solvers()
-    if key not in available_solvers() and key in plugins:
-        try:
-            loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
-        except Exception as err:  # a broken plugin: one line, not a traceback
-            raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
-                             f"{type(err).__name__}: {err}") from err
-        if key not in available_solvers() and isinstance(loaded, type):
-            register_solver(key, loaded)
-    if key not in available_solvers():
-        names = sorted(set(available_solvers()) | set(plugins))
-        raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that calls "
-                         f"hamgrad.register_solver to add yours)")
+    if key not in available_solvers():  # not registered yet: an installed package's entry point, if one has the name
+        plugins = _entry_point_solvers()
+        if key in plugins:
+            try:
+                loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
+            except Exception as err:  # a broken plugin: one line, not a traceback
+                raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
+                                 f"{type(err).__name__}: {err}") from err
+            if key not in available_solvers() and isinstance(loaded, type):
+                register_solver(key, loaded)
+        if key not in available_solvers():
+            names = sorted(set(available_solvers()) | set(plugins))
+            raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that "
+                             f"calls hamgrad.register_solver to add yours)")
     if "rank" in kwargs and rank is not None:
         raise ValueError("give the rank once: --rank or --solver-arg rank=..., not both")
     if rank is not None or (key in builtins and "rank" not in kwargs):

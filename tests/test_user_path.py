@@ -125,12 +125,19 @@ def test_spectrum_finds_a_solver_through_an_entry_point(tmp_path, capsys, regist
     info = tmp_path / "lasso_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lasso-plugin\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[hamgrad.solvers]\nlasso_ep = lasso_plugin:ISTA\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[hamgrad.solvers]\nlasso_ep = lasso_plugin:ISTA\n"
+                                           "lasso_broken = no_such_package_xyz:ISTA\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     rc = main(["spectrum", "--solver", "lasso_ep", "--rank", "2", "--d", "4", "--n", "2", "-k", "1"])
     assert rc == 0, capsys.readouterr().err
     assert "solver lasso_ep: ISTA(rank=2" in capsys.readouterr().out
     assert "lasso_ep" in hg.available_solvers()
+    assert main(["spectrum", "--solver", "nope"]) == 2
+    assert "available: cd, lasso_broken, lasso_ep, lasso_self_registered, nmf" in capsys.readouterr().err
+    assert main(["spectrum", "--solver", "lasso_broken"]) == 2
+    assert capsys.readouterr().err == ("hamgrad spectrum: error: --solver lasso_broken: loading entry point "
+                                       "'no_such_package_xyz:ISTA' raised ModuleNotFoundError: No module named "
+                                       "'no_such_package_xyz'\n")
 
 
 def test_solver_args_reach_a_builtin_solver(capsys):
