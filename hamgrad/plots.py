@@ -481,4 +481,3 @@ def feature_maps(result: dict) -> Figure:
             axes[3, j].imshow(np.asarray(m), cmap="viridis")
             axes[3, j].set_title(f"code of basis {b}", fontsize=8)
     return fig
-
