@@ -15,6 +15,7 @@ import torch
 
 import hamgrad as hg
 from hamgrad.cli import main
+
 import models
 from models import ISTA_SOLVER_SOURCE
 
