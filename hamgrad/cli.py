@@ -179,15 +179,23 @@ def _import_user_module(spec: str) -> None:
     from pathlib import Path
 
     is_file = spec.endswith(".py") or os.sep in spec
-    if is_file and not Path(spec).is_file():
-        raise ValueError(f"--import {spec}: no such file")
+    if is_file:
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise ValueError(f"--import {spec}: no such file")
+        loaded = sys.modules.get(path.stem)
+        if loaded is not None and Path(getattr(loaded, "__file__", None) or "").resolve() != path:
+            raise ValueError(f"--import {spec}: a module named {path.stem!r} is already imported (rename the file)")
     try:
         if is_file:
-            path = Path(spec)
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[path.stem] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(path.stem, None)
+                raise
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
@@ -236,19 +244,20 @@ def _build_solver(name: str, rank: int | None, solver_args: list, builtins: set)
 
     kwargs = _parse_solver_args(solver_args)
     key = name.lower()
-    plugins = _entry_point_solvers()
-    if key not in available_solvers() and key in plugins:
-        try:
-            loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
-        except Exception as err:  # a broken plugin: one line, not a traceback
-            raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
-                             f"{type(err).__name__}: {err}") from err
-        if key not in available_solvers() and isinstance(loaded, type):
-            register_solver(key, loaded)
-    if key not in available_solvers():
-        names = sorted(set(available_solvers()) | set(plugins))
-        raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that calls "
-                         f"hamgrad.register_solver to add yours)")
+    if key not in available_solvers():  # not registered yet: an installed package's entry point, if one has the name
+        plugins = _entry_point_solvers()
+        if key in plugins:
+            try:
+                loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
+            except Exception as err:  # a broken plugin: one line, not a traceback
+                raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
+                                 f"{type(err).__name__}: {err}") from err
+            if key not in available_solvers() and isinstance(loaded, type):
+                register_solver(key, loaded)
+        if key not in available_solvers():
+            names = sorted(set(available_solvers()) | set(plugins))
+            raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that "
+                             f"calls hamgrad.register_solver to add yours)")
     if "rank" in kwargs and rank is not None:
         raise ValueError("give the rank once: --rank or --solver-arg rank=..., not both")
     if rank is not None or (key in builtins and "rank" not in kwargs):

@@ -1,12 +1,40 @@
 """Figure functions: each takes a figure's results in plain-data form (the dicts :mod:`hamgrad.paper` builds and saves
 as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute nothing beyond what drawing needs.
 
+Figures of your own solver: :func:`flow`, :func:`spectrum`, :func:`agreement` and :func:`ratio` take the result
+objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures::
+
+    flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
+    hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
+    hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
+    hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
+    hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
+
+Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
+*before* step t+1, t = 0 … K, so ``∂hᵗ/∂h⁰ = J_{t−1}⋯J_0`` and ``∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1} B_s``.
+
+Each also accepts the plain data the figure's JSON holds (one schema per figure; results become plain data with
+``.to_dict()``):
+
+- flow: ``{"runs": [{"label", "t", "dh_dh0", "dh_dx", ...}]}``, each run a :class:`hamgrad.analysis.GradientFlow`'s
+  ``to_dict()`` plus its label (limits and bounds: ``None`` where not drawn);
+- spectrum: ``{"runs": [{"label", "t", "eigvals", "rho", "sigma"}]}``, ``eigvals[i]`` the ``[re, im]`` pairs of
+  ``J_{t[i]}``'s eigenvalues, ``rho``/``sigma`` its spectral radius and norm;
+- agreement: ``{"K", "modes": {mode: {"cosine", "norm_ratio", "seconds", "peak_mb"}}, "reference", "label",
+  "memory_kind"}``, one list entry per K;
+- accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``.
+
+Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
+
 Style: seaborn's ``whitegrid`` theme, its colour-blind-safe palette, labelled axes, log scales where values span
 decades. Figures are built without pyplot, so nothing global is touched and no window opens.
 """
 
 from __future__ import annotations
 
+import io
+import math
+import textwrap
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,6 +44,18 @@ from matplotlib.figure import Figure
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
            "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
+
+#: The index convention every figure's labels follow.
+CONVENTION = "J_t = ∂F/∂h(hᵗ, x), B_t = ∂F/∂x(hᵗ, x) at the state before step t+1, t = 0…K"
+
+
+class _InlineFigure(Figure):
+    """A Figure that Jupyter shows as a PNG when it is a cell's value (no ``%matplotlib``, no pyplot)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png")
+        return buffer.getvalue()
 
 
 def _palette(n: int) -> list:
@@ -29,7 +69,7 @@ def _styled():
 
 
 def _figure(nrows: int, ncols: int, width: float, height: float, title: str):
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = _InlineFigure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     fig.suptitle(title)
     return fig, axes
@@ -39,6 +79,220 @@ def _log_if_spread(ax, values, axis: str = "y", decades: float = 1.5) -> None:
     v = np.asarray([x for x in np.ravel(values) if x is not None and np.isfinite(x) and x > 0])
     if v.size and np.log10(v.max() / v.min()) >= decades:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+# ---------------------------------------------------------------------- figures of any solver, from result objects
+__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio"]
+
+
+def _plain(result):
+    """A result object as plain data (its ``to_dict()``), plain data unchanged."""
+    return result.to_dict() if callable(getattr(result, "to_dict", None)) else result
+
+
+def _labelled(results, labels, is_one, what: str) -> list:
+    """``[(label, result), ...]`` from one result, a list of them or a dict label → result; ``is_one(r)`` tells a
+    single result (an object or its plain data) from a collection. Missing labels become ``run 1``, ``run 2``, …"""
+    if isinstance(results, dict) and not is_one(results):
+        if labels is not None:
+            raise ValueError(f"labels must be None when {what} is a dict (its keys are the labels)")
+        labels, results = list(results), list(results.values())
+    elif is_one(results):
+        results = [results]
+    elif isinstance(results, (list, tuple)):
+        results = list(results)
+    else:
+        raise TypeError(f"{what} must be a result, a list of results or a dict label → result, got "
+                        f"{type(results).__name__}")
+    labels = [labels] if isinstance(labels, str) else [None] * len(results) if labels is None else list(labels)
+    if len(labels) != len(results):
+        raise ValueError(f"labels has {len(labels)} entries for {len(results)} result(s) in {what}")
+    if not results:
+        raise ValueError(f"{what} is empty: pass at least one result")
+    for r in results:
+        if not is_one(r):
+            raise TypeError(f"{what} holds a {type(r).__name__}, which is not a result this figure draws")
+    return [(f"run {i + 1}" if label is None else str(label), r) for i, (label, r) in enumerate(zip(labels, results))]
+
+
+def _none_if_nan(run: dict) -> dict:
+    """Scalars that are ``nan`` (a limit or bound that was not computed) become ``None``: not drawn."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in run.items()}
+
+
+def _with_convention(fig: Figure, note: str) -> Figure:
+    """The figure's title with the index convention below it, wrapped to the figure's width."""
+    fig.set_figwidth(max(fig.get_figwidth(), 6.4))
+    note = textwrap.fill(note, width=int(fig.get_figwidth() * 72 / 5.5))
+    fig.suptitle(f"{fig.get_suptitle()}\n{note}", fontsize="medium")
+    return fig
+
+
+def flow(results, labels=None) -> Figure:
+    """The vanishing/exploding figure (:func:`vanishing_exploding`) of one or several :func:`hamgrad.gradient_flow`
+    results.
+
+    Args:
+        results: a :class:`hamgrad.analysis.GradientFlow` (or its ``to_dict()``), a list of them, a dict label →
+            result, or the figure's plain data ``{"runs": [...]}`` (drawn as it is).
+        labels: a label per result (a str for one); default ``run 1``, ``run 2``, ….
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        TypeError: for results that are not gradient flows.
+        ValueError: for labels that do not match the results.
+    """
+    if isinstance(results, dict) and "runs" in results:
+        return vanishing_exploding(results)
+    is_one = lambda r: isinstance(_plain(r), dict) and "dh_dx" in _plain(r)  # noqa: E731
+    runs = [{**_none_if_nan(_plain(r)), "label": label} for label, r in _labelled(results, labels, is_one, "results")]
+    return _with_convention(vanishing_exploding({"runs": runs}),
+                            "∂hᵗ/∂h⁰ = J_{t−1}⋯J_0,  ∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1}B_s;  " + CONVENTION)
+
+
+def _eigenvalues(step) -> np.ndarray:
+    """One step's eigenvalues as a complex array: a :class:`hamgrad.analysis.Spectrum`, its ``to_dict()``, a
+    tensor or array of (complex) values, or ``[re, im]`` pairs."""
+    step = _plain(step)
+    values = step["values"] if isinstance(step, dict) else step
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 2 and not np.iscomplexobj(values):
+        values = values[:, 0] + 1j * values[:, 1]
+    if values.ndim != 1:
+        raise ValueError(f"eigenvalues of one step must be a 1-D sequence (or [re, im] pairs), got shape "
+                         f"{values.shape}")
+    return values.astype(complex)
+
+
+def _norm(value) -> float:
+    """``‖J_t‖₂`` from a float, a 0-d tensor, or a singular-value :class:`hamgrad.analysis.Spectrum` (its first)."""
+    value = _plain(value)
+    if isinstance(value, dict):
+        value = value["values"][0]
+    return float(value)
+
+
+def spectrum(eigvals, norms=None, *, labels=None, t=None) -> Figure:
+    """The Jacobian spectrum figure (:func:`jacobian_spectrum`) of one or several runs of per-step spectra.
+
+    Args:
+        eigvals: one run: a list over steps of ``J_t``'s eigenvalues (each a :class:`hamgrad.analysis.Spectrum`
+            from :func:`hamgrad.eigvals`, its ``to_dict()``, or a tensor of eigenvalues); several runs: a list of
+            such lists or a dict label → list; or the figure's plain data ``{"runs": [...]}`` (drawn as it is).
+            ρ(J_t) is the largest modulus given, so include the top eigenvalue.
+        norms: ``‖J_t‖₂`` per step, in the same layout (floats, or :func:`hamgrad.svdvals` spectra); ``None`` leaves
+            the ‖J_t‖₂ lines out.
+        labels: a label per run (a str for one).
+        t: the step index of each entry; default ``0, 1, …`` (``eigvals[i]`` is ``J_i`` at ``hⁱ``).
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        TypeError: for eigenvalues in another layout.
+        ValueError: for ``norms``, ``labels`` or ``t`` that do not match the runs.
+    """
+    if isinstance(eigvals, dict) and "runs" in eigvals:
+        return jacobian_spectrum(eigvals)
+
+    def is_step(e):
+        return callable(getattr(e, "to_dict", None)) or hasattr(e, "shape") or (isinstance(e, dict) and "values" in e)
+
+    def is_one(r):
+        return isinstance(r, (list, tuple)) and len(r) > 0 and all(is_step(e) for e in r)
+
+    runs = _labelled(eigvals, labels, is_one, "eigvals")
+    if norms is None:
+        norm_runs = [None] * len(runs)
+    else:
+        if isinstance(norms, dict):
+            missing = [label for label, _ in runs if label not in norms]
+            if missing:
+                raise ValueError(f"norms has no entry for the run(s) {missing}")
+            norm_runs = [norms[label] for label, _ in runs]
+        else:
+            norm_runs = [norms] if len(runs) == 1 else list(norms)
+        if len(norm_runs) != len(runs):
+            raise ValueError(f"norms has {len(norm_runs)} run(s) for {len(runs)} run(s) of eigvals")
+    data = []
+    for (label, run), run_norms in zip(runs, norm_runs):
+        steps = list(range(len(run))) if t is None else list(t)
+        if len(steps) != len(run) or (run_norms is not None and len(run_norms) != len(run)):
+            raise ValueError(f"run {label!r}: {len(run)} steps of eigenvalues, but t has {len(steps)} entries and "
+                             f"norms {len(run) if run_norms is None else len(run_norms)}")
+        eig = [_eigenvalues(e) for e in run]
+        data.append({"label": label, "t": steps, "eigvals": [np.stack([e.real, e.imag], 1).tolist() for e in eig],
+                     "rho": [float(np.abs(e).max()) if e.size else math.nan for e in eig],
+                     "sigma": [math.nan] * len(run) if run_norms is None else [_norm(v) for v in run_norms]})
+    return _with_convention(jacobian_spectrum({"runs": data}), CONVENTION)
+
+
+def agreement(comparisons, *, label: str = "your solver") -> Figure:
+    """The gradient-agreement figure (:func:`gradient_agreement`) from :func:`hamgrad.compare_gradients` results,
+    one per number of steps K (each result's modes at its ``steps``).
+
+    Args:
+        comparisons: a :class:`hamgrad.analysis.GradientComparison` (or its ``to_dict()``), a list of them (one per
+            K, all against the same reference), or the figure's plain data (drawn as it is).
+        label: what was compared, shown in the title.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        TypeError: for inputs that are not gradient comparisons.
+        ValueError: for comparisons against different references.
+    """
+    if isinstance(comparisons, dict) and "modes" in comparisons and "K" in comparisons:
+        return gradient_agreement(comparisons)
+    is_one = lambda r: isinstance(_plain(r), dict) and "reference" in _plain(r)  # noqa: E731
+    cmps = [_plain(c) for _, c in _labelled(comparisons, None, is_one, "comparisons")]
+    refs = {(c["reference"]["mode"], c["reference"]["steps"]) for c in cmps}
+    if len(refs) != 1:
+        raise ValueError(f"comparisons must share one reference, got {sorted(refs)}")
+    (ref_mode, ref_steps), = refs
+    rows = [row for c in cmps for row in c["modes"]]
+    ks = sorted({row["steps"] for row in rows})
+    modes = {}
+    for row in rows:
+        modes.setdefault(row["mode"], {key: [math.nan] * len(ks) for key in ("cosine", "norm_ratio", "seconds",
+                                                                            "peak_mb")})
+        i, m = ks.index(row["steps"]), modes[row["mode"]]
+        m["cosine"][i], m["norm_ratio"][i] = row["cosine_x"], row["norm_ratio_x"]
+        m["seconds"][i], m["peak_mb"][i] = row["seconds"], row["peak_bytes"] / 2 ** 20
+    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps})", "label": label,
+                               "memory_kind": cmps[0]["reference"]["memory_kind"]})
+
+
+def ratio(before, after, *, p: float = 2) -> Figure:
+    """The accumulative-ratio figure (:func:`accumulative_ratio`) from :func:`hamgrad.accumulative_ratio` tensors of
+    the features before and after a layer: mean (and standard deviation over the leading dimensions, when batched).
+
+    Args:
+        before: a tensor or array ``(..., k)``, the ratio of the features going in.
+        after: the same for the features coming out, of the same shape.
+        p: the power they were computed with (shown on the axis).
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: for shapes that differ or are empty.
+    """
+    arrays = [np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float) for v in (before, after)]
+    if arrays[0].shape != arrays[1].shape or arrays[0].ndim < 1 or arrays[0].shape[-1] < 1:
+        raise ValueError(f"before and after must be accumulative ratios of one shape (..., k), got shapes "
+                         f"{arrays[0].shape} and {arrays[1].shape}")
+    flat = [a.reshape(-1, a.shape[-1]) for a in arrays]
+    result = {"k": list(range(1, flat[0].shape[1] + 1)), "p": p}
+    for key, a in zip(("before", "after"), flat):
+        result[key] = a.mean(0).tolist()
+        result[key + "_std"] = a.std(0).tolist() if a.shape[0] > 1 else None
+    return accumulative_ratio(result)
 
 
 def jacobian_spectrum(result: dict) -> Figure:

@@ -2,6 +2,7 @@
 and what ``import hamgrad`` loads."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import torch
 
 import hamgrad as hg
 from hamgrad.cli import main
+
+import models
 from models import ISTA_SOLVER_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,12 +126,19 @@ def test_spectrum_finds_a_solver_through_an_entry_point(tmp_path, capsys, regist
     info = tmp_path / "lasso_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lasso-plugin\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[hamgrad.solvers]\nlasso_ep = lasso_plugin:ISTA\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[hamgrad.solvers]\nlasso_ep = lasso_plugin:ISTA\n"
+                                           "lasso_broken = no_such_package_xyz:ISTA\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     rc = main(["spectrum", "--solver", "lasso_ep", "--rank", "2", "--d", "4", "--n", "2", "-k", "1"])
     assert rc == 0, capsys.readouterr().err
     assert "solver lasso_ep: ISTA(rank=2" in capsys.readouterr().out
     assert "lasso_ep" in hg.available_solvers()
+    assert main(["spectrum", "--solver", "nope"]) == 2
+    assert "available: cd, lasso_broken, lasso_ep, lasso_self_registered, nmf" in capsys.readouterr().err
+    assert main(["spectrum", "--solver", "lasso_broken"]) == 2
+    assert capsys.readouterr().err == ("hamgrad spectrum: error: --solver lasso_broken: loading entry point "
+                                       "'no_such_package_xyz:ISTA' raised ModuleNotFoundError: No module named "
+                                       "'no_such_package_xyz'\n")
 
 
 def test_solver_args_reach_a_builtin_solver(capsys):
@@ -162,6 +172,13 @@ def test_import_of_a_module_that_raises_is_one_line(tmp_path, capsys, registry):
                                        "the solver module is broken\n")
 
 
+def test_import_of_a_file_named_like_a_loaded_module_is_refused(tmp_path, capsys, registry):
+    clash = _write_solver(tmp_path, "json", "lasso_json")  # executing it as 'json' would replace the json module
+    assert main(["spectrum", "--import", str(clash), "--solver", "lasso_json"]) == 2
+    assert "a module named 'json' is already imported (rename the file)" in capsys.readouterr().err
+    assert json.dumps([1]) == "[1]" and "lasso_json" not in hg.available_solvers()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
@@ -179,7 +196,111 @@ def test_console_script_imports_from_the_current_directory(tmp_path):
                            "--n", "2", "-k", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("solver lasso_cli: ISTA(rank=4, lam=0.05, step_factor=1.0, seed=0)\n")
-    bad = subprocess.run([str(script), "spectrum", "--solver", "nope"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("hamgrad spectrum: error: unknown --solver 'nope'")
-    assert "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------- plots from result objects
+def _shown_as_png(fig) -> bool:
+    """What Jupyter does with a cell's value: IPython's display formatter, no pyplot and no %matplotlib."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(fig)
+    return data.get("image/png", b"")[:4] == b"\x89PNG"
+
+
+def _lines(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def _data_lines(ax) -> list:
+    """The lines with markers (one per run, in order), not the reference lines or legend entries."""
+    return [line for line in ax.get_lines() if line.get_marker() not in (None, "None", "")]
+
+
+def test_flow_figure_from_gradient_flow_objects():
+    runs = {"t = 1/L": models.ista(step_factor=1.0), "t = 1.9/L": models.ista(step_factor=1.9)}
+    flows = {label: hg.gradient_flow(m.fp, m.x, m.h0, steps=4, generator=torch.Generator().manual_seed(0))
+             for label, m in runs.items()}
+    fig = hg.plots.flow(flows)
+    assert _shown_as_png(fig)
+    ax_h0, ax_x = fig.axes[:2]
+    assert [ln.get_label() for ln in _data_lines(ax_h0)] == list(flows)
+    for f, line_h0, line_x in zip(flows.values(), _data_lines(ax_h0), _data_lines(ax_x)):
+        np.testing.assert_allclose(line_h0.get_ydata(), f.dh_dh0)
+        np.testing.assert_allclose(line_x.get_xydata(), np.c_[f.t, f.dh_dx])
+    assert "J_t = ∂F/∂h(hᵗ, x)" in fig.get_suptitle()
+    # plain data (to_dict) and labels given separately draw the same lines; a nan limit (old or new field name)
+    # is not drawn as a line at nan
+    plain = [{**f.to_dict(), "implicit_limit": math.nan, "state_limit": math.nan} for f in flows.values()]
+    fig2 = hg.plots.flow(plain, labels=list(flows))
+    for line, line2 in zip(_data_lines(ax_x), _data_lines(fig2.axes[1])):
+        np.testing.assert_allclose(line2.get_ydata(), line.get_ydata())
+    assert all(np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).all() for ln in fig2.axes[1].get_lines())
+    with pytest.raises(ValueError, match="labels has 1 entries for 2 result"):
+        hg.plots.flow(list(flows.values()), labels=["one"])
+    with pytest.raises(TypeError, match="not a result this figure draws"):
+        hg.plots.flow([hg.eigvals(hg.jacobian(runs["t = 1/L"].fp, runs["t = 1/L"].h0, runs["t = 1/L"].x), k=2)])
+
+
+def test_spectrum_figure_from_per_step_spectra_matches_dense_ista_jacobians():
+    m, K = models.ista(step_factor=1.9), 5
+    traj = m.fp.unroll(m.x, m.h0, K)
+    eigs = [hg.eigvals(hg.jacobian(m.fp, traj[t], m.x), k=6) for t in range(K)]
+    norms = [hg.svdvals(hg.jacobian(m.fp, traj[t], m.x), k=1) for t in range(K)]
+    fig = hg.plots.spectrum(eigs, norms=norms, labels="ISTA")
+    assert _shown_as_png(fig)
+    # independent reference: J_t = diag(active_t)(I − t AᵀA) at hᵗ, its spectrum and norm in numpy
+    A, step, lam = m.params["A"].numpy(), m.params["t"], m.params["lam"]
+    rho, sigma = [], []
+    for t in range(K):
+        h = traj[t][0].numpy()
+        active = np.abs(h - step * A.T @ (A @ h - m.x.numpy())) > step * lam
+        J = np.diag(active.astype(float)) @ (np.eye(A.shape[1]) - step * A.T @ A)
+        rho.append(np.abs(np.linalg.eigvals(J)).max())
+        sigma.append(np.linalg.norm(J, 2))
+    ax_circle, ax_rho = fig.axes[0], fig.axes[-1]  # one run: ρ and ‖J‖ share the lower axes
+    rho_line, sigma_line = [ln for ln in ax_rho.get_lines() if ln.get_marker() in ("o", "s")]
+    np.testing.assert_allclose(rho_line.get_xydata(), np.c_[range(K), rho], atol=1e-8)
+    np.testing.assert_allclose(sigma_line.get_ydata(), sigma, atol=1e-8)
+    assert any("t = 0…4" in text.get_text() for text in ax_circle.texts)
+    points = np.concatenate([c.get_offsets() for c in ax_circle.collections])
+    assert len(points) == sum(len(e.values) for e in eigs)
+    with pytest.raises(ValueError, match="norms"):
+        hg.plots.spectrum(eigs, norms=norms[:2])
+    # several runs as dicts: norms are matched by label, not by order
+    fig2 = hg.plots.spectrum({"a": eigs, "b": eigs[:2]}, norms={"b": [1.5, 2.5], "a": norms})
+    sigma_b = [ln for ln in fig2.axes[-1].get_lines() if ln.get_label() == "b"]
+    np.testing.assert_array_equal(sigma_b[0].get_ydata(), [1.5, 2.5])
+
+
+def test_agreement_figure_from_comparisons_one_per_K():
+    m = models.contractive(n=5, m=3, readout="linear")
+    w = torch.arange(1.0, 5.0, dtype=torch.float64)
+    cmps = [hg.compare_gradients(m.fp, m.x, lambda y: (w * y).sum(), steps=K, modes=["one-step", "bptt"],
+                                 reference="bptt", reference_steps=60, h0=m.h0) for K in (1, 3)]
+    fig = hg.plots.agreement(cmps, label="tanh map")
+    assert _shown_as_png(fig) and "bptt (K = 60)" in fig.get_suptitle()
+    cosine = _lines(fig.axes[0])
+    np.testing.assert_array_equal(cosine["one-step"].get_xdata(), [1, 3])
+    # at K = 1 one-step and BPTT differentiate the same single step: the same gradient
+    assert cosine["one-step"].get_ydata()[0] == pytest.approx(cosine["bptt"].get_ydata()[0], abs=1e-12)
+    assert cosine["bptt"].get_ydata()[1] > cosine["bptt"].get_ydata()[0]  # more steps: closer to the reference
+    other = hg.compare_gradients(m.fp, m.x, lambda y: (w * y).sum(), steps=2, modes=["bptt"], reference="implicit",
+                                 h0=m.h0)
+    with pytest.raises(ValueError, match="share one reference"):
+        hg.plots.agreement([*cmps, other])
+
+
+def test_ratio_figure_from_accumulative_ratio_tensors():
+    Z = torch.randn(3, 6, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fig = hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z @ Z.mT @ Z), p=2)
+    assert _shown_as_png(fig)
+    s2 = np.linalg.svd(Z.numpy(), compute_uv=False) ** 2
+    reference = (np.cumsum(s2, axis=-1) / s2.sum(-1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), reference)
+    with pytest.raises(ValueError, match="one shape"):
+        hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z[0]))
+
+
+def test_paper_figures_display_inline_too():
+    fig = hg.plots.accumulative_ratio({"k": [1, 2], "before": [0.5, 1.0], "after": [0.7, 1.0]})
+    assert _shown_as_png(fig)
