@@ -19,7 +19,7 @@ def test_config_with_contexts_round_trips():
     assert AblationConfig.from_dict({"contexts": ["gap"]}).contexts == ("gap",)
     assert AblationConfig().contexts == ()  # a sweep without contexts is what it was
     assert [s.run_id for s in config.runs()] == [
-        "none_seed0", "none_seed1", "nmf_one-step_seed0", "nmf_one-step_seed1", "sa_seed0", "sa_seed1",
+        "none_seed0", "none_seed1", "nmf_one-step_K6_seed0", "nmf_one-step_K6_seed1", "sa_seed0", "sa_seed1",
         "a2_seed0", "a2_seed1", "gap_seed0", "gap_seed1"]
     only = AblationConfig(solvers=(), grads=(), baseline=False, contexts=("sa",))
     assert [s.run_id for s in only.runs()] == ["sa_seed0", "sa_seed1", "sa_seed2"]
