@@ -1,4 +1,5 @@
-"""The ``hamgrad`` command: ``hamgrad figures``, ``hamgrad ablate``, ``hamgrad spectrum``, ``hamgrad --version``.
+"""The ``hamgrad`` command: ``hamgrad figures``, ``hamgrad ablate``, ``hamgrad spectrum``, ``hamgrad cost``,
+``hamgrad --version``.
 
 Each subcommand adds its parser in ``_build_parser`` and points ``func`` at a ``_cmd_*`` function below.
 """
@@ -29,20 +30,33 @@ def _build_parser() -> argparse.ArgumentParser:
     figures.set_defaults(func=_cmd_figures)
 
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
-                            description="Train and evaluate HamNet for every solver × gradient mode × seed (plus "
-                                        "the no-ham baseline); rerun the same command to resume a killed sweep.")
+                            description="Train and evaluate HamNet for every solver × gradient mode × K × seed "
+                                        "(plus the no-ham baseline), in this process or on Ray (--workers, "
+                                        "--address); rerun the same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
     ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
                                                                  "(default one-step,bptt)")
     ablate.add_argument("--seeds", type=int, help="seeds per combination (default 3; 1 with --quick)")
-    ablate.add_argument("--steps", type=int, help="solver steps K in training (evaluation uses K + 1; default 6)")
+    ablate.add_argument("--steps", help="solver steps K in training, or a comma-separated list of K to sweep, e.g. "
+                                        "6,12,24 (evaluation uses K + 1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
+    ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
+                                                       "(self-attention), a2 (double attention), gap (global pooling)")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
                         help="replace a sweep with a different config found in --out")
+    ablate.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, as Ray tasks (default 1: in this process, without Ray)")
+    ablate.add_argument("--address", help="attach to a running Ray cluster: 'auto' or HOST:PORT (default: a local "
+                                          "Ray instance when --workers > 1); --out must be on a shared filesystem")
+    ablate.add_argument("--cpus-per-run", type=float, default=1, help="CPUs (torch threads) per run on Ray (default 1)")
+    ablate.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run on Ray (default 0)")
+    ablate.add_argument("--retries", type=int, default=1,
+                        help="tries again a run that raises or whose worker dies, this many times, before recording "
+                             "it as failed (default 1)")
     ablate.set_defaults(func=_cmd_ablate)
 
     spectrum = sub.add_parser("spectrum", help="Jacobian spectra of one solver configuration",
@@ -70,7 +84,38 @@ def _build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--tol", type=float, help="relative residual tolerance (default 1e-4 in float32, 1e-8 "
                                                     "in float64)")
     spectrum.set_defaults(func=_cmd_spectrum)
+
+    cost = sub.add_parser("cost", help="parameters, MACs, memory and time of context modules (the paper's Table 3)",
+                          description="Measure self-attention, A², the hams and global pooling on one "
+                                      "(batch, channels, S, S) map per side S: parameters, MACs (FlopCounterMode: "
+                                      "matrix products and convolutions only), peak memory and median time of a "
+                                      "training step and of inference; print the table, SA / ham ratios beside the "
+                                      "paper's, and log-log slopes against n = S² (see hamgrad.cost).")
+    cost.add_argument("--contexts", default=",".join(_default_contexts()),
+                      help=f"comma-separated module names (default {','.join(_default_contexts())})")
+    cost.add_argument("--sizes", default="64,128", help="comma-separated square map sides (default 64,128)")
+    cost.add_argument("--channels", type=int, default=512, help="channels of the map (default 512)")
+    cost.add_argument("--d", type=int, default=512, help="inner channels d (default 512)")
+    cost.add_argument("--rank", type=int, default=64, help="rank r of the hams and A² (default 64)")
+    cost.add_argument("--steps", type=int, default=6, help="ham steps K in training (inference K + 1; default 6)")
+    cost.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    cost.add_argument("--repeats", type=int, default=3, help="timed calls per median (default 3)")
+    cost.add_argument("--sa-math", action="store_true",
+                      help="also measure self-attention with SDPA's math kernel (materialises the n x n matrix)")
+    cost.add_argument("--fit-from", type=int, default=32, help="smallest side in the slope fit (default 32)")
+    cost.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    cost.add_argument("--quick", action="store_true", help="a smoke-test size (overrides those flags): sides 16,32, "
+                                                           "64 channels, d 64, r 8, one repeat, slopes from side 16")
+    cost.add_argument("--out", help="folder for context_cost.json, .md and, with two or more sizes, the scaling "
+                                    "figure context_cost.png")
+    cost.set_defaults(func=_cmd_cost)
     return parser
+
+
+def _default_contexts() -> tuple:
+    from .cost import DEFAULT_CONTEXTS
+
+    return DEFAULT_CONTEXTS
 
 
 def _figure_names() -> tuple:
@@ -107,11 +152,21 @@ def _cmd_ablate(args) -> int:
     def names(text: str) -> tuple:
         return tuple(t.strip() for t in text.split(",") if t.strip())
 
-    given = {"seeds": args.seeds, "steps": args.steps, "iters": args.iters}
+    def steps(text: str):
+        try:
+            ks = tuple(int(t) for t in names(text))
+        except ValueError:
+            raise ValueError(f"--steps must be an int or comma-separated ints such as 6,12,24, got {text!r}") from None
+        return ks[0] if len(ks) == 1 and "," not in text else ks
+
+    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters}
     fields = {k: v for k, v in given.items() if v is not None}
-    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline)
+    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline,
+                  contexts=names(args.contexts))
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
-    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device)  # main() reports its errors
+    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device, workers=args.workers,
+                 address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                 retries=args.retries)  # main() reports its errors
     return 0
 
 
@@ -263,6 +318,33 @@ def _cmd_spectrum(args) -> int:
     header(f"top-{args.k} singular values of dy/dx", J_y, sv)
     for i, (sigma, res) in enumerate(zip(sv.values.tolist(), sv.residuals.tolist()), 1):
         print(f"  {i:>3}  {sigma:.6f}   residual {res:.1e}")
+    return 0
+
+
+def _cmd_cost(args) -> int:
+    """``hamgrad cost``: :func:`hamgrad.cost.compare_contexts`, printed as markdown and optionally saved."""
+    from . import cost
+
+    try:
+        names = tuple(t.strip() for t in args.contexts.split(",") if t.strip())
+        sides = tuple(int(t) for t in args.sizes.split(",") if t.strip())
+        size = dict(channels=args.channels, d=args.d, rank=args.rank, repeats=args.repeats)
+        if args.quick:
+            sides, size, args.fit_from = (16, 32), dict(channels=64, d=64, rank=8, repeats=1), 16
+        result = cost.compare_contexts(names, sides, fit_from=args.fit_from ** 2, progress=True,
+                                       sdpa_backends=(None, "math") if args.sa_math else (None,), batch=args.batch,
+                                       steps=(args.steps, args.steps + 1), device=args.device, **size)
+    except (ValueError, TypeError, RuntimeError) as err:
+        message = f"--sizes must be comma-separated ints, got {args.sizes!r}" if "invalid literal" in str(err) else err
+        print(f"hamgrad cost: error: {message}", file=sys.stderr)
+        return 2
+    print(cost.to_markdown(result))
+    if args.out:
+        from .plots import context_scaling
+
+        fig = context_scaling(result) if len(sides) > 1 else None
+        for path in cost.save(result, args.out, fig=fig):
+            print(f"wrote {path}")
     return 0
 
 

@@ -51,8 +51,8 @@ def state_residual(h_new: Sequence[torch.Tensor], h_old: Sequence[torch.Tensor],
     """
     total = 0
     for a, b in zip(h_new, h_old):
-        diff = (a - b).reshape(*a.shape[:batch_dims], -1)
-        total = total + (diff * diff).sum(dim=-1)
+        dims, diff = tuple(range(batch_dims, a.dim())), a - b
+        total = total + (torch.linalg.vector_norm(diff, dim=dims).square() if dims else diff.square())
     return torch.sqrt(total)
 
 

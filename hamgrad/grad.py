@@ -332,8 +332,9 @@ def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor |
         parts = [total, per_sample.reshape(-1)]
         if objective:
             parts.append(torch.stack(objective))
-        if y is not None:
-            parts.append(y.detach().abs().amax(dim=(-2, -1)).reshape(-1))
+        if y is not None:  # per sample: all zero iff max and min are 0 (NaN propagates)
+            yd = y.detach()
+            parts.append((yd.amax(dim=(-2, -1)).abs() + yd.amin(dim=(-2, -1)).abs()).reshape(-1))
         values = torch.cat([p.to(total.dtype) for p in parts]).tolist()  # the solve's one host sync
     k, n = len(residuals), per_sample.numel()
     info.residuals = values[:k]

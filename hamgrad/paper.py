@@ -27,13 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import plots
-from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_radius,
-                       svdvals)
+from .analysis import accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, svdvals
 from .experiments import AblationConfig, load_model, load_results, read_config, run_ablation
 from .fixed_point import FixedPoint
 from .solvers import CD, NMF, SoftVQ
 
-__all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config"]
+__all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config",
+           "block_accumulative_ratio", "block_feature_maps"]
 
 #: Figure names in the order they are produced (4–6 share the ablation sweep).
 FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps")
@@ -84,19 +84,20 @@ def _trajectories(quick: bool):
 
 
 def _spectrum(quick: bool, **_) -> dict:
+    """Figure 1: the top-k eigenvalues of ``J_t = ∂F/∂h (hᵗ, x)`` and ``ρ(J_t)``, ``‖J_t‖₂`` for ``t = 0 … K``."""
     size = _size(quick)
     runs = []
     for label, s, x, traj in _trajectories(quick):
         eig, rho, sigma = [], [], []
-        for t in range(size["K"]):
-            J = jacobian(s, traj[t], x, wrt="h")
+        for h in traj:
+            J = jacobian(s, h, x, wrt="h")
             spec = eigvals(J, k=size["k"])
             eig.append(spec.to_dict()["values"])
-            rho.append(float(spec.values.abs().max()))
+            rho.append(float(spec.values[0].abs()))
             sigma.append(float(svdvals(J, k=1).values[0]))
-        runs.append({"label": label, "solver": s.name, "hparams": s.hparams(), "t": list(range(1, size["K"] + 1)),
+        runs.append({"label": label, "solver": s.name, "hparams": s.hparams(), "t": list(range(size["K"] + 1)),
                      "eigvals": eig, "rho": rho, "sigma": sigma})
-    return {"size": size, "note": "J_t = dF/dh at h^(t-1), t = 1..K", "runs": runs}
+    return {"size": size, "note": "J_t = dF/dh (h^t, x), t = 0..K", "runs": runs}
 
 
 def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 0):
@@ -125,21 +126,16 @@ def contractive_model(n: int = 32, m: int = 16, scale: float = 0.8, seed: int = 
 
 
 def _flow(quick: bool, **_) -> dict:
-    """Figure 2. The implicit limit (Proposition 2) is computed where it is defined: when ρ(J_K) < 0.99 at the last
-    iterate; elsewhere (NMF's scale-invariance eigenvalue 1, saturated VQ/CD) ``(I − J)`` has no bounded inverse and
-    the inner solves would run to their iteration limit for nothing."""
+    """Figure 2: :func:`hamgrad.analysis.gradient_flow` of the contractive model and of every configuration of
+    figure 1 (the limits where ``ρ(J_K) < 1``, the bounds where ``L_h < 1``; ``limit_reason`` says why not)."""
     size = _size(quick)
     fp, x, h0 = contractive_model()
     cases = [("contractive F: 0.8·tanh(Wh + Ux)", fp, x, fp.unroll(x, h0, size["K"]))]
     cases += list(_trajectories(quick))
     runs = []
     for label, model, x, traj in cases:
-        rho_K = spectral_radius(jacobian(model, traj[-1], x, wrt="h"))
-        flow = gradient_flow(model, x, traj[0], steps=size["K"], generator=torch.Generator().manual_seed(2),
-                             implicit=bool(rho_K < 0.99)).to_dict()
-        if not (flow["implicit_converged"] and math.isfinite(flow["implicit_limit"])):
-            flow["implicit_limit"] = None  # not drawn
-        runs.append({"label": label, **flow})
+        flow = gradient_flow(model, x, traj[0], steps=size["K"], generator=torch.Generator().manual_seed(2))
+        runs.append({"label": label, **flow.to_dict()})
     return {"size": size, "runs": runs}
 
 
@@ -221,11 +217,11 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     out, rows = _sweep(quick, ablation_dir, progress)
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["solver"], r["grad"]), []).append(100.0 * r["miou"])
-    table = [{"solver": s, "grad": g, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
-             for (s, g), v in groups.items()]
-    curves = [{"solver": r["solver"], "grad": r["grad"], "seed": r["seed"], "step": r["curve"]["step"],
-               "loss": r["curve"]["loss"]} for r in rows]
+        groups.setdefault((r["solver"], r["grad"], r.get("steps") if r["grad"] else None), []).append(100 * r["miou"])
+    table = [{"solver": s, "grad": g, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
+             for (s, g, k), v in groups.items()]
+    curves = [{"solver": r["solver"], "grad": r["grad"], "steps": r.get("steps"), "seed": r["seed"],
+               "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
     return {"metric": "mIoU", "sweep": str(out), "table": table, "curves": curves,
             "config": read_config(out).to_dict()}
 
@@ -233,7 +229,7 @@ def _ablation(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
 def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
     """The first finished NMF one-step run of the sweep (or the first ham run), with the sweep's validation data."""
     out, rows = _sweep(quick, ablation_dir, progress)
-    ham_rows = [r for r in rows if r["solver"] != "none"]
+    ham_rows = [r for r in rows if r["grad"] is not None]  # not the baseline, nor a context module's run
     if not ham_rows:
         raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
     row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])
@@ -247,11 +243,13 @@ def _trained_hamnet(quick: bool, ablation_dir, progress: bool):
 
 
 def _block_features(model, images, seed: int = 0):
-    """The Hamburger block's input and output feature maps ``(B, C, H, W)`` and the ham's capture, in eval mode."""
+    """The head block's input and output feature maps ``(B, C, H, W)`` and its capture, in eval mode."""
+    if model.block is None:
+        raise ValueError("the model has no context module (HamNet(ham=None)): nothing to capture")
     seen = {}
-    handle = model.hamburger.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    handle = model.block.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
     try:
-        with torch.no_grad(), model.hamburger.capture() as cap:
+        with torch.no_grad(), model.block.capture() as cap:
             model(images, generator=torch.Generator().manual_seed(seed))
     finally:
         handle.remove()
@@ -260,25 +258,40 @@ def _block_features(model, images, seed: int = 0):
 
 def _accumulative_ratio(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     model, images, _, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    return block_accumulative_ratio(model, images, run_id)
+
+
+def block_accumulative_ratio(model, images, run_id: str | None = None) -> dict:
+    """Figure 5's numbers for any trained :class:`hamgrad.nn.HamNet` with a head block (a Hamburger or another
+    context module, ``model.block``): the accumulative ratio of the block's input and output features on
+    ``images`` (mean and std over the images), in eval mode. ``run_id`` is recorded for the figure."""
     before, after, _ = _block_features(model, images)
     B, C = before.shape[:2]
     rb = accumulative_ratio(before.reshape(B, C, -1).double()).cpu().numpy()
     ra = accumulative_ratio(after.reshape(B, C, -1).double()).cpu().numpy()
-    return {"run_id": run_id, "p": 2, "images": B, "k": list(range(1, rb.shape[-1] + 1)),
+    return {"run_id": run_id, "module": type(model.block).__name__, "p": 2, "images": B,
+            "k": list(range(1, rb.shape[-1] + 1)),
             "before": rb.mean(0).tolist(), "after": ra.mean(0).tolist(),
             "before_std": rb.std(0).tolist(), "after_std": ra.std(0).tolist()}
 
 
 def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dict:
     model, images, labels, run_id = _trained_hamnet(quick, ablation_dir, progress)
+    return block_feature_maps(model, images, labels, run_id)
+
+
+def block_feature_maps(model, images, labels, run_id: str | None = None) -> dict:
+    """Figure 6's numbers for any trained :class:`hamgrad.nn.HamNet` with a head block: the first image and label,
+    its four highest-variance channels before and after ``model.block``, and the code maps of the four most active
+    bases where the block has codes (the hams, A²; none for self-attention and global pooling)."""
     before, after, cap = _block_features(model, images)
     b = 0
     variance = before[b].flatten(1).var(dim=1)
     channels = variance.argsort(descending=True)[:4].tolist()
-    code_energy = cap.C[b].pow(2).sum(dim=1)
-    bases = code_energy.argsort(descending=True)[:4].tolist()
+    bases = [] if cap.C is None else cap.C[b].pow(2).sum(dim=1).argsort(descending=True)[:4].tolist()
     H, W = cap.shape
-    return {"run_id": run_id, "image_index": b, "image": images[b].permute(1, 2, 0).clamp(0, 1).tolist(),
+    return {"run_id": run_id, "module": type(model.block).__name__, "image_index": b,
+            "image": images[b].permute(1, 2, 0).clamp(0, 1).tolist(),
             "label": labels[b].tolist(), "channels": channels,
             "before": [before[b, c].tolist() for c in channels], "after": [after[b, c].tolist() for c in channels],
             "bases": bases, "codes": [cap.C[b, j].reshape(H, W).tolist() for j in bases]}
@@ -287,8 +300,14 @@ def _feature_maps(quick: bool, ablation_dir=None, progress: bool = False) -> dic
 # ---------------------------------------------------------------------- dispatch, saving, the whole set
 _COMPUTE = {"spectrum": _spectrum, "flow": _flow, "agreement": _agreement, "ablation": _ablation,
             "accumulative_ratio": _accumulative_ratio, "feature_maps": _feature_maps}
+def _plot_ablation(result: dict):
+    """Figure 4: the Table-1 analogue, or mIoU against K when the sweep's solver steps K is an axis."""
+    ks = {row.get("steps") for row in result["table"] if row["solver"] != "none"}
+    return (plots.ablation_steps if len(ks) > 1 else plots.ablation)(result)
+
+
 _PLOT = {"spectrum": plots.jacobian_spectrum, "flow": plots.vanishing_exploding,
-         "agreement": plots.gradient_agreement, "ablation": plots.ablation,
+         "agreement": plots.gradient_agreement, "ablation": _plot_ablation,
          "accumulative_ratio": plots.accumulative_ratio, "feature_maps": plots.feature_maps}
 
 

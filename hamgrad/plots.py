@@ -42,8 +42,8 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-__all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "accumulative_ratio",
-           "feature_maps"]
+__all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
+           "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
 
 #: The index convention every figure's labels follow.
 CONVENTION = "J_t = ∂F/∂h(hᵗ, x), B_t = ∂F/∂x(hᵗ, x) at the state before step t+1, t = 0…K"
@@ -296,7 +296,7 @@ def ratio(before, after, *, p: float = 2) -> Figure:
 
 
 def jacobian_spectrum(result: dict) -> Figure:
-    """Figure 1: eigenvalues of J_t = ∂F/∂h in the complex plane (unit circle drawn, colour = step t), and
+    """Figure 1: eigenvalues of J_t = ∂F/∂h (hᵗ, x) in the complex plane (unit circle drawn, colour = step t), and
     ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration."""
     runs = result["runs"]
     with _styled():
@@ -310,7 +310,7 @@ def jacobian_spectrum(result: dict) -> Figure:
             ax = axes[0, j]
             ax.plot(np.cos(theta), np.sin(theta), color="0.5", lw=1, ls="--", label="unit circle")
             pts = [np.asarray(ev, dtype=float).reshape(-1, 2) for ev in run["eigvals"]]
-            # the first step (from the random start) can dwarf the rest: scale the axes to steps t >= 2
+            # the Jacobian at the random start can dwarf the rest: scale the axes to the later steps
             later = np.concatenate(pts[1:] or pts)
             lim = 1.15 * max(1.0, float(np.abs(later[:, 0] + 1j * later[:, 1]).max()))
             clipped = 0
@@ -341,7 +341,7 @@ def jacobian_spectrum(result: dict) -> Figure:
                       label=run["label"] if ax_s is not ax_r else None)
         for ax, name in ((ax_r, "spectral radius ρ(J_t)"), (ax_s, "spectral norm ‖J_t‖₂")):
             ax.axhline(1.0, color="0.4", lw=1, ls="--")
-            ax.set_xlabel("solver step t")
+            ax.set_xlabel("step t (J_t = ∂F/∂h at hᵗ)")
             ax.set_ylabel(name)
             _log_if_spread(ax, [v for r in runs for v in (r["rho"] + r["sigma"])])
         ax_r.legend(fontsize=7, ncol=2)
@@ -349,29 +349,30 @@ def jacobian_spectrum(result: dict) -> Figure:
 
 
 def vanishing_exploding(result: dict) -> Figure:
-    """Figure 2: ‖∂h^t/∂h^0‖₂ (vanishing) and ‖∂h^t/∂x‖₂ (growth) against t on log scales, with the
-    Proposition-3 bound L_G·L_x/(1 − L_h) (where L_h < 1) and the Proposition-2 implicit limit as dashed lines."""
+    """Figure 2: ‖∂hᵗ/∂h⁰‖₂ (vanishing) and ‖∂hᵗ/∂x‖₂ (growth) against t on log scales; in the second panel the
+    state's Proposition-3 bound L_x/(1 − L_h) (dotted, where L_h = max_(t<K) ‖J_t‖ < 1) and its Proposition-2
+    limit ‖(I − J_K)⁻¹B_K‖ (dashed, where ρ(J_K) < 1), the quantities that bound and limit ‖∂hᵗ/∂x‖ itself."""
     runs = result["runs"]
     with _styled():
         fig, axes = _figure(1, 2, 10, 4, "Gradients through the unrolled solver: vanishing w.r.t. h⁰, growing w.r.t. x")
         ax0, ax1 = axes[0]
         for color, run in zip(_palette(len(runs)), runs):
             ax0.plot(run["t"], run["dh_dh0"], marker="o", ms=3, color=color, label=run["label"])
-            ax1.plot(run["t"], run["dh_dx"], marker="o", ms=3, color=color, label=run["label"])
-            if run.get("implicit_limit") is not None:
-                ax1.axhline(run["implicit_limit"], color=color, ls="--", lw=1)
-            if run.get("bound") is not None:
-                ax1.axhline(run["bound"], color=color, ls=":", lw=1)
+            ax1.plot(run["t"], run["dh_dx"], marker="o", ms=3, color=color)
+            if run.get("state_limit") is not None:
+                ax1.axhline(run["state_limit"], color=color, ls="--", lw=1)
+            if run.get("state_bound") is not None:
+                ax1.axhline(run["state_bound"], color=color, ls=":", lw=1)
         ax0.set_yscale("log")
         ax1.set_yscale("log")
-        ax0.set_ylabel("‖∂hᵗ/∂h⁰‖₂")
+        ax0.set_ylabel("‖∂hᵗ/∂h⁰‖₂ = ‖J_(t−1)⋯J_0‖₂")
         ax1.set_ylabel("‖∂hᵗ/∂x‖₂")
         for ax in (ax0, ax1):
             ax.set_xlabel("solver step t")
         ax0.legend(fontsize=7)
-        ax1.plot([], [], color="0.3", ls="--", label="implicit limit ‖(I − J*)⁻¹B*‖ (Prop. 2)")
-        ax1.plot([], [], color="0.3", ls=":", label="bound L_G·L_x/(1 − L_h) (Prop. 3)")
-        ax1.legend(fontsize=7)
+        ax1.plot([], [], color="0.3", ls="--", label="limit ‖(I − J_K)⁻¹B_K‖ (Prop. 2, where ρ(J_K) < 1)")
+        ax1.plot([], [], color="0.3", ls=":", label="bound L_x/(1 − L_h), L over t < K (Prop. 3, where L_h < 1)")
+        ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
     return fig
 
 
@@ -437,13 +438,45 @@ def ablation(result: dict) -> Figure:
     return fig
 
 
+def ablation_steps(result: dict) -> Figure:
+    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver, one line
+    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dashed line."""
+    table = result["table"]
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["solver"] != "none"))
+    solvers = list(dict.fromkeys(row["solver"] for row in table if row["solver"] != "none"))
+    ks = sorted({row["steps"] for row in table if row["solver"] != "none"})
+    colors = dict(zip(grads, _palette(len(grads))))
+    with _styled():
+        fig, axes = _figure(1, len(solvers), 3.6 * len(solvers), 3.6,
+                            "One-step vs BPTT against the solver steps K (HamNet on the global-context shapes)")
+        for ax, solver in zip(axes[0], solvers):
+            for g in grads:
+                rows = sorted((r for r in table if (r["solver"], r["grad"]) == (solver, g)), key=lambda r: r["steps"])
+                x = [r["steps"] for r in rows]
+                ax.plot(x, [r["mean"] for r in rows], color=colors[g], marker="o", label=f"{g} (mean)")
+                ax.scatter(x, [r["best"] for r in rows], color=colors[g], marker="_", s=150, zorder=3)
+            for r in table:
+                if r["solver"] == "none":
+                    ax.axhline(r["mean"], color="0.3", ls="--", lw=1, label="no ham (mean)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_title(solver.upper())
+            ax.set_xlabel("solver steps K in training (evaluation K + 1)")
+        axes[0, 0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%); best: −")
+        axes[0, 0].legend(fontsize=7)
+    return fig
+
+
 def accumulative_ratio(result: dict) -> Figure:
-    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module."""
+    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module
+    (or the context module ``result["module"]`` names)."""
+    module = result.get("module", "Hamburger")
     with _styled():
         fig, axes = _figure(1, 1, 5.5, 4, "Accumulative ratio of feature singular values")
         ax = axes[0, 0]
         c = _palette(2)
-        for key, color, label in (("before", c[0], "before Hamburger"), ("after", c[1], "after Hamburger")):
+        for key, color, label in (("before", c[0], f"before {module}"), ("after", c[1], f"after {module}")):
             mean = np.asarray(result[key])
             ax.plot(result["k"], mean, color=color, label=label)
             if result.get(key + "_std") is not None:
@@ -458,11 +491,13 @@ def accumulative_ratio(result: dict) -> Figure:
 
 def feature_maps(result: dict) -> Figure:
     """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module,
-    and the codes C_j of a few bases as spatial maps."""
+    and the codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]``
+    names the module, Hamburger by default)."""
     channels, codes = result["channels"], result["codes"]
     ncols = max(len(channels), len(codes), 2)
     with _styled():
-        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4, "Feature maps before and after Hamburger")
+        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4,
+                            f"Feature maps before and after {result.get('module', 'Hamburger')}")
         for ax in axes.ravel():
             ax.axis("off")
         axes[0, 0].imshow(np.asarray(result["image"]))
@@ -480,4 +515,62 @@ def feature_maps(result: dict) -> Figure:
         for j, (b, m) in enumerate(zip(result["bases"], codes)):
             axes[3, j].imshow(np.asarray(m), cmap="viridis")
             axes[3, j].set_title(f"code of basis {b}", fontsize=8)
+    return fig
+
+
+def context_scaling(result: dict) -> Figure:
+    """Cost of the context modules against the positions n = H·W (a :func:`hamgrad.cost.compare_contexts` result):
+    training and inference time and memory, log–log, one line per module, with the fitted slope drawn dashed over the
+    fitted range and written in the legend."""
+    rows, slopes = result["rows"], result["slopes"]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    panels = (("train_seconds", "training step time (s)"), ("infer_seconds", "inference time (s)"),
+              ("train_bytes", "training peak memory (MB)"), ("infer_bytes", "inference peak memory (MB)"))
+    first = rows[0]
+    with _styled():
+        fig, axes = _figure(2, 2, 10, 7.6, f"Context modules against n = H·W ({first['channels']} channels, "
+                                           f"d = {first['d']}, r = {first['rank']}, {first['device']})")
+        for ax, (key, name) in zip(axes.ravel(), panels):
+            scale = 2.0 ** -20 if key.endswith("bytes") else 1.0
+            for color, label in zip(_palette(len(labels)), labels):
+                pts = sorted((r["n"], r[key] * scale) for r in rows if r["label"] == label)
+                n, v = np.asarray(pts).T
+                slope = slopes.get(label, {}).get(key)
+                text = label if slope is None or not np.isfinite(slope) else f"{label} (slope {slope:.2f})"
+                ax.plot(n, v, marker="o", ms=4, color=color, label=text)
+                if slope is not None and np.isfinite(slope):
+                    fitted = np.asarray(slopes[label]["n"], dtype=float)
+                    keep = np.isin(n, fitted)
+                    # the least-squares line passes through the mean of the fitted points in log-log
+                    c = np.mean(np.log(v[keep])) - slope * np.mean(np.log(n[keep]))
+                    ax.plot(fitted, np.exp(c) * fitted ** slope, color=color, ls="--", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("positions n = H·W")
+            ax.set_ylabel(name)
+            ax.legend(fontsize=7)
+    return fig
+
+
+def context_tradeoff(result: dict) -> Figure:
+    """Accuracy per unit of cost of the context ablation (a :func:`hamgrad.cost.ablation_costs` result): mean mIoU
+    (best as an open marker) against the head block's training-step time and training memory, one point per module."""
+    rows = result["rows"]
+    with _styled():
+        fig, axes = _figure(1, 2, 10, 4.2, "Context ablation: validation mIoU against the context module's cost")
+        colors = _palette(len(rows))
+        for ax, key, name in ((axes[0, 0], "train_seconds", "context module: training-step time (ms)"),
+                              (axes[0, 1], "train_bytes", "context module: training peak memory (MB)")):
+            scale = 1e3 if key == "train_seconds" else 2.0 ** -20
+            for color, r in zip(colors, rows):
+                if r[key] <= 0:  # the no-context baseline costs nothing: a horizontal line
+                    ax.axhline(100 * r["miou_mean"], color=color, ls=":", label=f"{r['label']} (no cost)")
+                    continue
+                x = r[key] * scale
+                ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
+                ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")
+            ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.set_ylabel("validation mIoU (%), mean ● / best ○")
+        axes[0, 0].legend(fontsize=7)
     return fig

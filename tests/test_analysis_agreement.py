@@ -7,6 +7,7 @@ import torch
 
 import hamgrad as hg
 from hamgrad.analysis import compare_gradients
+from models import contractive
 
 
 def _loss(seed=0):
@@ -22,19 +23,40 @@ def _nmf_input(device):
     return (torch.rand(6, 8, generator=g, dtype=torch.float64) + 0.2).to(device)
 
 
-def test_bptt_against_itself_has_cosine_one(device):
+def test_nmf_rows_equal_a_direct_autograd_computation(device):
     s = hg.NMF(rank=2)
-    cmp = compare_gradients(s, _nmf_input(device), _loss(), steps=4, modes=["bptt", "one-step"], reference="bptt",
-                            generator=torch.Generator(device=device).manual_seed(1))
+    x = _nmf_input(device)
+    h0 = s.init(x, generator=torch.Generator(device=device).manual_seed(1))
+    loss = _loss()
+    cmp = compare_gradients(s, x, loss, steps=4, modes=["bptt", "one-step"], reference="bptt", h0=h0)
+    # the reference by hand: BPTT through four NMF steps; one-step: the last step only
+    xr = x.clone().requires_grad_(True)
+    h = h0
+    for _ in range(4):
+        h = s.step(xr, h)
+    g_ref = torch.autograd.grad(loss(s.readout(xr, h)), xr)[0].flatten()
+    with torch.no_grad():
+        h = h0
+        for _ in range(3):
+            h = s.step(x, h)
+    g_one = torch.autograd.grad(loss(s.readout(xr, s.step(xr, h))), xr)[0].flatten()
     bptt, one = cmp.modes
     assert bptt.mode == "bptt" and bptt.cosine_x == pytest.approx(1.0, abs=1e-12)
-    assert bptt.norm_ratio_x == pytest.approx(1.0, abs=1e-12)
-    assert cmp.reference.cosine_x == pytest.approx(1.0, abs=1e-12)
+    assert one.cosine_x == pytest.approx(float(g_one @ g_ref / (g_one.norm() * g_ref.norm())), rel=1e-10)
+    assert one.norm_ratio_x == pytest.approx(float(g_one.norm() / g_ref.norm()), rel=1e-10)
     assert one.cosine_x < 1 - 1e-6  # one-step drops (I − J)⁻¹: a different gradient at K = 4
+    assert cmp.reference.loss == pytest.approx(float(loss(s.readout(x, _unroll(s, x, h0, 4)))))
     assert bptt.cosine_params is None and bptt.norm_ratio_params is None
     assert bptt.seconds > 0 and bptt.memory_kind
     json.dumps(cmp.to_dict())
     assert [r["mode"] for r in cmp.rows()] == ["bptt", "one-step"]
+
+
+def _unroll(s, x, h, K):
+    with torch.no_grad():
+        for _ in range(K):
+            h = s.step(x, h)
+    return h
 
 
 def test_gradients_equal_a_direct_autograd_computation():
@@ -57,19 +79,9 @@ def test_gradients_equal_a_direct_autograd_computation():
     assert cmp.modes[0].norm_ratio_x == pytest.approx(float(g_one.norm() / g_ref.norm()), rel=1e-12)
 
 
-def _contractive(device):
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(5, 5, generator=g, dtype=torch.float64)
-    W = (0.5 * W / torch.linalg.matrix_norm(W, ord=2)).to(device)
-    U = torch.randn(5, 3, generator=g, dtype=torch.float64).to(device)
-    fp = hg.FixedPoint(lambda h, x: (torch.tanh(W @ h[0] + U @ x),), readout=lambda h, x: h[0],
-                       init=lambda x, generator=None: (torch.zeros(5, dtype=x.dtype, device=x.device),))
-    return fp, torch.randn(3, generator=g, dtype=torch.float64).to(device)
-
-
 def test_implicit_agrees_with_converged_bptt_on_a_contraction(device):
-    fp, x = _contractive(device)
-    cmp = compare_gradients(fp, x, lambda y: (y * torch.arange(5.0, dtype=y.dtype, device=y.device)).sum(),
+    m = contractive(device, norm_W=0.5, readout="linear")
+    cmp = compare_gradients(m.fp, m.x, lambda y: (y * torch.arange(4.0, dtype=y.dtype, device=y.device)).sum(),
                             steps=40, modes=["implicit", "one-step", "bptt"], reference="bptt", reference_steps=80)
     implicit, one, bptt = cmp.modes
     assert cmp.reference.steps == 80 and implicit.steps == 40
@@ -132,6 +144,12 @@ def test_errors_name_the_argument():
         compare_gradients(s, x, _loss(), steps=2, modes="bptt")
     with pytest.raises(TypeError, match="loss_fn"):
         compare_gradients(s, x, None, steps=2)
+    with pytest.raises(ValueError, match=r"loss_fn\(y\) must return a scalar .* shape \(6, 8\)"):
+        compare_gradients(s, x, lambda y: y, steps=2)
+    with pytest.raises(ValueError, match=r"loss_fn\(y\) returned a tensor without a graph"):
+        compare_gradients(s, x, lambda y: y.detach().sum(), steps=2)
+    with pytest.raises(TypeError, match=r"loss_fn\(y\) must return a scalar torch.Tensor, got float"):
+        compare_gradients(s, x, lambda y: float(y.detach().sum()), steps=2)
     with pytest.raises(TypeError, match="module"):
         compare_gradients(s, x, _loss(), steps=2, module="net")
     with pytest.raises(ValueError, match="reference_steps"):

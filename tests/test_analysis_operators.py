@@ -9,8 +9,9 @@ import torch
 from torch.func import jacrev
 
 import hamgrad as hg
-from hamgrad.analysis import LinearOperator, jacobian, unrolled_jacobian
-from hamgrad.analysis.linearize import AutogradLinearization, NMFLinearization, linearize
+from hamgrad.analysis import (IdentityOperator, InverseOperator, LinearOperator, jacobian, register_linearization,
+                              unrolled_jacobian)
+from hamgrad.analysis.linearize import AutogradLinearization, NMFLinearization, hand_derived, linearize
 from hamgrad.analysis.operators import linear_operator
 from hamgrad.fixed_point import FixedPoint, flatten_state, unflatten_state
 
@@ -160,6 +161,79 @@ def test_linearize_dispatch():
     assert isinstance(linearize(FixedPoint.from_solver(hg.SoftVQ(rank=R_)), h, x, 2, True), AutogradLinearization)
     with pytest.raises(ValueError, match="steps"):
         NMFLinearization(s, h, x, steps=0, readout=False)
+
+
+def test_a_registered_linearization_is_used_for_its_solver_class():
+    # a user's solver brings its own linearisation: here one that records its use and defers to autograd
+    class MyVQ(hg.SoftVQ):
+        pass
+
+    built = []
+
+    def factory(solver, h, x, steps, readout):
+        built.append((steps, readout))
+        fp = FixedPoint.from_solver(hg.SoftVQ(rank=solver.rank, inv_t=solver.inv_t))
+        return linearize(fp, h, x, steps, readout)
+
+    s = MyVQ(rank=R_, inv_t=3.0)
+    x, h = _point(s, "cpu")
+    assert not hand_derived(FixedPoint.from_solver(s))
+    register_linearization(MyVQ, factory)
+    assert hand_derived(FixedPoint.from_solver(s))
+    ref = jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))
+    torch.testing.assert_close(jacobian(s, h, x).dense(), ref)
+    J = unrolled_jacobian(s, x, h, steps=2)  # the readout uses x (the default): not factored through the state
+    assert built == [(1, False), (2, True)] and J.factors is None
+    with pytest.raises(TypeError, match="factory must be callable"):
+        register_linearization(MyVQ, None)
+    with pytest.raises(TypeError, match="solver_class must be a class"):
+        register_linearization(s, factory)
+
+
+def test_operator_algebra_equals_dense_matrices(device):
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(6, 6, generator=g, dtype=torch.float64).to(device)
+    B = torch.randn(6, 6, generator=g, dtype=torch.float64).to(device)
+    C = torch.randn(6, 4, generator=g, dtype=torch.float64).to(device)
+    opA, opB, opC = (LinearOperator.from_dense(M, name) for M, name in ((A, "A"), (B, "B"), (C, "C")))
+    eye = IdentityOperator(6, dtype=torch.float64, device=device)
+    I = torch.eye(6, dtype=torch.float64, device=device)
+    for op, ref in ((opA + opB, A + B), (opA - opB, A - B), (2.5 * opA, 2.5 * A), (opA * -1, -A), (-opA, -A),
+                    (eye - 0.1 * opA, I - 0.1 * A), ((opA + opB) @ opC, (A + B) @ C), (eye, I)):
+        torch.testing.assert_close(op.dense(), ref)
+        torch.testing.assert_close(op.T.dense(), ref.T)
+        V = _rand((2, op.shape[1]), device, 7)
+        torch.testing.assert_close(op.gram(V), V @ ref.T @ ref)
+    # (I − 0.1 A)⁻¹ C by GMRES, against torch.linalg.solve; the transpose shares the solves' record
+    inv = InverseOperator(eye - 0.1 * opA, tol=1e-12)
+    ref = torch.linalg.solve(I - 0.1 * A, C)
+    torch.testing.assert_close((inv @ opC).dense(), ref)
+    torch.testing.assert_close((inv @ opC).T.dense(), ref.T)
+    assert inv.solves and all(r.converged for r in inv.solves) and inv.T.solves is inv.solves
+    with pytest.raises(ValueError, match="shapes differ"):
+        opA + opC
+    with pytest.raises(ValueError, match="square"):
+        InverseOperator(opC, tol=1e-8)
+    with pytest.raises(TypeError, match="apply and rapply"):
+        LinearOperator((2, 2), dtype=torch.float64, device="cpu")
+
+
+def test_a_subclass_with_matmat_and_adjoint_is_an_operator():
+    class Shift(LinearOperator):  # (Sv)_i = v_{i−1}: nilpotent, ‖S‖ = 1
+        def __init__(self, n):
+            super().__init__((n, n), dtype=torch.float64, device="cpu", name="shift")
+
+        def _matmat(self, V):
+            return torch.nn.functional.pad(V[:, :-1], (1, 0))
+
+        def _adjoint(self, U):
+            return torch.nn.functional.pad(U[:, 1:], (0, 1))
+
+    S = Shift(5)
+    ref = torch.diag(torch.ones(4, dtype=torch.float64), -1)
+    torch.testing.assert_close(S.dense(), ref)
+    torch.testing.assert_close((S @ S).T.dense(), (ref @ ref).T)
+    assert hg.analysis.spectral_norm(S) == pytest.approx(1.0)
 
 
 def test_users_F_with_a_two_tensor_state(device):

@@ -35,3 +35,21 @@ def test_errors_name_the_argument():
         hg.accumulative_ratio(torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="NaN"):
         hg.accumulative_ratio(torch.full((3, 3), float("nan")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    Z = torch.randn(2, 8, 20, generator=torch.Generator().manual_seed(2)).to(dtype)
+    ratio = hg.accumulative_ratio(Z)
+    assert ratio.dtype == torch.float32
+    s = np.linalg.svd(Z.double().numpy(), compute_uv=False) ** 2  # the half values, exactly, in float64
+    np.testing.assert_allclose(ratio.numpy(), np.cumsum(s, -1) / s.sum(-1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_tiny_and_huge_finite_values_are_scaled_first(scale):
+    # σ² of 1e-30 underflows float32 and of 1e30 overflows it; the ratio is scale-invariant
+    Z = torch.randn(8, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = hg.accumulative_ratio(Z)
+    got = hg.accumulative_ratio((Z * scale).float())
+    torch.testing.assert_close(got, ref.float(), rtol=1e-5, atol=1e-6)

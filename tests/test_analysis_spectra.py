@@ -209,7 +209,8 @@ def test_power_reports_a_complex_dominant_pair_as_not_converged(device):
     A[:2, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
     Q, _ = torch.linalg.qr(_matrix((12, 12), 7))
     A = (Q @ A @ Q.T).to(device)
-    spec = eigvals(A, k=1, method="power", maxiter=500)
+    with pytest.warns(hg.ConvergenceWarning, match="complex pair"):
+        spec = eigvals(A, k=1, method="power", maxiter=500)
     assert not spec.converged
     assert torch.isnan(spec.values.real).all() and spec.residuals[0] > 1e-2
     with pytest.warns(hg.ConvergenceWarning, match="did not converge"):
@@ -249,8 +250,9 @@ def test_spectra_of_step_jacobians_match_dense(s):
             float(torch.linalg.matrix_norm(ref, ord=2)), rel=1e-8)
 
 
-def test_converged_nmf_shows_the_scale_invariance_eigenvalue_one():
-    # MATH.md §3: (D, C) -> (DΛ, Λ⁻¹C) leaves DC and F unchanged, so J* has the eigenvalue 1 (r times).
+def test_converged_nmf_has_r_unit_eigenvalues_from_the_column_scalings():
+    # docs/theory.md §3: scaling column j of D by λ and row j of C by 1/λ leaves DC and F unchanged, so at a fixed
+    # point each of the r directions v_j = (D e_j e_jᵀ, −e_j e_jᵀ C) is an eigenvector of J* with eigenvalue 1
     g = torch.Generator().manual_seed(0)
     d, n, r = 16, 32, 4
     x = torch.rand(d, r, generator=g, dtype=torch.float64) @ torch.rand(r, n, generator=g, dtype=torch.float64)
@@ -260,20 +262,78 @@ def test_converged_nmf_shows_the_scale_invariance_eigenvalue_one():
         for _ in range(2000):
             h = s.step(x, h)
     assert float(state_residual(s.step(x, h), h)) < 1e-3
-    ref = torch.linalg.eigvals(jacobian(s, h, x).dense())
-    for method in ("dense", "arnoldi"):
-        spec = eigvals(jacobian(s, h, x), k=K_TOP, method=method, tol=1e-10)
-        assert spec.converged
-        assert abs(complex(spec.values[0]) - 1.0) < 1e-3
-        assert float(spec.values[0].abs()) == pytest.approx(float(ref.abs().max()), rel=1e-8)
-    # the direction (D, −C) of the scale orbit is (nearly) an eigenvector of eigenvalue 1, invisible to y = DC
+    dense = jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))  # autograd, dense
     D, C = h
-    v = flatten_state((D, -C))
-    v = v / v.norm()
-    J = jacobian(s, h, x)
-    assert float((J @ v - v).norm()) < 1e-3
-    _, dy = torch.func.jvp(lambda D, C: s.readout(x, (D, C)), (D, C), (D, -C))
-    assert float(dy.abs().max()) < 1e-12
+    V = torch.stack([flatten_state((D * (torch.arange(r) == j), -C * (torch.arange(r) == j)[:, None]))
+                     for j in range(r)], dim=1)
+    V = V / V.norm(dim=0)
+    assert float((dense @ V - V).norm(dim=0).max()) < 1e-3  # J* v_j = v_j
+    assert int(torch.linalg.matrix_rank(V)) == r
+    _, dy = torch.func.jvp(lambda D, C: s.readout(x, (D, C)), (D, C), (D * (torch.arange(r) == 0), -C * (
+        torch.arange(r) == 0)[:, None]))
+    assert float(dy.abs().max()) < 1e-12  # invisible to y = DC
+    # the dense spectrum has r eigenvalues at 1 (to the solve's convergence); eigvals finds all r of them
+    ref = torch.linalg.eigvals(dense)
+    assert int(((ref - 1).abs() < 1e-3).sum()) >= r
+    for method, block in (("dense", None), ("arnoldi", r)):
+        spec = eigvals(jacobian(s, h, x), k=r, method=method, tol=1e-10, block=block)
+        assert spec.converged
+        assert float((spec.values - 1).abs().max()) < 1e-3
+        _assert_eigs_match(spec, dense, r)
+
+
+def test_arnoldi_finds_every_copy_of_a_repeated_eigenvalue():
+    # a block-diagonal operator with equal blocks: every eigenvalue twice (the top one a complex pair, so the top
+    # four values are λ, λ̄, λ, λ̄); one start vector sees one direction of each eigenspace and finds one copy
+    M = _matrix((30, 30), 12)
+    A = torch.block_diag(M, M)
+    spec = eigvals(A, k=4, method="arnoldi", tol=1e-10)
+    assert spec.converged
+    _assert_eigs_match(spec, A, 4)
+    ref = torch.linalg.eigvals(M)
+    top = ref[ref.abs().argmax()]
+    assert float((spec.values.abs() - top.abs()).abs().max()) < 1e-8 * float(top.abs())
+
+
+def test_power_warns_when_it_returns_nan():
+    A = torch.block_diag(_matrix((30, 30), 12), _matrix((30, 30), 12))  # a complex dominant pair
+    with pytest.warns(hg.ConvergenceWarning, match="power.*did not converge"):
+        spec = eigvals(A, k=1, method="power")
+    assert not spec.converged and torch.isnan(spec.values.real).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lanczos_flags_values_below_the_noise_floor(dtype):
+    # rank 2: σ₃, σ₄ are rounding noise, which Lanczos on JᵀJ resolves only down to about √eps σ₁
+    g = torch.Generator().manual_seed(13)
+    A = (torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64))
+    exact = torch.linalg.svdvals(A)  # float64: σ₃ ~ 1e-15 σ₁
+    spec = svdvals(A.to(dtype), k=4, method="lanczos")
+    assert spec.certified.tolist() == [True, True, False, False]
+    assert spec.noise_floor < float(exact[1]) and spec.noise_floor >= float(spec.values[2])
+    assert spec.converged  # the certified values met tol
+    np.testing.assert_allclose(spec.values[:2].numpy(), exact[:2].numpy(), rtol=1e-6 if dtype == torch.float64
+                               else 1e-4)
+    d = spec.to_dict()
+    assert d["certified"] == [True, True, False, False] and d["noise_floor"] == spec.noise_floor
+    # the dense SVD's floor is at its own accuracy (max(m, n) eps σ₁): below it too
+    dense = svdvals(A, k=4, method="dense")
+    assert dense.certified.tolist() == [True, True, False, False]
+
+
+def test_zero_and_rank_one_operators_larger_than_dense_max():
+    n = hg.analysis.spectra.DENSE_MAX + 76
+    Z = LinearOperator(( n, n), lambda V: torch.zeros_like(V), lambda U: torch.zeros_like(U), dtype=torch.float64,
+                       device="cpu", name="0")
+    for spec in (eigvals(Z, k=3), svdvals(Z, k=3), eigvals(Z, k=1, method="power")):
+        assert spec.converged and (spec.values == 0).all() and spec.certified.all()
+    u = _matrix((n,), 14)
+    w = _matrix((n,), 15)
+    R = LinearOperator.from_dense(torch.outer(u, w))  # rank one: eigenvalue wᵀu, the rest zero
+    spec = eigvals(R, k=3)
+    assert spec.method == "arnoldi" and spec.converged
+    assert complex(spec.values[0]) == pytest.approx(float(w @ u), rel=1e-10)
+    assert spec.certified.tolist() == [True, False, False]
 
 
 # ---------------------------------------------------------------------- results and errors
@@ -282,7 +342,8 @@ def test_results_are_plain_data():
     eig, sv = eigvals(A, k=3), svdvals(A, k=3)
     for spec in (eig, sv):
         d = json.loads(json.dumps(spec.to_dict()))
-        assert set(d) == {"values", "residuals", "matvecs", "converged", "method", "seconds", "tol"}
+        assert set(d) == {"values", "residuals", "matvecs", "converged", "method", "seconds", "tol", "noise_floor",
+                          "certified"}
     assert all(len(pair) == 2 for pair in eig.to_dict()["values"])
     assert eig.to_dict()["values"][0][0] == pytest.approx(float(eig.values[0].real))
     assert isinstance(spectral_norm(A), float) and isinstance(spectral_radius(A), float)
@@ -316,6 +377,7 @@ _A, _S = _matrix((10, 8), 10), _matrix((10, 10), 11)  # a rectangular and a squa
     (ValueError, "ncv", lambda: svdvals(_A, k=2, method="lanczos", ncv=0)),
     (ValueError, "maxiter", lambda: svdvals(_A, k=2, method="lanczos", maxiter=0)),
     (ValueError, "ncv must be an int with k < ncv", lambda: eigvals(_S, k=2, method="arnoldi", ncv=2)),
+    (ValueError, "block must satisfy", lambda: eigvals(_S, k=2, method="arnoldi", block=11)),
 ])
 def test_errors_name_the_argument(error, match, call):
     with pytest.raises(error, match=match):

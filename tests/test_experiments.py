@@ -22,8 +22,8 @@ from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class
 from hamgrad.experiments import runner
 
 
-class Interrupt(Exception):
-    """Stands in for a kill in the middle of a sweep."""
+class Interrupt(BaseException):
+    """Stands in for a kill in the middle of a sweep (like KeyboardInterrupt, not an Exception a run could raise)."""
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_config_round_trip():
     assert AblationConfig.from_dict({"seeds": 2}) == AblationConfig(seeds=2)
     assert AblationConfig().resolved_eval_steps == 7
     assert [s.run_id for s in AblationConfig(solvers=("nmf",), grads=("truncated:2",), seeds=2).runs()] == [
-        "none_seed0", "none_seed1", "nmf_truncated2_seed0", "nmf_truncated2_seed1"]
+        "none_seed0", "none_seed1", "nmf_truncated2_K6_seed0", "nmf_truncated2_K6_seed1"]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -124,13 +124,13 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path, counted_steps):
         run_ablation(config, tmp_path, progress=False)
     first = load_results(tmp_path)
     assert [r["run_id"] for r in first] == ["none_seed0"]
-    assert torch.load(tmp_path / "runs" / "nmf_one-step_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert torch.load(tmp_path / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
 
     counted_steps.update(calls=0, raise_at=None)
     summary = run_ablation(config, tmp_path, progress=False)
     assert counted_steps["calls"] == 5 + 10  # the rest of run 2 from its checkpoint, then run 3; run 1 not retrained
     rows = load_results(tmp_path)
-    assert [r["run_id"] for r in rows] == ["none_seed0", "nmf_one-step_seed0", "nmf_bptt_seed0"]
+    assert [r["run_id"] for r in rows] == ["none_seed0", "nmf_one-step_K6_seed0", "nmf_bptt_K6_seed0"]
     assert rows[0] == first[0]  # the finished run's row (and its timestamp) is untouched
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["run_id"] for r in csv.DictReader(f)] == [r["run_id"] for r in rows]
@@ -160,7 +160,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, counted_steps):
     whole, cut = load_results(tmp_path / "whole")[0], load_results(tmp_path / "cut")[0]
     for key in ("miou", "pixel_acc", "iou", "curve", "final_loss"):
         assert whole[key] == cut[key], key
-    a, b = (load_model(tmp_path / d, "nmf_bptt_seed0") for d in ("whole", "cut"))
+    a, b = (load_model(tmp_path / d, "nmf_bptt_K6_seed0") for d in ("whole", "cut"))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert isinstance(a, hg.nn.HamNet) and not a.training
@@ -186,8 +186,8 @@ def test_refuses_a_folder_with_another_sweep(tmp_path, counted_steps):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is not a folder"):
         run_ablation(config, tmp_path / "file", progress=False)
-    with pytest.raises(ValueError, match="run_id='vq_bptt_seed0' is not a run"):
-        load_model(tmp_path, "vq_bptt_seed0")
+    with pytest.raises(ValueError, match="run_id='vq_bptt_K6_seed0' is not a run"):
+        load_model(tmp_path, "vq_bptt_K6_seed0")
 
 
 def test_cli_ablate(tmp_path, capsys):
@@ -195,7 +195,7 @@ def test_cli_ablate(tmp_path, capsys):
     args = ["ablate", "--quick", "--solvers", "vq", "--grads", "one-step", "--iters", "2", "--out", out]
     assert cli_main(args) == 0
     assert "| vq |" in capsys.readouterr().out
-    assert [r["run_id"] for r in load_results(out)] == ["none_seed0", "vq_one-step_seed0"]
+    assert [r["run_id"] for r in load_results(out)] == ["none_seed0", "vq_one-step_K6_seed0"]
     assert cli_main(args[:-4] + ["--iters", "3", "--out", out]) == 2
     assert "different config" in capsys.readouterr().err
     assert cli_main(["ablate", "--solvers", "nmf", "--grads", "sideways", "--out", out]) == 2
@@ -212,14 +212,14 @@ def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
     run_ablation(config, tmp_path, progress=False)
     lines = _row_lines(tmp_path / "results.jsonl")
     foreign = json.loads(lines[1])
-    foreign.update(run_id="cd_one-step_seed0", solver="cd")  # a run this config does not have
+    foreign.update(run_id="cd_one-step_K6_seed0", solver="cd")  # a run this config does not have
     mismatched = json.loads(lines[1])
-    mismatched.update(run_id="nmf_one-step_seed0", seed=1)  # run id and seed disagree
+    mismatched.update(run_id="nmf_one-step_K6_seed0", seed=1)  # run id and seed disagree
     (tmp_path / "results.jsonl").write_text("\n".join([lines[1], lines[0], lines[1], json.dumps(foreign)]) + "\n")
-    with pytest.warns(UserWarning, match=r"ignored 2 row\(s\): line 3: a repeated row of run nmf_one-step_seed0; "
-                                         r"line 4 \(run cd_one-step_seed0\): its run is not in the sweep's config"):
+    with pytest.warns(UserWarning, match=r"ignored 2 row\(s\): line 3: a repeated row of run nmf_one-step_K6_seed0; "
+                                         r"line 4 \(run cd_one-step_K6_seed0\): its run is not in the sweep's config"):
         rows = load_results(tmp_path)
-    assert [r["run_id"] for r in rows] == ["nmf_one-step_seed0", "none_seed0"]
+    assert [r["run_id"] for r in rows] == ["nmf_one-step_K6_seed0", "none_seed0"]
     (tmp_path / "results.jsonl").write_text(json.dumps(mismatched) + "\n")
     with pytest.warns(UserWarning, match=r"does not match its run: seed=1 \(expected 0\)"):
         assert load_results(tmp_path) == []
@@ -227,7 +227,7 @@ def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
     (tmp_path / "results.jsonl").write_text("\n".join([lines[0], lines[0], json.dumps(foreign)]) + "\n")
     with pytest.warns(UserWarning, match="ignored 2 row"):
         summary = run_ablation(config, tmp_path, progress=False)
-    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0", "nmf_one-step_seed0"]
+    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0", "nmf_one-step_K6_seed0"]
     assert [(c.solver, c.seeds) for c in summary.cells] == [("none", [0]), ("nmf", [0])]
     assert "cd" not in (tmp_path / "summary.md").read_text()
 
@@ -249,34 +249,34 @@ def test_damaged_sweep_files_are_named(tmp_path, damage, match):
 
 def test_checkpoint_of_another_run_or_config_is_never_resumed(tmp_path, counted_steps):
     config = _tiny()
-    counted_steps["raise_at"] = 17  # nmf_one-step_seed0 stops after its checkpoint at step 5
+    counted_steps["raise_at"] = 17  # nmf_one-step_K6_seed0 stops after its checkpoint at step 5
     with pytest.raises(Interrupt):
         run_ablation(config, tmp_path, progress=False)
     runs = tmp_path / "runs"
-    good = (runs / "nmf_one-step_seed0" / "checkpoint.pt").read_bytes()
+    good = (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").read_bytes()
     counted_steps.update(calls=0, raise_at=None)
     # another run's checkpoint copied in its place
-    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(
+    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(
         (runs / "none_seed0" / "checkpoint.pt").read_bytes())
-    with pytest.raises(ValueError, match=r"checkpoint .*nmf_one-step_seed0.checkpoint.pt was not written by run "
-                                         r"nmf_one-step_seed0 of this sweep's config \(it names run 'none_seed0'\)"):
+    with pytest.raises(ValueError, match=r"checkpoint .*nmf_one-step_K6_seed0.checkpoint.pt was not written by run "
+                                         r"nmf_one-step_K6_seed0 of this sweep's config \(it names run 'none_seed0'\)"):
         run_ablation(config, tmp_path, progress=False)
     # the same run of another config (lr differs)
     other = tmp_path / "other"
     run_ablation(_tiny(lr=1e-3, baseline=False), other, progress=False)
     counted_steps["calls"] = 0
-    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(
-        (other / "runs" / "nmf_one-step_seed0" / "checkpoint.pt").read_bytes())
-    with pytest.raises(ValueError, match="it names run 'nmf_one-step_seed0' of another config"):
+    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(
+        (other / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="it names run 'nmf_one-step_K6_seed0' of another config"):
         run_ablation(config, tmp_path, progress=False)
     # a truncated checkpoint
-    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(good[:len(good) // 2])
+    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(good[:len(good) // 2])
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt cannot be read \(truncated"):
         run_ablation(config, tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read"):
-        load_model(tmp_path, "nmf_one-step_seed0")
+        load_model(tmp_path, "nmf_one-step_K6_seed0")
     assert counted_steps["calls"] == 0 and [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
-    (runs / "nmf_one-step_seed0" / "checkpoint.pt").write_bytes(good)
+    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(good)
     run_ablation(config, tmp_path, progress=False)
     assert counted_steps["calls"] == 5 + 10
 
@@ -310,7 +310,7 @@ def test_second_driver_refused_then_ctrl_c_then_resume(tmp_path, capsys):
             "--out", str(out)]
     first = _hamgrad(*args)
     try:
-        _wait_for(out / "runs" / "nmf_bptt_seed0" / "checkpoint.pt", first)
+        _wait_for(out / "runs" / "nmf_bptt_K6_seed0" / "checkpoint.pt", first)
         assert cli_main(args) == 2
         err = capsys.readouterr().err.strip()
         assert re.fullmatch(rf"hamgrad ablate: error: out_dir='{out}' is being written by another hamgrad ablate "
@@ -325,11 +325,11 @@ def test_second_driver_refused_then_ctrl_c_then_resume(tmp_path, capsys):
     assert stderr.strip().splitlines()[-1] == "hamgrad ablate: interrupted: resume with the same command"
     assert "Traceback" not in stderr
     assert load_results(out) == []
-    step = torch.load(out / "runs" / "nmf_bptt_seed0" / "checkpoint.pt", weights_only=True)["step"]
+    step = torch.load(out / "runs" / "nmf_bptt_K6_seed0" / "checkpoint.pt", weights_only=True)["step"]
     assert 5 <= step < 60
     assert cli_main(args) == 0  # the lock was released; the run resumes from its checkpoint
     rows = load_results(out)
-    assert [r["run_id"] for r in rows] == ["nmf_bptt_seed0"] and rows[0]["curve"]["step"][-1] == 60
+    assert [r["run_id"] for r in rows] == ["nmf_bptt_K6_seed0"] and rows[0]["curve"]["step"][-1] == 60
 
 
 def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
@@ -378,3 +378,169 @@ def test_cli_out_without_permission(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Path, "mkdir", refuse)
     assert cli_main(["ablate", "--quick", "--out", str(tmp_path / "ro" / "sweep")]) == 2
     assert capsys.readouterr().err == f"hamgrad ablate: error: [Errno 13] Permission denied: '{tmp_path}/ro/sweep'\n"
+
+
+# ---------------------------------------------------------------------- K as a sweep axis
+def test_steps_axis_config():
+    config = AblationConfig(solvers=("nmf",), grads=("one-step", "truncated:2"), seeds=1, steps=[2, 6])
+    assert config.steps == (2, 6) and AblationConfig.from_json(config.to_json()) == config
+    assert [s.run_id for s in config.runs()] == ["none_seed0", "nmf_one-step_K2_seed0", "nmf_truncated2_K2_seed0",
+                                                 "nmf_one-step_K6_seed0", "nmf_truncated2_K6_seed0"]
+    assert (config.eval_steps_for(2), AblationConfig(steps=(2, 6), eval_steps=9).eval_steps_for(2)) == (3, 9)
+    with pytest.raises(ValueError, match="is a sweep axis"):
+        config.resolved_eval_steps
+    for kwargs, error, match in [(dict(steps=(1, 6), grads=("truncated:2",)), ValueError, "k must satisfy"),
+                                 (dict(steps=(6, 6)), ValueError, "steps has duplicates"),
+                                 (dict(steps=()), ValueError, "non-empty tuple"),
+                                 (dict(steps=(6, 0)), ValueError, "steps must be >= 1"),
+                                 (dict(steps=(6, 2.5)), TypeError, "steps must be an int")]:
+        with pytest.raises(error, match=match):
+            AblationConfig(**kwargs)
+
+
+def test_steps_axis_sweep_rows_models_and_summary(tmp_path, capsys):
+    out = tmp_path / "k"
+    assert cli_main(["ablate", "--quick", "--solvers", "nmf", "--grads", "one-step,bptt", "--steps", "1,3",
+                     "--iters", "5", "--out", str(out)]) == 0
+    rows = load_results(out)
+    assert [(r["run_id"], r["steps"], r["eval_steps"]) for r in rows] == [
+        ("none_seed0", None, None), ("nmf_one-step_K1_seed0", 1, 2), ("nmf_bptt_K1_seed0", 1, 2),
+        ("nmf_one-step_K3_seed0", 3, 4), ("nmf_bptt_K3_seed0", 3, 4)]
+    for r in rows[1:]:  # each run's network was built with its K (training) and K + 1 (evaluation)
+        assert load_model(out, r["run_id"]).hamburger.steps == (r["steps"], r["steps"] + 1)
+    printed = capsys.readouterr().out
+    assert "| ham | mode | K = 1 | K = 3 |" in printed
+    entry = lambda r: f"{100 * r['miou']:.1f} ({100 * r['miou']:.1f})"  # one seed: best = mean
+    by_id = {r["run_id"]: r for r in rows}
+    assert (f"| nmf | bptt | {entry(by_id['nmf_bptt_K1_seed0'])} | {entry(by_id['nmf_bptt_K3_seed0'])} |"
+            in printed)
+    assert cli_main(["ablate", "--steps", "6,x", "--out", str(out)]) == 2
+    assert "--steps must be an int or comma-separated ints" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- failures: retried, then a failed row
+def test_raising_run_is_retried_then_recorded_as_failed(tmp_path, monkeypatch, capsys):
+    config = _tiny(grads=("one-step",))
+    calls = []
+    original = runner._run
+
+    def flaky(config, spec, *args):
+        calls.append(spec.run_id)
+        if spec.run_id == "none_seed0" and calls.count("none_seed0") == 1:
+            raise RuntimeError("transient")
+        if spec.run_id == "nmf_one-step_K6_seed0":
+            raise MemoryError("out of memory")
+        return original(config, spec, *args)
+
+    monkeypatch.setattr(runner, "_run", flaky)
+    with pytest.warns(UserWarning) as caught:
+        summary = run_ablation(config, tmp_path, progress=False, retries=2)
+    assert calls == ["none_seed0"] * 2 + ["nmf_one-step_K6_seed0"] * 3
+    assert [str(w.message) for w in caught] == [
+        "run none_seed0 failed (attempt 1 of 3): RuntimeError: transient; trying again",
+        "run nmf_one-step_K6_seed0 failed (attempt 1 of 3): MemoryError: out of memory; trying again",
+        "run nmf_one-step_K6_seed0 failed (attempt 2 of 3): MemoryError: out of memory; trying again",
+        "run nmf_one-step_K6_seed0 failed (attempt 3 of 3): MemoryError: out of memory; recorded as failed"]
+    rows = load_results(tmp_path)
+    assert [(r["run_id"], r["status"]) for r in rows] == [("none_seed0", "ok"), ("nmf_one-step_K6_seed0", "failed")]
+    assert rows[1]["error"] == "MemoryError: out of memory" and rows[1]["attempts"] == 3 and rows[1]["miou"] is None
+    assert [c.solver for c in summary.cells] == ["none"]
+    assert "failed runs (1, not in the tables" in summary.to_markdown()
+    assert "- nmf_one-step_K6_seed0: MemoryError: out of memory" in (tmp_path / "summary.md").read_text()
+    # the next call tries the failed run again (only it) and its row replaces the failed one
+    monkeypatch.setattr(runner, "_run", original)
+    run_ablation(config, tmp_path, progress=False)
+    again = load_results(tmp_path)
+    assert [(r["run_id"], r["status"]) for r in again] == [("none_seed0", "ok"), ("nmf_one-step_K6_seed0", "ok")]
+    assert again[0] == rows[0]
+
+
+# ---------------------------------------------------------------------- Ray: a real local instance, 2 workers
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray instance (2 CPUs) for the module's Ray tests; run_ablation uses it as it finds it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+_DETERMINISTIC = ("run_id", "status", "steps", "miou", "pixel_acc", "iou", "final_loss", "diverged", "curve")
+
+
+def _same(rows_a, rows_b):
+    a = {r["run_id"]: {k: r[k] for k in _DETERMINISTIC} for r in rows_a}
+    b = {r["run_id"]: {k: r[k] for k in _DETERMINISTIC} for r in rows_b}
+    assert len(a) == len(rows_a) and len(b) == len(rows_b)
+    assert a == b
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The Ray tests' sweep, run in this process: the reference every Ray run must reproduce bitwise."""
+    config = AblationConfig.quick(solvers=("nmf", "vq"), grads=("one-step", "bptt"), iters=20)
+    out = tmp_path_factory.mktemp("sequential")
+    run_ablation(config, out, progress=False)
+    return config, load_results(out)
+
+
+def test_ray_sweep_matches_the_sequential_one(tmp_path, ray_address, sequential):
+    config, reference = sequential
+    run_ablation(config, tmp_path, progress=False, workers=2)
+    rows = load_results(tmp_path)
+    assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in config.runs())
+    _same(rows, reference)  # bitwise: same data, seeds and torch threads (1) in the workers
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_ray_raising_run_is_retried_then_failed_then_rerun(tmp_path, ray_address, sequential):
+    config, reference = sequential
+    (tmp_path / "config.json").write_text(config.to_json())  # a sweep that has not started
+    blocked = tmp_path / "runs" / "vq_bptt_K6_seed0"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the run's folder goes: the run raises in its worker")
+    with pytest.warns(UserWarning) as caught:
+        summary = run_ablation(config, tmp_path, progress=False, workers=2, retries=1)
+    failures = [str(w.message) for w in caught if "vq_bptt_K6_seed0 failed" in str(w.message)]
+    assert [m.split(": ")[0] for m in failures] == ["run vq_bptt_K6_seed0 failed (attempt 1 of 2)",
+                                                    "run vq_bptt_K6_seed0 failed (attempt 2 of 2)"]
+    assert "FileExistsError" in failures[-1] and failures[-1].endswith("recorded as failed")
+    rows = load_results(tmp_path)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [r["run_id"] for r in failed] == ["vq_bptt_K6_seed0"] and str(blocked) in failed[0]["error"]
+    assert "- vq_bptt_K6_seed0: FileExistsError" in summary.to_markdown()
+    blocked.unlink()
+    run_ablation(config, tmp_path, progress=False, workers=2)
+    again = load_results(tmp_path)
+    _same(again, reference)
+    finished = {r["run_id"]: r["finished_at"] for r in rows if r["status"] == "ok"}
+    assert {r["run_id"]: r["finished_at"] for r in again if r["run_id"] in finished} == finished  # not retrained
+
+
+def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
+    config, reference = sequential
+    out = tmp_path / "sweep"
+    driver = _hamgrad("ablate", "--quick", "--solvers", "nmf,vq", "--grads", "one-step,bptt", "--iters", "20",
+                      "--workers", "2", "--address", ray_address, "--out", str(out))
+    try:
+        start = time.monotonic()
+        while not (out / "results.jsonl").exists() or len(load_results(out)) < 2:
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() - start < 240
+            time.sleep(0.05)
+        with pytest.raises(ValueError, match=rf"being written by another hamgrad ablate \(pid {driver.pid} on"):
+            run_ablation(config, out, progress=False, workers=2)
+    finally:
+        driver.kill()  # SIGKILL mid-sweep
+        driver.communicate()
+    before = load_results(out)
+    assert 2 <= len(before) < len(config.runs())
+    with pytest.warns(UserWarning, match=rf"taking over the lock of a driver that is no longer running \(pid "
+                                         rf"{driver.pid}"):
+        run_ablation(config, out, progress=False, workers=2)
+    rows = load_results(out)
+    _same(rows, reference)  # nothing lost, nothing duplicated, and resumed runs end where an unbroken run does
+    assert rows[:len(before)] == before
+    assert any(r["resumed_from"] > 0 for r in rows[len(before):]), "no unfinished run resumed from its checkpoint"

@@ -1,4 +1,4 @@
-"""Gradient agreement (MATH.md §5): each gradient mode's ``∂L/∂x`` (and ``∂L/∂θ``) against a reference mode.
+"""Gradient agreement (docs/theory.md §5): each gradient mode's ``∂L/∂x`` (and ``∂L/∂θ``) against a reference mode.
 
 :func:`compare_gradients` runs :func:`hamgrad.solve` once per mode from the same initial state, differentiates a
 loss, and reports the cosine similarity and norm ratio to the reference gradient with the wall time and memory of
@@ -64,6 +64,19 @@ def _cosine_and_ratio(g: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]
     return cosine, ratio
 
 
+def _checked_loss(loss):
+    """``loss`` if it is a one-element tensor with a graph to ``y``; otherwise an error naming ``loss_fn``."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn(y) must return a scalar torch.Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"loss_fn(y) must return a scalar (one element), got a tensor of shape {tuple(loss.shape)}; "
+                         "reduce it, e.g. with .sum() or .mean()")
+    if not loss.requires_grad:
+        raise ValueError("loss_fn(y) returned a tensor without a graph to y (detached, or built from .item() or "
+                         "numpy): its gradient cannot be compared")
+    return loss.reshape(())
+
+
 def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
                       modes: Sequence[str] = ("one-step", "bptt", "implicit"), reference: str = "implicit", *,
                       reference_steps: int | None = None, h0=None, generator: torch.Generator | None = None,
@@ -73,7 +86,7 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
     Args:
         model: a solver or a :class:`hamgrad.FixedPoint`.
         x: the input. If it carries a graph (e.g. computed by ``module``), gradients also flow into that graph.
-        loss_fn: ``loss_fn(y) -> scalar tensor``.
+        loss_fn: ``loss_fn(y) -> scalar tensor`` (differentiable in ``y``).
         steps: K for the compared modes.
         modes: gradient modes (``hg.GRAD_MODES``, ``"truncated:k"``).
         reference: the reference mode, run with ``reference_steps`` (default ``steps``) — e.g. ``"bptt"`` with
@@ -110,7 +123,7 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
         """One mode's flat gradients w.r.t. ``x`` and the parameters, its loss and measurement."""
         def forward_backward():
             y, _ = solve(fp, x_in, k, grad=mode, h0=h0, **solve_kwargs)
-            loss = loss_fn(y)
+            loss = _checked_loss(loss_fn(y))
             grads = torch.autograd.grad(loss, [x_in, *params], retain_graph=True, allow_unused=True)
             return float(loss.detach()), grads
 

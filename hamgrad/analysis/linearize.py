@@ -11,7 +11,7 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
 
 - :class:`AutogradLinearization`, for any ``f``: ``torch.func.jvp`` under ``vmap`` (the primal runs once per
   block, not once per vector) and a ``torch.func.vjp`` whose forward graph is built once and reused.
-- :class:`NMFLinearization`, for the built-in NMF: the JVP and VJP of K multiplicative-update steps (MATH.md §2)
+- :class:`NMFLinearization`, for the built-in NMF: the JVP and VJP of K multiplicative-update steps (docs/theory.md §2)
   and of ``y = DC``, derived by hand, with every step's intermediates (``DᵀX``, ``XCᵀ``, …) cached and no graph.
   The products with the ``d × n`` input are gathered across the K steps into one product each (``[D_0 … D_{K−1}]ᵀ dX``,
   ``dX [C_1 … C_K]ᵀ``, and in the VJP ``X̄ = Σ_t P̄_t C_{t+1} + D_t N̄_t`` as two products), which is where a
@@ -20,11 +20,13 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
   :func:`hamgrad.analysis.svdvals` uses to find the singular values of ``∂y/∂x`` in the state space.
   ``tests/test_analysis_operators.py`` holds all of them against autograd and dense Jacobians.
 
-:func:`linearize` picks the implementation for a model.
+:func:`linearize` picks the implementation for a model: the one registered for its solver's class
+(:func:`register_linearization`; the built-in NMF's is :class:`NMFLinearization`), else autograd.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
@@ -37,7 +39,8 @@ from ..fixed_point import FixedPoint, as_state
 from ..solvers import NMF
 from ..solvers.hams import _project
 
-__all__ = ["AutogradLinearization", "NMFLinearization", "hand_derived", "linearize"]
+__all__ = ["AutogradLinearization", "NMFLinearization", "RegisteredLinearization", "register_linearization",
+           "registered_linearization", "hand_derived", "linearize"]
 
 
 def _detached(h) -> tuple:
@@ -80,6 +83,10 @@ class AutogradLinearization:
             self._pullbacks[wrt_x] = pull
         out = vmap(self._pullbacks[wrt_x])(tuple(g))
         return (tuple(out[0]), out[1]) if wrt_x else (tuple(out[0]), None)
+
+    def gram_products(self, wrt: str) -> tuple:
+        """``(gram, cogram)``: none here (the operator applies the JVP and the VJP in turn)."""
+        return None, None
 
 
 def _codes_layout(C: torch.Tensor) -> torch.Tensor:
@@ -332,6 +339,16 @@ class NMFLinearization:
         DD, CC = self._grams
         return dD @ CC + D @ (dC @ C.mT), (D.mT @ dD) @ C + DD @ dC
 
+    def gram_products(self, wrt: str) -> tuple:
+        """``(gram, cogram)`` of the Jacobian w.r.t. ``wrt`` on structured tangents, ``None`` where there is no
+        hand-derived one: :meth:`x_cogram` for ``∂out/∂x`` of at least one step, :meth:`h_gram` for the readout's
+        ``∂y/∂h``."""
+        if wrt == "x" and self.cache:
+            return None, self.x_cogram
+        if wrt == "h" and not self.cache:
+            return self.h_gram, None
+        return None, None
+
     def _new_codes(self, lead: tuple, r: int) -> torch.Tensor:
         """An uninitialised block of codes ``(*lead, r, n)`` in :func:`_codes_layout`."""
         X = self.x
@@ -355,17 +372,59 @@ class NMFLinearization:
         return A.mT @ A, B @ B.mT
 
 
+@dataclass(frozen=True)
+class RegisteredLinearization:
+    """A hand-derived linearisation of a solver class: ``factory(solver, h, x, steps, readout)`` builds it, and
+    ``readout_uses_x`` says whether the solver's readout depends on ``x`` directly (if not, ``∂y/∂x`` factors
+    through the state: :func:`hamgrad.analysis.unrolled_jacobian`)."""
+
+    factory: Callable
+    readout_uses_x: bool = True
+
+
+_REGISTRY: dict[type, RegisteredLinearization] = {}
+
+
+def register_linearization(solver_class: type, factory: Callable, *, readout_uses_x: bool = True) -> None:
+    """Use ``factory`` in place of autograd to linearise the steps and readout of every solver of exactly
+    ``solver_class`` (a subclass may change the step, so it falls back to autograd unless registered itself).
+
+    Args:
+        solver_class: the solver's class.
+        factory: ``factory(solver, h, x, steps, readout)`` returning an object with ``out`` (the output, a tuple of
+            tensors), ``jvp(dh, dx)``, ``vjp(g, wrt_x)`` and ``gram_products(wrt)`` as :class:`AutogradLinearization`
+            has them (blocks of tangents with a leading batch dimension; ``None`` for a zero tangent).
+        readout_uses_x: whether the readout ``G(h, x)`` depends on ``x`` directly.
+
+    Raises:
+        TypeError: ``solver_class`` not a class or ``factory`` not callable.
+    """
+    if not isinstance(solver_class, type):
+        raise TypeError(f"solver_class must be a class, got {type(solver_class).__name__}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable factory(solver, h, x, steps, readout), got "
+                        f"{type(factory).__name__}")
+    _REGISTRY[solver_class] = RegisteredLinearization(factory, bool(readout_uses_x))
+
+
+def registered_linearization(fp: FixedPoint) -> RegisteredLinearization | None:
+    """The hand-derived linearisation registered for ``fp``'s solver class, or ``None`` (autograd)."""
+    return None if fp.solver is None else _REGISTRY.get(type(fp.solver))
+
+
 def hand_derived(fp: FixedPoint) -> bool:
-    """Whether :func:`linearize` uses the hand-derived :class:`NMFLinearization` for ``fp``: exactly the built-in
-    NMF (a subclass may change the step, and only autograd knows its derivative)."""
-    return type(fp.solver) is NMF
+    """Whether :func:`linearize` uses a registered hand-derived linearisation for ``fp`` (for the built-in NMF:
+    :class:`NMFLinearization`)."""
+    return registered_linearization(fp) is not None
 
 
 def linearize(fp: FixedPoint, h, x: torch.Tensor, steps: int = 1, readout: bool = False):
     """The linearisation of ``steps`` applications of ``fp``'s F from ``h`` (followed by the readout ``(G(h, x),)``
-    if ``readout``; ``steps = 0`` with ``readout`` is the readout alone) — hand-derived for the built-in NMF."""
-    if hand_derived(fp):
-        return NMFLinearization(fp.solver, h, x, steps, readout)
+    if ``readout``; ``steps = 0`` with ``readout`` is the readout alone): the registered hand-derived one for the
+    solver's class (:func:`register_linearization`), else :class:`AutogradLinearization`."""
+    entry = registered_linearization(fp)
+    if entry is not None:
+        return entry.factory(fp.solver, h, x, steps, readout)
 
     def unrolled(h, x):
         for _ in range(steps):
@@ -376,3 +435,6 @@ def linearize(fp: FixedPoint, h, x: torch.Tensor, steps: int = 1, readout: bool 
         return tuple(y) if isinstance(y, (tuple, list)) else (y,)
 
     return AutogradLinearization(unrolled, h, x)
+
+
+register_linearization(NMF, NMFLinearization, readout_uses_x=False)

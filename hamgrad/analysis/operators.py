@@ -1,4 +1,4 @@
-"""Matrix-free Jacobian operators on flat vectors (MATH.md §3).
+"""Matrix-free Jacobian operators on flat vectors (docs/theory.md §3).
 
 :class:`LinearOperator` is an ``m × n`` matrix known only by its action on blocks of vectors: ``J @ v`` (a JVP),
 ``J.T @ u`` (a VJP), ``J @ V`` for an ``(n, b)`` block, ``J2 @ J1`` (composition), ``J.dense()`` and
@@ -10,6 +10,11 @@
   trajectory computed once (:mod:`hamgrad.analysis.linearize`). For the built-in NMF, ``∂y/∂x`` is the composition
   ``(∂y/∂h^K) @ (∂h^K/∂x)`` through the smaller state space, with hand-derived Gram products (``J.gram``,
   ``J.cogram``), which :func:`hamgrad.analysis.svdvals` uses.
+
+Operators are classes: :class:`LinearOperator` (the base: ``_matmat``/``_adjoint``, optional ``_gram``/``_cogram``,
+or functions for them), composition ``A @ B``, sums ``A + B``, scalar multiples ``c * A``, the transpose ``A.T``,
+:class:`IdentityOperator`, :class:`InverseOperator` (GMRES) and :class:`JacobianOperator` (a linearisation's JVPs and
+VJPs).
 
 A state ``h`` is a tuple of tensors; the operators flatten it in tuple order
 (:func:`hamgrad.fixed_point.flatten_state`).
@@ -23,13 +28,15 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from .._checks import check_choice, check_float_tensor, check_steps
+from .._checks import check_choice, check_finite, check_float_tensor, check_positive, check_steps
+from .._krylov import gmres
 from ..fixed_point import FixedPoint, as_state, flatten_state, unflatten_state
 from ..grad import as_fixed_point
 from ..solvers import compute_dtype
-from .linearize import AutogradLinearization, NMFLinearization, hand_derived, linearize
+from .linearize import AutogradLinearization, linearize, registered_linearization
 
-__all__ = ["LinearOperator", "jacobian", "unrolled_jacobian", "linear_operator", "analysis_point", "WRT"]
+__all__ = ["LinearOperator", "IdentityOperator", "InverseOperator", "JacobianOperator", "jacobian",
+           "unrolled_jacobian", "linear_operator", "analysis_point", "WRT"]
 
 WRT = ("h", "x")
 
@@ -39,6 +46,10 @@ unflatten_block = vmap(unflatten_state, in_dims=(0, None))  # (b, dim h), like -
 
 class LinearOperator:
     """An ``m × n`` linear operator given by its action on blocks of vectors.
+
+    Either pass the actions as functions, or subclass and implement :meth:`_matmat` and :meth:`_adjoint` (and,
+    where there is a cheaper way than the two in turn, :meth:`_gram` and :meth:`_cogram`), calling
+    ``super().__init__(shape, dtype=..., device=..., name=...)``.
 
     Args:
         shape: ``(m, n)``.
@@ -52,17 +63,24 @@ class LinearOperator:
         cogram: optional ``U (b, m) -> (b, m)``, the rows of ``U`` mapped by ``AAᵀ`` (default ``apply(rapply(U))``).
 
     ``A @ v`` for a vector ``v`` of length n, ``A @ V`` for a matrix ``(n, b)`` (columns mapped, as for a matrix),
-    ``A @ B`` for another operator (composition; ``(A @ B).factors`` is ``(A, B)``), ``A.T`` the transpose,
-    ``A.gram(V)``, ``A.cogram(U)``, ``A.dense()``, ``A.to_scipy()``.
+    ``A @ B`` for another operator (composition; ``(A @ B).factors`` is ``(A, B)``), ``A + B``, ``A − B``, ``c * A``,
+    ``−A``, ``A.T`` the transpose, ``A.gram(V)``, ``A.cogram(U)``, ``A.dense()``, ``A.to_scipy()``;
+    :class:`IdentityOperator` and :class:`InverseOperator` build ``(I − J)⁻¹``.
+
+    Raises:
+        TypeError: neither ``apply``/``rapply`` given nor ``_matmat``/``_adjoint`` implemented.
     """
 
-    def __init__(self, shape: tuple[int, int], apply: Callable, rapply: Callable, *, dtype: torch.dtype,
-                 device: torch.device | str, name: str = "A", gram: Callable | None = None,
+    def __init__(self, shape: tuple[int, int], apply: Callable | None = None, rapply: Callable | None = None, *,
+                 dtype: torch.dtype, device: torch.device | str, name: str = "A", gram: Callable | None = None,
                  cogram: Callable | None = None):
         self.shape = (int(shape[0]), int(shape[1]))
-        self._apply, self._rapply = apply, rapply
-        self._gram = gram or (lambda V: rapply(apply(V)))
-        self._cogram = cogram or (lambda U: apply(rapply(U)))
+        overridden = type(self)._matmat is not LinearOperator._matmat
+        if not overridden and (apply is None or rapply is None):
+            raise TypeError("LinearOperator needs apply and rapply functions (or a subclass with _matmat and "
+                            "_adjoint)")
+        self._apply_fn, self._rapply_fn = apply, rapply
+        self._gram_fn, self._cogram_fn = gram, cogram
         self.dtype, self.device, self.name = dtype, torch.device(device), name
         self.factors: tuple[LinearOperator, LinearOperator] | None = None  # (A, B) for a composition A @ B
 
@@ -72,10 +90,28 @@ class LinearOperator:
         check_float_tensor(A, name, min_dim=2)
         if A.dim() != 2:
             raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(A.shape)}")
-        return cls(A.shape, lambda V: V @ A.mT, lambda U: U @ A, dtype=A.dtype, device=A.device, name=name)
+        return LinearOperator(A.shape, lambda V: V @ A.mT, lambda U: U @ A, dtype=A.dtype, device=A.device,
+                              name=name)
 
     def __repr__(self) -> str:
         return f"LinearOperator({self.name}, shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+    # ------------------------------------------------------------------ what a subclass implements
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """Rows of ``V (b, n)`` mapped by the operator, unchecked."""
+        return self._apply_fn(V)
+
+    def _adjoint(self, U: torch.Tensor) -> torch.Tensor:
+        """Rows of ``U (b, m)`` mapped by the transpose, unchecked."""
+        return self._rapply_fn(U)
+
+    def _gram(self, V: torch.Tensor) -> torch.Tensor:
+        """Rows of ``V (b, n)`` mapped by ``AᵀA``, unchecked."""
+        return self._gram_fn(V) if self._gram_fn is not None else self._adjoint(self._matmat(V))
+
+    def _cogram(self, U: torch.Tensor) -> torch.Tensor:
+        """Rows of ``U (b, m)`` mapped by ``AAᵀ``, unchecked."""
+        return self._cogram_fn(U) if self._cogram_fn is not None else self._matmat(self._adjoint(U))
 
     # ------------------------------------------------------------------ action on blocks of vectors
     def _check_block(self, V: torch.Tensor, size: int, what: str) -> torch.Tensor:
@@ -87,11 +123,11 @@ class LinearOperator:
 
     def apply(self, V: torch.Tensor) -> torch.Tensor:
         """Rows of ``V (b, n)`` mapped by the operator: ``(b, m)``."""
-        return self._apply(self._check_block(V, self.shape[1], "apply"))
+        return self._matmat(self._check_block(V, self.shape[1], "apply"))
 
     def rapply(self, U: torch.Tensor) -> torch.Tensor:
         """Rows of ``U (b, m)`` mapped by the transpose: ``(b, n)``."""
-        return self._rapply(self._check_block(U, self.shape[0], "rapply"))
+        return self._adjoint(self._check_block(U, self.shape[0], "rapply"))
 
     def gram(self, V: torch.Tensor) -> torch.Tensor:
         """Rows of ``V (b, n)`` mapped by ``AᵀA``: ``(b, n)``."""
@@ -101,16 +137,10 @@ class LinearOperator:
         """Rows of ``U (b, m)`` mapped by ``AAᵀ``: ``(b, m)``."""
         return self._cogram(self._check_block(U, self.shape[0], "cogram"))
 
+    # ------------------------------------------------------------------ algebra
     def __matmul__(self, other):
         if isinstance(other, LinearOperator):
-            if other.shape[0] != self.shape[1]:
-                raise ValueError(f"cannot compose {self.name} {self.shape} @ {other.name} {other.shape}: "
-                                 f"inner sizes {self.shape[1]} and {other.shape[0]} differ")
-            product = LinearOperator((self.shape[0], other.shape[1]), lambda V: self._apply(other._apply(V)),
-                                     lambda U: other._rapply(self._rapply(U)), dtype=self.dtype, device=self.device,
-                                     name=f"{self.name} @ {other.name}")
-            product.factors = (self, other)
-            return product
+            return _Composition(self, other)
         if isinstance(other, torch.Tensor) and other.dim() == 1:
             return self.apply(other.unsqueeze(0))[0]
         if isinstance(other, torch.Tensor) and other.dim() == 2:
@@ -119,15 +149,30 @@ class LinearOperator:
                         f"got {type(other).__name__}" + (f" of shape {tuple(other.shape)}"
                                                          if isinstance(other, torch.Tensor) else ""))
 
+    def __add__(self, other):
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return _Sum(self, other)
+
+    def __sub__(self, other):
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return _Sum(self, _Scaled(-1.0, other))
+
+    def __mul__(self, c):
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            return NotImplemented
+        return _Scaled(float(c), self)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return _Scaled(-1.0, self)
+
     @property
     def T(self) -> "LinearOperator":
         """The transpose (a VJP operator when ``self`` is a JVP operator)."""
-        if self.factors is not None:  # (A B)ᵀ = Bᵀ Aᵀ, still a composition
-            transpose = self.factors[1].T @ self.factors[0].T
-            transpose.name = f"{self.name}.T"
-            return transpose
-        return LinearOperator((self.shape[1], self.shape[0]), self._rapply, self._apply, dtype=self.dtype,
-                              device=self.device, name=f"{self.name}.T", gram=self._cogram, cogram=self._gram)
+        return _Transpose(self)
 
     # ------------------------------------------------------------------ conversions
     def dense(self, chunk_size: int = 256) -> torch.Tensor:
@@ -139,8 +184,8 @@ class LinearOperator:
         eye = torch.eye(min(m, n), dtype=self.dtype, device=self.device)
         chunks = torch.split(eye, chunk_size)
         if m <= n:
-            return torch.cat([self._rapply(E) for E in chunks])
-        return torch.cat([self._apply(E) for E in chunks]).mT.contiguous()
+            return torch.cat([self._adjoint(E) for E in chunks])
+        return torch.cat([self._matmat(E) for E in chunks]).mT.contiguous()
 
     def to_scipy(self):
         """A ``scipy.sparse.linalg.LinearOperator`` with the same action (NumPy arrays in, NumPy arrays out).
@@ -161,47 +206,212 @@ class LinearOperator:
             return product
 
         np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
-        mv, rmv = wrap(self._apply), wrap(self._rapply)
+        mv, rmv = wrap(self._matmat), wrap(self._adjoint)
         return SciPyOperator(self.shape, matvec=mv, rmatvec=rmv, matmat=mv, rmatmat=rmv, dtype=np_dtype)
 
 
+class _Transpose(LinearOperator):
+    """``Aᵀ``: the actions of ``A`` swapped (its Gram products too)."""
+
+    def __init__(self, A: LinearOperator):
+        super().__init__((A.shape[1], A.shape[0]), dtype=A.dtype, device=A.device, name=f"{A.name}.T")
+        self.A = A
+
+    def _matmat(self, V):
+        return self.A._adjoint(V)
+
+    def _adjoint(self, U):
+        return self.A._matmat(U)
+
+    def _gram(self, V):
+        return self.A._cogram(V)
+
+    def _cogram(self, U):
+        return self.A._gram(U)
+
+    @property
+    def T(self) -> LinearOperator:
+        return self.A
+
+
+def _check_same_space(A: LinearOperator, B: LinearOperator, what: str) -> None:
+    if A.dtype != B.dtype or A.device != B.device:
+        raise ValueError(f"cannot {what} {A.name} ({A.dtype}, {A.device}) and {B.name} ({B.dtype}, {B.device}): "
+                         "dtypes and devices differ")
+
+
+class _Composition(LinearOperator):
+    """``A B`` (``factors = (A, B)``); its transpose is the composition ``Bᵀ Aᵀ``."""
+
+    def __init__(self, A: LinearOperator, B: LinearOperator, name: str | None = None):
+        if B.shape[0] != A.shape[1]:
+            raise ValueError(f"cannot compose {A.name} {A.shape} @ {B.name} {B.shape}: "
+                             f"inner sizes {A.shape[1]} and {B.shape[0]} differ")
+        _check_same_space(A, B, "compose")
+        super().__init__((A.shape[0], B.shape[1]), dtype=A.dtype, device=A.device,
+                         name=name or f"{A.name} @ {B.name}")
+        self.factors = (A, B)
+
+    def _matmat(self, V):
+        return self.factors[0]._matmat(self.factors[1]._matmat(V))
+
+    def _adjoint(self, U):
+        return self.factors[1]._adjoint(self.factors[0]._adjoint(U))
+
+    @property
+    def T(self) -> LinearOperator:
+        A, B = self.factors
+        return _Composition(B.T, A.T, name=f"{self.name}.T")
+
+
+class _Sum(LinearOperator):
+    """``A + B``."""
+
+    def __init__(self, A: LinearOperator, B: LinearOperator):
+        if A.shape != B.shape:
+            raise ValueError(f"cannot add {A.name} {A.shape} and {B.name} {B.shape}: shapes differ")
+        _check_same_space(A, B, "add")
+        super().__init__(A.shape, dtype=A.dtype, device=A.device, name=f"{A.name} + {B.name}")
+        self.terms = (A, B)
+
+    def _matmat(self, V):
+        return self.terms[0]._matmat(V) + self.terms[1]._matmat(V)
+
+    def _adjoint(self, U):
+        return self.terms[0]._adjoint(U) + self.terms[1]._adjoint(U)
+
+
+class _Scaled(LinearOperator):
+    """``c A`` for a real number ``c`` (Gram products ``c² AᵀA``, ``c² AAᵀ`` through ``A``'s own)."""
+
+    def __init__(self, c: float, A: LinearOperator):
+        super().__init__(A.shape, dtype=A.dtype, device=A.device, name=f"{c:g}·{A.name}")
+        self.c, self.A = c, A
+
+    def _matmat(self, V):
+        return self.c * self.A._matmat(V)
+
+    def _adjoint(self, U):
+        return self.c * self.A._adjoint(U)
+
+    def _gram(self, V):
+        return self.c ** 2 * self.A._gram(V)
+
+    def _cogram(self, U):
+        return self.c ** 2 * self.A._cogram(U)
+
+
+class IdentityOperator(LinearOperator):
+    """The ``n × n`` identity (for ``I − J``: ``IdentityOperator(n, dtype=J.dtype, device=J.device) - J``)."""
+
+    def __init__(self, n: int, *, dtype: torch.dtype, device: torch.device | str):
+        super().__init__((n, n), dtype=dtype, device=device, name="I")
+
+    def _matmat(self, V):
+        return V
+
+    _adjoint = _gram = _cogram = _matmat
+
+
+class InverseOperator(LinearOperator):
+    """``A⁻¹`` of a square operator, each product solving ``A z = v`` (``Aᵀ w = u`` for the transpose) by restarted
+    GMRES (:func:`hamgrad._krylov.gmres`), one right-hand side at a time.
+
+    Args:
+        A: a square :class:`LinearOperator`.
+        tol: the solves' relative residual tolerance.
+        max_iter: the solves' limit on products with ``A``.
+
+    ``solves`` collects every solve's :class:`hamgrad._krylov.LinearSolveResult` (shared with the transpose):
+    check their ``converged`` before trusting a product.
+    """
+
+    def __init__(self, A: LinearOperator, tol: float, max_iter: int = 500, *, _solves: list | None = None):
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"InverseOperator needs a square operator, {A.name} has shape {A.shape}")
+        super().__init__(A.shape, dtype=A.dtype, device=A.device, name=f"({A.name})⁻¹")
+        self.A, self.tol, self.max_iter = A, check_positive(tol, "tol"), check_steps(max_iter, "max_iter")
+        self.solves = [] if _solves is None else _solves
+
+    def _solve(self, product, V):
+        results = [gmres(lambda v: product(v.unsqueeze(0))[0], b, self.tol, self.max_iter) for b in V]
+        self.solves.extend(results)
+        return torch.stack([r.x for r in results]) if results else V.clone()
+
+    def _matmat(self, V):
+        return self._solve(self.A._matmat, V)
+
+    def _adjoint(self, U):
+        return self._solve(self.A._adjoint, U)
+
+    @property
+    def T(self) -> LinearOperator:
+        return InverseOperator(self.A.T, self.tol, self.max_iter, _solves=self.solves)
+
+
+class JacobianOperator(LinearOperator):
+    """The Jacobian of a linearisation (:mod:`hamgrad.analysis.linearize`) w.r.t. ``x`` or the state ``h`` (shaped
+    like ``h_like``), on flat vectors: products are the linearisation's batched JVPs and VJPs, and its hand-derived
+    Gram products where it has them (``lin.gram_products(wrt)``)."""
+
+    def __init__(self, lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str):
+        m = sum(t.numel() for t in lin.out)
+        n = x.numel() if wrt == "x" else sum(t.numel() for t in h_like)
+        super().__init__((m, n), dtype=x.dtype, device=x.device, name=name)
+        self.lin, self.wrt, self.h_like, self.x_shape = lin, wrt, h_like, x.shape
+        self._gram_fn, self._cogram_fn = lin.gram_products(wrt)
+
+    def _matmat(self, V):
+        if self.wrt == "x":
+            return flatten_block(self.lin.jvp(None, V.reshape(V.shape[0], *self.x_shape)))
+        return flatten_block(self.lin.jvp(unflatten_block(V, self.h_like), None))
+
+    def _adjoint(self, U):
+        gh, gx = self.lin.vjp(unflatten_block(U, self.lin.out), wrt_x=self.wrt == "x")
+        return gx.reshape(U.shape[0], -1) if self.wrt == "x" else flatten_block(gh)
+
+    def _gram(self, V):
+        if self._gram_fn is None:
+            return super()._gram(V)
+        return flatten_block(self._gram_fn(unflatten_block(V, self.h_like)))
+
+    def _cogram(self, U):
+        if self._cogram_fn is None:
+            return super()._cogram(U)
+        return flatten_block(self._cogram_fn(unflatten_block(U, self.lin.out)))
+
+
 # ---------------------------------------------------------------------- Jacobians of steps and of unrolled solves
-def analysis_point(x: torch.Tensor, h=None, name: str = "h") -> tuple:
+def analysis_point(x: torch.Tensor, h=None, name: str = "h", model: FixedPoint | None = None) -> tuple:
     """``(x, h)`` checked and detached, in the precision the analysis computes in: half-precision tensors become
-    float32, as inside the solvers (``h`` may be ``None``)."""
+    float32, as inside the solvers (``h`` may be ``None``).
+
+    With ``model``, ``x`` and ``h`` get the checks :func:`hamgrad.solve` applies: its solver's ``check_input`` and
+    ``check_state`` (e.g. a negative ``x`` for NMF, a state of the wrong shape), or finite values for a user's F.
+    """
     x = check_float_tensor(x, "x").detach()
+    solver = None if model is None else model.solver
+    if model is not None:
+        if callable(getattr(solver, "check_input", None)):
+            solver.check_input(x)
+        else:
+            check_finite(x, "x")
     x = x.to(compute_dtype(x.dtype))
     if h is not None:
-        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in as_state(h, name))
+        h = as_state(h, name)
+        if callable(getattr(solver, "check_state", None)):
+            solver.check_state(x, h, name)
+        if model is not None:
+            for i, t in enumerate(h):
+                check_finite(t.detach(), f"{name}[{i}]")
+        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in h)
     return x, h
 
 
 def linear_operator(lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str) -> LinearOperator:
-    """The Jacobian of a linearisation (:mod:`hamgrad.analysis.linearize`) w.r.t. ``x`` or the state ``h``
-    (shaped like ``h_like``), on flat vectors."""
-    out_like = lin.out
-    m = sum(t.numel() for t in out_like)
-    n = x.numel() if wrt == "x" else sum(t.numel() for t in h_like)
-
-    def apply(V):
-        if wrt == "x":
-            return flatten_block(lin.jvp(None, V.reshape(V.shape[0], *x.shape)))
-        return flatten_block(lin.jvp(unflatten_block(V, h_like), None))
-
-    def rapply(U):
-        gh, gx = lin.vjp(unflatten_block(U, out_like), wrt_x=wrt == "x")
-        return gx.reshape(U.shape[0], -1) if wrt == "x" else flatten_block(gh)
-
-    gram = cogram = None
-    if isinstance(lin, NMFLinearization):  # the hand-derived Gram products, without d × n tangents
-        if wrt == "x" and lin.cache:
-            def cogram(U):
-                return flatten_block(lin.x_cogram(unflatten_block(U, out_like)))
-        elif wrt == "h" and not lin.cache:
-            def gram(V):
-                return flatten_block(lin.h_gram(unflatten_block(V, h_like)))
-    return LinearOperator((m, n), apply, rapply, dtype=x.dtype, device=x.device, name=name, gram=gram,
-                          cogram=cogram)
+    """The Jacobian of a linearisation w.r.t. ``x`` or the state ``h`` (shaped like ``h_like``): a
+    :class:`JacobianOperator`."""
+    return JacobianOperator(lin, wrt, h_like, x, name)
 
 
 def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
@@ -221,12 +431,13 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
         operator is a constant.
     """
     check_choice(wrt, "wrt", WRT)
-    x, h = analysis_point(x, h)
     if callable(F) and not isinstance(F, FixedPoint):
+        x, h = analysis_point(x, h)
         lin = AutogradLinearization(F, h, x)
         name = getattr(F, "__name__", "F")
     else:
         fp = as_fixed_point(F)
+        x, h = analysis_point(x, h, model=fp)
         lin = linearize(fp, h, x, steps=1)
         name = fp.name
     if len(lin.out) != len(h) or any(a.shape != b.shape for a, b in zip(lin.out, h)):
@@ -250,22 +461,31 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
     intermediates are computed once, at construction; for other models each block of JVPs reruns the forward
     pass once (under ``vmap``) and the VJPs reuse one autograd graph.
 
-    For the built-in NMF, whose readout ``y = DC`` does not depend on ``x``, ``∂y/∂x`` is returned as the composition
+    For a solver whose registered linearisation (:func:`hamgrad.analysis.linearize.register_linearization`) has a
+    readout that does not depend on ``x`` — the built-in NMF, ``y = DC`` — ``∂y/∂x`` is returned as the composition
     ``(∂y/∂h^K) @ (∂h^K/∂x)`` (``.factors``) through the state, which is smaller than ``x``: :func:`svdvals` then
     works in the state space, with hand-derived Gram products that never form a ``d × n`` tangent.
+
+    Returns:
+        A :class:`LinearOperator`.
+
+    Raises:
+        TypeError, ValueError: for a model, ``x``, ``h0``, ``steps`` or ``wrt`` that :func:`hamgrad.solve` (or the
+            choices) would reject.
     """
     check_choice(wrt, "wrt", WRT)
     check_steps(steps)
     fp = as_fixed_point(model)
-    x, h = analysis_point(x, h0, "h0")
+    x, h = analysis_point(x, h0, "h0", model=fp)
     if h is None:
         with torch.no_grad():
             h = fp.init(x, generator=generator)
     name = f"d{'y' if readout else f'h^{steps}'}/d{'x' if wrt == 'x' else 'h^0'}"
-    if readout and wrt == "x" and hand_derived(fp):
+    entry = registered_linearization(fp)
+    if readout and wrt == "x" and entry is not None and not entry.readout_uses_x:
         state = linearize(fp, h, x, steps)
-        J = (linear_operator(linearize(fp, state.final, x, 0, readout=True), "h", state.final, x, f"dy/dh^{steps}")
-             @ linear_operator(state, "x", h, x, f"dh^{steps}/dx"))
-        J.name = name
-        return J
+        final = state.out  # h^K
+        return _Composition(linear_operator(linearize(fp, final, x, 0, readout=True), "h", final, x,
+                                            f"dy/dh^{steps}"),
+                            linear_operator(state, "x", h, x, f"dh^{steps}/dx"), name=name)
     return linear_operator(linearize(fp, h, x, steps, readout), wrt, h, x, name)

@@ -1,8 +1,9 @@
 """Spectra of linear operators: top-k eigenvalues and singular values, with residuals and matvec counts.
 
 =============  ==================================================================================================
-``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK, seeded start vector), ``power``
-               (k = 1; reports non-convergence, e.g. for a complex dominant pair, instead of a number)
+``eigvals``    ``dense`` (``torch.linalg.eig``), ``arnoldi`` (SciPy ``eigs``/ARPACK from a block of seeded start
+               vectors, Rayleigh–Ritz on their Ritz vectors together), ``power`` (k = 1; reports non-convergence,
+               e.g. for a complex dominant pair, with a warning instead of a number)
 ``svdvals``    ``dense`` (``torch.linalg.svd``), ``lanczos`` (torch-native block Lanczos with thick restarts and
                full reorthogonalisation on ``JᵀJ`` or ``JJᵀ``, whichever is smaller, through the operator's
                ``gram``/``cogram``; for a composition ``J = G @ M`` through a smaller inner space, on
@@ -25,7 +26,13 @@ For singular values the bound is sharper: a relative residual ``ρ`` puts ``σ``
 need ``tol=2e-4``.
 It does not prove that no larger value was missed: a Krylov method finds the top of a spectrum with high
 probability, but a start block of b vectors can skip a value of multiplicity above b, or one inside a tight
-cluster (``svdvals``' ``block``).
+cluster (the ``block`` of ``svdvals`` and of ``eigvals``' ``arnoldi``).
+
+Noise floor: a value at or below ``Spectrum.noise_floor`` is rounding noise of the method, reported but not
+certified (``Spectrum.certified``; ``converged`` only counts the certified values): ``max(m, n) · eps`` times the
+largest for the direct methods and for ``arnoldi``/``power`` (backward-stable: the values carry an error of about
+``eps ‖J‖``), ``10 √eps`` times the largest for ``lanczos`` (it works on ``JᵀJ``: ``σ²`` carries ``eps σ_max²``, so
+``σ`` carries ``√eps σ_max``). Past an operator's numerical rank, the values are below the floor.
 
 ``spectral_radius`` and ``spectral_norm`` return floats: ``nan`` (and a :class:`hamgrad.ConvergenceWarning`) when
 their method did not converge.
@@ -67,8 +74,11 @@ class Spectrum:
             decreasing order. ``nan`` where a method found no converged value (``power`` on a complex pair).
         residuals: CPU float64 tensor of length k, each value's relative residual (see the module docstring).
         matvecs: operator or transpose applications to one vector.
-        converged: every residual is at most ``tol`` (always ``True`` for ``dense``: a direct method).
+        converged: every certified value's residual is at most ``tol`` (always ``True`` for ``dense``: a direct
+            method).
         method, seconds, tol: how it was computed.
+        noise_floor: the modulus at or below which a value is the method's rounding noise (see the module
+            docstring): such a value is reported but not certified, whatever its residual says.
     """
 
     values: torch.Tensor
@@ -78,6 +88,12 @@ class Spectrum:
     method: str
     seconds: float
     tol: float
+    noise_floor: float = 0.0
+
+    @property
+    def certified(self) -> torch.Tensor:
+        """Bool tensor of length k: the value stands above the noise floor (or the spectrum is exactly zero)."""
+        return (self.values.abs() > self.noise_floor) | (self.noise_floor == 0)
 
     def to_dict(self) -> dict:
         """Plain data; complex values as ``[re, im]`` pairs."""
@@ -86,7 +102,19 @@ class Spectrum:
         else:
             values = [float(v) for v in self.values]
         return {"values": values, "residuals": [float(r) for r in self.residuals], "matvecs": self.matvecs,
-                "converged": self.converged, "method": self.method, "seconds": self.seconds, "tol": self.tol}
+                "converged": self.converged, "method": self.method, "seconds": self.seconds, "tol": self.tol,
+                "noise_floor": self.noise_floor, "certified": [bool(c) for c in self.certified]}
+
+
+def _finish(values: torch.Tensor, res: torch.Tensor, counted, method: str, start: float, tol: float,
+            floor_factor: float) -> Spectrum:
+    """The :class:`Spectrum` of computed values: the noise floor is ``floor_factor`` times the largest modulus, and
+    ``converged`` holds the certified values' residuals to ``tol``."""
+    top = values.abs().nan_to_num(nan=0.0)
+    floor = floor_factor * float(top.max()) if len(top) else 0.0
+    spec = Spectrum(values, res.double(), counted.count, True, method, time.perf_counter() - start, tol, floor)
+    spec.converged = method == "dense" or bool((res[spec.certified] <= tol).all())
+    return spec
 
 
 class _Counted:
@@ -183,9 +211,15 @@ def _eig_dense(J, counted, k):
     return values.cpu(), res
 
 
-def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator):
-    """Top-k eigenvalues by ARPACK (``nan`` and residual ``inf`` for those it did not find)."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator as SciPyOperator, eigs
+def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, block, generator):
+    """Top-k eigenvalues by ARPACK (``nan`` and residual ``inf`` for those it did not find).
+
+    With ``block > 1``, ARPACK runs from ``block`` independent start vectors and the eigenvalues are the Ritz values
+    of ``J`` on the span of all the runs' Ritz vectors (Rayleigh–Ritz): one start vector sees a single direction of
+    each eigenspace, so a value of multiplicity m shows up m times only when ``block >= m``. When ARPACK finds the
+    range of ``J`` exhausted (its "starting vector is zero": ``J`` is zero or of low rank), the spectrum comes from
+    :func:`_eig_low_rank`."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator as SciPyOperator, eigs
 
     n = J.shape[0]
     if k > n - 2:
@@ -197,19 +231,68 @@ def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator):
         return sp.matvec(v)
 
     op = SciPyOperator(sp.shape, matvec=counted_mv, dtype=sp.dtype)
-    v0 = _randn((n,), generator, J).cpu().numpy().astype(sp.dtype)
-    try:
-        values, vectors = eigs(op, k=k, which="LM", v0=v0, tol=tol, maxiter=maxiter, ncv=ncv)
-    except ArpackNoConvergence as err:
-        values, vectors = err.eigenvalues, err.eigenvectors
-    values = torch.as_tensor(np.asarray(values, dtype=np.complex128))
-    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.complex128)).reshape(n, -1)
-    values, vectors = _sort_by_modulus(values, vectors)
-    res = _eig_residuals(counted, values.to(J.device), vectors.to(J.device)) if len(values) else torch.zeros(0)
+    found_values, found_vectors = [], []
+    for _ in range(block):
+        v0 = _randn((n,), generator, J).cpu().numpy().astype(sp.dtype)
+        try:
+            values, vectors = eigs(op, k=k, which="LM", v0=v0, tol=tol, maxiter=maxiter, ncv=ncv)
+        except ArpackNoConvergence as err:
+            values, vectors = err.eigenvalues, err.eigenvectors
+        except ArpackError as err:
+            if "error -9:" not in str(err):  # -9: "starting vector is zero", the range of J is exhausted
+                raise
+            return _eig_low_rank(J, counted, k, ncv or min(n, max(2 * k + 1, 20)), generator)
+        found_values.append(torch.as_tensor(np.asarray(values, dtype=np.complex128)))
+        found_vectors.append(torch.as_tensor(np.asarray(vectors, dtype=np.complex128)).reshape(n, -1))
+    if block == 1:
+        values, vectors = _sort_by_modulus(found_values[0], found_vectors[0])
+        res = _eig_residuals(counted, values.to(J.device), vectors.to(J.device)) if len(values) else torch.zeros(0)
+    else:
+        values, res = _rayleigh_ritz(J, counted, torch.cat(found_vectors, dim=1), k, 1e-3)
     missing = k - len(values)  # ARPACK gave up before finding all k
     values = torch.cat([values, torch.full((missing,), complex("nan+nanj"), dtype=values.dtype)])
     res = torch.cat([res, torch.full((missing,), math.inf, dtype=torch.float64)])
     return values.to(torch.complex128), res
+
+
+def _rayleigh_ritz(J, counted, X: torch.Tensor, k: int, cutoff: float) -> tuple:
+    """The top-k Ritz values of ``J`` on the span of the (complex) columns of ``X`` and their residuals
+    ``‖Jv − θv‖ / |θ|``: ``Q`` an orthonormal real basis of the span, ``θ`` the eigenvalues of ``Qᵀ J Q``. Directions
+    of ``X`` whose singular value is below ``cutoff`` times the largest are dropped: between two runs' versions of
+    the same eigenvector, only their errors differ, and such a direction would add a spurious Ritz value."""
+    real = torch.cat([X.real, X.imag], dim=1).to(device=J.device, dtype=torch.float64)
+    U, S, _ = torch.linalg.svd(real, full_matrices=False)
+    Q = U[:, S > S[0] * cutoff] if len(S) and S[0] > 0 else U[:, :0]
+    JQ = counted.apply(Q.mT.to(J.dtype)).mT.double()
+    theta, Y = torch.linalg.eig(Q.mT @ JQ)
+    theta, Y = _sort_by_modulus(theta, Y)
+    theta, Y = theta[:k], Y[:, :k]
+    Y = Y / Y.norm(dim=0, keepdim=True)  # Q Y has unit columns
+    res = (JQ.to(Y.dtype) @ Y - theta * (Q.to(Y.dtype) @ Y)).norm(dim=0)
+    return theta.cpu(), (res / theta.abs().clamp_min(torch.finfo(torch.float64).tiny)).double().cpu()
+
+
+def _eig_low_rank(J, counted, k, p, generator):
+    """The top-k eigenvalues of an operator of rank below ``p`` (zero included): ``Q``, an orthonormal basis of the
+    range of ``J`` from ``J Ω`` (``Ω`` ``p`` random vectors), holds every eigenvector of a nonzero eigenvalue
+    (``v = Jv / λ``), so those are the Ritz values on ``Q`` and the rest are zeros (residual 0). Raises the ARPACK
+    error's meaning as a RuntimeError when ``J Ω`` has full rank (the range is not exhausted after all)."""
+    n = J.shape[0]
+    p = min(n, p + 10)
+    Y = counted.apply(_randn((p, n), generator, J)).mT.double()
+    S = torch.linalg.svdvals(Y)
+    rank = int((S > S[0] * p * torch.finfo(J.dtype).eps).sum()) if S[0] > 0 else 0
+    if rank == p:
+        raise RuntimeError("eigvals(method='arnoldi'): ARPACK found the operator's range exhausted, but it has rank "
+                           f">= {p}; try another generator or method='dense'")
+    if rank == 0:
+        values, res = torch.zeros(0, dtype=torch.complex128), torch.zeros(0, dtype=torch.float64)
+    else:
+        values, res = _rayleigh_ritz(J, counted, torch.linalg.svd(Y, full_matrices=False)[0][:, :rank].cpu()
+                                     .to(torch.complex128), k, 0.0)
+    missing = k - len(values)
+    return (torch.cat([values.to(torch.complex128), torch.zeros(missing, dtype=torch.complex128)]),
+            torch.cat([res, torch.zeros(missing, dtype=torch.float64)]))
 
 
 def _eig_power(J, counted, tol, maxiter, generator):
@@ -236,7 +319,7 @@ def _eig_power(J, counted, tol, maxiter, generator):
 
 
 def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, maxiter: int | None = None,
-            ncv: int | None = None, generator: torch.Generator | None = None) -> Spectrum:
+            ncv: int | None = None, block: int | None = None, generator: torch.Generator | None = None) -> Spectrum:
     """The k eigenvalues of largest modulus of a square operator.
 
     Args:
@@ -247,10 +330,20 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
             ``arnoldi``.
         maxiter: iteration limit (``arnoldi``: ARPACK restarts, default ``10 n``; ``power``: products, default 1000).
         ncv: ``arnoldi`` basis size (ARPACK's ``ncv``; default ``min(n, max(2k + 1, 20))``).
-        generator: seeds the start vector (default: a CPU generator seeded with 0).
+        block: ``arnoldi`` start vectors, default ``min(k, 2)``: ARPACK runs once from each and the values are the
+            Ritz values on all the runs' Ritz vectors together, which finds an eigenvalue of multiplicity up to
+            ``block`` as many times (one start vector finds it once: a block-diagonal Jacobian with equal blocks has
+            every eigenvalue repeated). Costs ``block`` times the products.
+        generator: seeds the start vectors (default: a CPU generator seeded with 0).
 
     Returns:
         :class:`Spectrum` with complex ``values`` in decreasing modulus.
+
+    Raises:
+        TypeError, ValueError: for an argument out of range (the message names it).
+
+    Warns:
+        :class:`hamgrad.ConvergenceWarning` when ``power`` did not converge (its value is then ``nan``).
     """
     J = _check_operator(J)
     if J.shape[0] != J.shape[1]:
@@ -267,18 +360,23 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         check_steps(maxiter, "maxiter")
     if ncv is not None and (isinstance(ncv, bool) or not isinstance(ncv, int) or not k < ncv <= n):
         raise ValueError(f"ncv must be an int with k < ncv <= n = {n} (k = {k}), got {ncv!r}")
+    block = min(k, 2) if block is None else _check_k(block, n, "the operator's size", "block")
     generator = _generator(generator)
     counted = _Counted(J)
     start = time.perf_counter()
     if method == "dense":
         values, res = _eig_dense(J, counted, k)
     elif method == "arnoldi":
-        values, res = _eig_arnoldi(J, counted, k, tol, maxiter, ncv, generator)
+        values, res = _eig_arnoldi(J, counted, k, tol, maxiter, ncv, block, generator)
     else:
         values, res = _eig_power(J, counted, tol, 1000 if maxiter is None else maxiter, generator)
-    seconds = time.perf_counter() - start
-    converged = bool((res <= tol).all()) or method == "dense"
-    return Spectrum(values.to(torch.complex128), res, counted.count, converged, method, seconds, tol)
+    spec = _finish(values.to(torch.complex128), res, counted, method, start, tol, n * torch.finfo(J.dtype).eps)
+    if method == "power" and not spec.converged:
+        warnings.warn(f"eigvals(method='power') did not converge after {spec.matvecs} products (relative residual "
+                      f"{float(res[0]):.3g} > tol {tol:.1g}): the value is nan. The dominant eigenvalues may be a "
+                      "complex pair, λ and −λ, or close in modulus; use method='arnoldi'", ConvergenceWarning,
+                      stacklevel=2)
+    return spec
 
 
 # ---------------------------------------------------------------------- singular values
@@ -475,7 +573,11 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         generator: seeds the start block (default: a CPU generator seeded with 0).
 
     Returns:
-        :class:`Spectrum` with real ``values`` in decreasing order.
+        :class:`Spectrum` with real ``values`` in decreasing order; past the numerical rank they fall below
+        ``noise_floor`` and are not ``certified``.
+
+    Raises:
+        TypeError, ValueError: for an argument out of range (the message names it).
     """
     J = _check_operator(J)
     check_choice(method, "method", SVD_METHODS)
@@ -494,9 +596,9 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         if maxiter is not None:
             check_steps(maxiter, "maxiter")
         values, res = _svd_lanczos(J, counted, k, tol, block, ncv, 1000 if maxiter is None else maxiter, generator)
-    seconds = time.perf_counter() - start
-    converged = bool((res <= tol).all()) or method == "dense"
-    return Spectrum(values.double(), res.double(), counted.count, converged, method, seconds, tol)
+    eps = torch.finfo(J.dtype).eps
+    return _finish(values.double(), res, counted, method, start, tol,
+                   max(J.shape) * eps if method == "dense" else 10 * math.sqrt(eps))
 
 
 # ---------------------------------------------------------------------- scalars

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .._checks import check_int
 from ..data import GlobalContextShapes
 from ..grad import parse_grad_mode
+from ..nn import CONTEXTS
 from ..solvers import available_solvers
 
 __all__ = ["AblationConfig", "RunSpec"]
@@ -17,18 +18,26 @@ __all__ = ["AblationConfig", "RunSpec"]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of a sweep: a solver and gradient mode (``None`` for the no-ham baseline) and a seed."""
+    """One training run of a sweep: a solver, gradient mode and solver steps K (all ``None`` for the no-ham
+    baseline) and a seed; or a non-ham context module (``context``: ``"sa"``, ``"a2"``, ``"gap"``; then ``solver``,
+    ``grad`` and ``steps`` are ``None``)."""
 
     solver: str | None
     grad: str | None
     seed: int
+    steps: int | None = None
+    context: str | None = None
 
     @property
     def run_id(self) -> str:
-        """A file-name-safe identifier, e.g. ``nmf_one-step_seed0``, ``nmf_truncated2_seed1``, ``none_seed0``."""
+        """A file-name-safe identifier, e.g. ``nmf_one-step_K6_seed0``, ``nmf_truncated2_K12_seed1``,
+        ``none_seed0``, ``sa_seed0``."""
+        if self.context is not None:
+            return f"{self.context}_seed{self.seed}"
         if self.solver is None:
             return f"none_seed{self.seed}"
-        return f"{self.solver}_{self.grad.replace(':', '')}_seed{self.seed}"
+        k = "" if self.steps is None else f"_K{self.steps}"
+        return f"{self.solver}_{self.grad.replace(':', '')}{k}_seed{self.seed}"
 
 
 def _number(value, name: str, minimum: float, inclusive: bool) -> float:
@@ -57,8 +66,12 @@ class AblationConfig:
         seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
             encoder weights and batch order for every combination.
         baseline: also train ``HamNet(ham=None)`` for each seed.
+        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"a2"`` double
+            attention, ``"gap"`` global pooling; see :mod:`hamgrad.nn.attention`), one run per module and seed, with
+            the same training budget, sized by ``d`` (and ``rank`` for A²).
     Model (:class:`hamgrad.nn.HamNet`):
-        steps: solver steps K in training; eval_steps: in evaluation (``None``: ``steps + 1``, the paper's 6/7).
+        steps: solver steps K in training, an int or a tuple of them (a sweep axis: every solver × mode × seed runs at
+            each K); eval_steps: in evaluation (``None``: K + 1, the paper's 6/7; an int: the same for every K).
         width, output_stride, d, rank: network width, output stride (4 or 8), ham channels, ham rank (< d).
     Training (AdamW, linear warm-up over the first 5% of iterations then cosine decay to 0):
         iters, batch_size, lr, weight_decay.
@@ -74,7 +87,8 @@ class AblationConfig:
     grads: tuple = ("one-step", "bptt")
     seeds: int = 3
     baseline: bool = True
-    steps: int = 6
+    contexts: tuple = ()
+    steps: int | tuple = 6
     eval_steps: int | None = None
     width: int = 32
     output_stride: int = 4
@@ -97,25 +111,43 @@ class AblationConfig:
     def __post_init__(self):
         object.__setattr__(self, "solvers", _names(self.solvers, "solvers"))
         object.__setattr__(self, "grads", _names(self.grads, "grads"))
+        object.__setattr__(self, "contexts", _names(self.contexts, "contexts"))
+        for c in self.contexts:
+            if c not in CONTEXTS:
+                raise ValueError(f"unknown context module {c!r} in contexts; expected names from {sorted(CONTEXTS)} "
+                                 f"(the hams go in solvers)")
         if isinstance(self.num_shapes, list):
             object.__setattr__(self, "num_shapes", tuple(self.num_shapes))
+        if isinstance(self.steps, list):
+            object.__setattr__(self, "steps", tuple(self.steps))
+        if isinstance(self.steps, tuple):
+            if not self.steps:
+                raise ValueError("steps must be an int or a non-empty tuple of ints, got ()")
+            for k in self.steps:
+                check_int(k, "steps", 1)
+            if len(set(self.steps)) != len(self.steps):
+                raise ValueError(f"steps has duplicates: {list(self.steps)}")
         known = available_solvers()
         for s in self.solvers:
             if s not in known:
                 raise ValueError(f"unknown solver {s!r} in solvers; registered: {known}")
-        for name in ("seeds", "steps", "width", "d", "rank", "iters", "batch_size", "log_every",
+        for name in ("seeds", "width", "d", "rank", "iters", "batch_size", "log_every",
                      "checkpoint_every", "image_size", "train_samples", "val_samples"):
             check_int(getattr(self, name), name, 1)
         check_int(self.data_seed, "data_seed", 0)
         if self.eval_steps is not None:
             check_int(self.eval_steps, "eval_steps", 1)
-        for g in self.grads:
-            parse_grad_mode(g, self.steps)
-            parse_grad_mode(g, self.resolved_eval_steps)
+        if not isinstance(self.steps, tuple):
+            check_int(self.steps, "steps", 1)
+        for k in self.step_values:
+            for g in self.grads:
+                parse_grad_mode(g, k)
+                parse_grad_mode(g, self.eval_steps_for(k))
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
-        if not self.solvers and not self.baseline:
-            raise ValueError("the sweep is empty: give at least one solver in solvers or set baseline=True")
+        if not self.solvers and not self.baseline and not self.contexts:
+            raise ValueError("the sweep is empty: give at least one solver in solvers or context in contexts, or set "
+                             "baseline=True")
         if bool(self.solvers) != bool(self.grads):
             raise ValueError(f"solvers and grads must both be empty or both non-empty, got solvers={self.solvers} "
                              f"and grads={self.grads}")
@@ -137,9 +169,20 @@ class AblationConfig:
         self.dataset()  # the dataset checks image_size, num_families, num_shapes and noise
 
     @property
+    def step_values(self) -> tuple:
+        """The training solver steps K of the sweep, as a tuple (one value when ``steps`` is an int)."""
+        return self.steps if isinstance(self.steps, tuple) else (self.steps,)
+
+    def eval_steps_for(self, steps: int) -> int:
+        """The evaluation's solver steps for training steps K = ``steps``: ``eval_steps``, or K + 1 when ``None``."""
+        return steps + 1 if self.eval_steps is None else self.eval_steps
+
+    @property
     def resolved_eval_steps(self) -> int:
-        """The evaluation's solver steps: ``eval_steps``, or ``steps + 1`` when it is ``None``."""
-        return self.steps + 1 if self.eval_steps is None else self.eval_steps
+        """The evaluation's solver steps of a sweep with one K (see :meth:`eval_steps_for`)."""
+        if isinstance(self.steps, tuple):
+            raise ValueError(f"steps={self.steps} is a sweep axis: use eval_steps_for(K) for each K")
+        return self.eval_steps_for(self.steps)
 
     @property
     def num_classes(self) -> int:
@@ -153,10 +196,12 @@ class AblationConfig:
                                    seed=self.data_seed)
 
     def runs(self) -> list[RunSpec]:
-        """The sweep's runs in training order: the baselines first, then solver × grad × seed."""
+        """The sweep's runs in training order: the baselines (one per seed: no ham, no K) first, then
+        K × solver × grad × seed (the smallest K first), then context × seed."""
         baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
-        return baseline + [RunSpec(solver, grad, s) for solver in self.solvers for grad in self.grads
-                           for s in range(self.seeds)]
+        return baseline + [RunSpec(solver, grad, s, k) for k in self.step_values for solver in self.solvers
+                           for grad in self.grads for s in range(self.seeds)] + \
+            [RunSpec(None, None, s, context=c) for c in self.contexts for s in range(self.seeds)]
 
     @classmethod
     def quick(cls, **overrides) -> "AblationConfig":

@@ -38,15 +38,20 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..nn import HamNet
-from .config import AblationConfig, RunSpec
+from .._checks import check_int
+from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
 
 __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_model", "CSV_COLUMNS"]
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
-CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc", "final_loss",
-               "diverged", "train_seconds", "eval_seconds", "finished_at")
+#: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
+#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` are ``None`` for the
+#: no-ham baseline. ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``,
+#: or ``none``.
+CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc",
+               "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
 #: Keys of a finished (``status == "ok"``) row besides the run's identity.
@@ -73,7 +78,7 @@ def _csv_text(rows: list) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if r[k] is None else r[k] for k in CSV_COLUMNS} for r in rows)
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS} for r in rows)
     return buf.getvalue()
 
 
@@ -101,7 +106,7 @@ def _row_problem(row: dict, spec: RunSpec | None) -> str | None:
     """Why ``row`` is not a row of run ``spec`` (``None`` when it is)."""
     if spec is None:
         return "its run is not in the sweep's config"
-    expected = {"solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed}
+    expected = {"solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed, "steps": spec.steps}
     wrong = [f"{k}={row.get(k)!r} (expected {v!r})" for k, v in expected.items() if row.get(k) != v]
     if wrong:
         return "it does not match its run: " + ", ".join(wrong)
@@ -145,6 +150,7 @@ def load_results(out_dir) -> list[dict]:
             ignored.append(f"line {number} (run {row['run_id']}): {problem}")
             continue
         seen.add(row["run_id"])
+        row.setdefault("status", "ok")  # rows written before failed runs were recorded
         rows.append(row)
     if ignored:
         warnings.warn(f"{path}: ignored {len(ignored)} row(s): " + "; ".join(ignored), stacklevel=2)
@@ -244,9 +250,10 @@ def _data(config: AblationConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG)."""
+    k = config.step_values[0] if spec.steps is None else spec.steps  # the baseline has no ham: K is unused
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
-                  d=config.d, rank=config.rank, steps=(config.steps, config.resolved_eval_steps),
-                  grad=spec.grad or "one-step")
+                  d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step",
+                  context=spec.context)
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
@@ -350,6 +357,12 @@ def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config:
     return conf.cpu()
 
 
+def _identity(config: AblationConfig, spec: RunSpec) -> dict:
+    """The columns of a row that name its run."""
+    return {"run_id": spec.run_id, "solver": spec.context or spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+            "steps": spec.steps, "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps)}
+
+
 def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.device, bar) -> dict:
     """Train (or resume) and evaluate one run; returns its results row."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +385,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
             rng.set_rng_state(ckpt["rng_device"].cpu(), device)
         state = {k: ckpt[k] for k in state}
         bar.update(state["step"])
+    resumed_from = state["step"]
 
     model.train()
     running = torch.zeros((), device=device)
@@ -402,45 +416,67 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     iou = iou_per_class(conf)
     losses = state["curve"]["loss"]
     return {
-        "run_id": spec.run_id, "status": "ok", "solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
-        "steps": config.steps, "eval_steps": config.resolved_eval_steps, "iters": config.iters,
+        **_identity(config, spec), "status": "ok", "iters": config.iters,
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
         "final_loss": losses[-1] if losses else None, "diverged": state["diverged"],
         "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(time.perf_counter() - start, 3),
+        "resumed_from": resumed_from,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
         "curve": state["curve"],
     }
 
 
 def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, device="cpu",
-                 progress: bool = True) -> Summary:
+                 progress: bool = True, workers: int = 1, address: str | None = None, cpus_per_run: float = 1,
+                 gpus_per_run: float = 0, retries: int = 1) -> Summary:
     """Train and evaluate every run of ``config`` (see :class:`AblationConfig`), resumably, into ``out_dir``.
 
     Each run trains :class:`hamgrad.nn.HamNet` on :class:`hamgrad.data.GlobalContextShapes` with seed-controlled
     weights, batches and ham initialisations, evaluates mIoU and pixel accuracy on the validation items, and appends
     one row to ``results.jsonl``/``results.csv``; the Table-1-style summary is rewritten after every run. Calling
-    it again on the same folder resumes the sweep (see the module docstring); finished runs are skipped.
+    it again on the same folder resumes the sweep (see the module docstring); finished runs are skipped, runs
+    recorded as failed are tried again.
+
+    With ``workers=1`` and no ``address`` the runs train one after another in this process (Ray is not imported).
+    Otherwise each run is a Ray task (``pip install 'hamgrad[ray]'``): up to ``workers`` at once, each reserving
+    ``cpus_per_run`` CPUs (its torch threads) and ``gpus_per_run`` GPUs; the driver (this process) is the only writer
+    of the results and summary, and a run's checkpoints stay in ``out_dir/runs``, so ``out_dir`` must be on a
+    filesystem every worker shares. A run gives the same numbers either way (bitwise on CPU at the same number of
+    torch threads).
 
     Args:
         config: the sweep.
         out_dir: its folder (created if needed). A folder holding a sweep of a different config, or other files, is
             refused unless ``overwrite=True``, which deletes that sweep's files (only the ones this runner writes).
-        device: where to train (``"cpu"``, ``"cuda"``, a ``torch.device``).
-        progress: show a tqdm progress bar over all training iterations and print the summary at the end.
+        device: where to train (``"cpu"``, ``"cuda"``, a ``torch.device``); with Ray, on each worker.
+        progress: show a tqdm progress bar and print the summary at the end.
+        workers: how many runs train at once (1: in this process).
+        address: ``None`` starts a local Ray instance when ``workers > 1`` (a Ray instance already started in this
+            process is used as it is); ``"auto"`` or ``"HOST:PORT"`` attaches to a running Ray cluster.
+        cpus_per_run, gpus_per_run: Ray resources of each run (ignored in-process).
+        retries: how many times a run that raises (or whose worker dies) is tried again before it is recorded as
+            a failed row (``status="failed"`` with its ``error``; shown in the summary).
 
     Returns:
-        the :class:`~hamgrad.experiments.Summary` of the finished runs (also in ``summary.md``/``summary.json``).
+        the :class:`~hamgrad.experiments.Summary` of the sweep's rows (also in ``summary.md``/``summary.json``).
 
     Raises:
         ValueError: naming the argument or file: a ``device`` this machine lacks; an ``out_dir`` that is a file, holds
             other files or another config's sweep (without ``overwrite``), or is locked by another running driver
             (``out_dir/ablate.lock`` names it; the lock of a driver that died is taken over); a damaged
-            ``results.jsonl``, ``config.json`` or checkpoint, or a checkpoint another run or config wrote.
+            ``results.jsonl``, ``config.json`` or checkpoint, or a checkpoint another run or config wrote; Ray
+            missing when ``workers > 1`` or ``address`` is given.
     """
     if not isinstance(config, AblationConfig):
         raise TypeError(f"config must be an AblationConfig, got {type(config).__name__}")
     device = _check_device(device)
+    check_int(workers, "workers", 1)
+    check_int(retries, "retries", 0)
+    if address is not None and (not isinstance(address, str) or not address):
+        raise TypeError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
+    _number(cpus_per_run, "cpus_per_run", 0.0, inclusive=False)
+    _number(gpus_per_run, "gpus_per_run", 0.0, inclusive=True)
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -448,23 +484,117 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         _prepare_out_dir(config, out, overwrite)
         rows = load_results(out)
         _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
-        runs = config.runs()
-        done = {r["run_id"] for r in rows}
-        with tqdm(total=len(runs) * config.iters, initial=len(done) * config.iters, unit="it",
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for spec in runs:
-                if spec.run_id in done:
-                    continue
-                bar.set_description(spec.run_id)
-                rows.append(_run(config, spec, out / "runs" / spec.run_id, device, bar))
-                done.add(spec.run_id)
-                _write_results(out, rows)
-                _write_summary(out, summarize(rows, config.grads))
+        done = {r["run_id"] for r in rows if r["status"] == "ok"}
+        pending = [spec for spec in config.runs() if spec.run_id not in done]
+        for spec in pending:  # a damaged or foreign checkpoint stops the sweep before anything trains
+            path = out / "runs" / spec.run_id / "checkpoint.pt"
+            if path.exists():
+                _load_checkpoint(path, config, spec, "cpu")
+
+        def record(row: dict) -> None:
+            rows[:] = [r for r in rows if r["run_id"] != row["run_id"]] + [row]  # a failed row gives way
+            _write_results(out, rows)
+            _write_summary(out, summarize(rows, config.grads))
+
+        if workers == 1 and address is None:
+            _run_here(config, pending, out, device, retries, progress, record, total=len(config.runs()))
+        else:
+            _run_on_ray(config, pending, out, device, retries, progress, record, workers=workers, address=address,
+                        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
         summary = summarize(rows, config.grads)
         _write_summary(out, summary)
     if progress:
         print(summary.to_markdown())
     return summary
+
+
+def _failed_row(config: AblationConfig, spec: RunSpec, error: str, attempts: int) -> dict:
+    return {**_identity(config, spec), "status": "failed", "iters": config.iters, "error": error,
+            "attempts": attempts, **{k: None for k in _REQUIRED}, "final_loss": None,
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
+
+
+def _error_text(err: BaseException) -> str:
+    """``Type: message`` of an exception on one line (the original exception of a Ray task error)."""
+    err = getattr(err, "cause", None) or err
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _warn_retry(spec: RunSpec, attempt: int, retries: int, error: str) -> None:
+    warnings.warn(f"run {spec.run_id} failed (attempt {attempt} of {retries + 1}): {error}"
+                  + ("; trying again" if attempt <= retries else "; recorded as failed"), stacklevel=3)
+
+
+def _run_here(config, pending, out, device, retries, progress, record, total) -> None:
+    """The in-process engine: one run after another, each tried up to ``1 + retries`` times."""
+    with tqdm(total=total * config.iters, initial=(total - len(pending)) * config.iters, unit="it",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for spec in pending:
+            bar.set_description(spec.run_id)
+            for attempt in range(1, retries + 2):
+                try:
+                    row = _run(config, spec, out / "runs" / spec.run_id, device, bar)
+                    break
+                except Exception as err:  # a kill (KeyboardInterrupt, SystemExit) is not retried
+                    error = _error_text(err)
+                    _warn_retry(spec, attempt, retries, error)
+                    row = _failed_row(config, spec, error, attempt)
+            record(row)
+
+
+def _ray_task(config: AblationConfig, spec: RunSpec, run_dir: str, device: str, threads: int) -> dict:
+    """One run in a Ray worker (its torch threads set to its CPU reservation)."""
+    torch.set_num_threads(threads)
+    with tqdm(disable=True) as bar:
+        return _run(config, spec, Path(run_dir), torch.device(device), bar)
+
+
+def _run_on_ray(config, pending, out, device, retries, progress, record, *, workers, address, cpus_per_run,
+                gpus_per_run) -> None:
+    """The Ray engine: up to ``workers`` runs as Ray tasks at once; failures are resubmitted by this driver."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network traffic from the engine itself
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(f"workers={workers}" + ("" if address is None else f", address={address!r}") +
+                         " runs the sweep on Ray, which is not installed: pip install 'hamgrad[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            ray.init(num_cpus=math.ceil(workers * cpus_per_run), num_gpus=math.ceil(workers * gpus_per_run),
+                     include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    running: dict = {}
+    try:
+        task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        threads = max(1, int(cpus_per_run))
+        queue = [(spec, 1) for spec in pending]
+        with tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True) as bar:
+            while queue or running:
+                while queue and len(running) < workers:
+                    spec, attempt = queue.pop(0)
+                    ref = task.remote(config, spec, str(out / "runs" / spec.run_id), str(device), threads)
+                    running[ref] = (spec, attempt)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                spec, attempt = running.pop(ready[0])
+                try:
+                    row = ray.get(ready[0])
+                except ray.exceptions.RayError as err:  # the run raised, or its worker died
+                    error = _error_text(err)
+                    _warn_retry(spec, attempt, retries, error)
+                    if attempt <= retries:
+                        queue.insert(0, (spec, attempt + 1))
+                        continue
+                    row = _failed_row(config, spec, error, attempt)
+                record(row)
+                bar.set_postfix_str(spec.run_id)
+                bar.update(1)
+    finally:
+        for ref in running:  # interrupted: stop the runs still training (they resume from their checkpoints)
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
 
 
 def _write_summary(out: Path, summary: Summary) -> None:

@@ -1,4 +1,5 @@
-"""The Table-1-style summary of a sweep: best (mean) over seeds per solver and gradient mode, plus the baseline."""
+"""The Table-1-style summary of a sweep: best (mean) over seeds per solver and gradient mode (and per solver steps K
+when K is a sweep axis), plus the baseline and the runs that failed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ _METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)"}
 
 @dataclass
 class SummaryCell:
-    """One solver × gradient mode (``solver="none"``, ``grad=None`` for the baseline) over its finished seeds.
+    """One solver × gradient mode × solver steps K (``solver="none"``, ``grad=None``, ``steps=None`` for the
+    baseline; ``solver`` a context module's name, ``grad=None`` and ``steps=None`` for a context run) over its
+    finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
     [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf.
@@ -25,42 +28,68 @@ class SummaryCell:
     miou: dict
     pixel_acc: dict
     diverged: int
+    steps: int | None = None
 
 
 @dataclass
 class Summary:
-    """The cells of a sweep in the order their first run finished. ``to_markdown()`` renders Table 1 for mIoU and for
-    pixel accuracy: rows are solvers, columns gradient modes, entries best (mean) over seeds in percent; the no-ham
-    baseline follows each table on its own line."""
+    """The cells of a sweep in the order their first run finished, and the runs recorded as failed (``run_id`` and
+    ``error``). ``to_markdown()`` renders Table 1 for mIoU and for pixel accuracy: with one K, rows are solvers and
+    columns gradient modes; with several, rows are solver × mode and columns K (the metric against K per mode).
+    Entries are best (mean) over seeds in percent; the no-ham baseline follows each table on its own line."""
 
     grads: list
     cells: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"grads": list(self.grads), "cells": [asdict(c) for c in self.cells]}
+        return {"grads": list(self.grads), "cells": [asdict(c) for c in self.cells], "failed": list(self.failed)}
+
+    @property
+    def steps(self) -> list:
+        """The solver steps K of the cells with a ham, in increasing order."""
+        return sorted({c.steps for c in self.cells if c.grad is not None and c.steps is not None})
 
     def to_markdown(self) -> str:
         lines = []
+        ks = self.steps
+        solvers = list(dict.fromkeys(c.solver for c in self.cells if c.grad is not None))
         for key, title in _METRICS.items():
-            lines += [f"{title}, best (mean) over seeds", "",
-                      "| ham | " + " | ".join(self.grads) + " |", "|---" * (len(self.grads) + 1) + "|"]
-            solvers = list(dict.fromkeys(c.solver for c in self.cells if c.grad is not None))
-            for solver in solvers:
-                entries = [self._entry(solver, g, key) for g in self.grads]
-                lines.append(f"| {solver} | " + " | ".join(entries) + " |")
+            if len(ks) <= 1:
+                at = f", K = {ks[0]}" if ks else ""
+                lines += [f"{title}{at}, best (mean) over seeds", "",
+                          "| ham | " + " | ".join(self.grads) + " |", "|---" * (len(self.grads) + 1) + "|"]
+                for solver in solvers:
+                    entries = [self._entry(solver, g, ks[0] if ks else None, key) for g in self.grads]
+                    lines.append(f"| {solver} | " + " | ".join(entries) + " |")
+            else:
+                lines += [f"{title} against solver steps K, best (mean) over seeds", "",
+                          "| ham | mode | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|"]
+                for solver in solvers:
+                    for g in self.grads:
+                        entries = [self._entry(solver, g, k, key) for k in ks]
+                        lines.append(f"| {solver} | {g} | " + " | ".join(entries) + " |")
             lines.append("")
-            if any(c.grad is None for c in self.cells):
-                lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, key)}", ""]
+            if any(c.grad is None and c.solver == "none" for c in self.cells):
+                lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, None, key)}", ""]
+            contexts = [c.solver for c in self.cells if c.grad is None and c.solver != "none"]
+            if contexts:
+                lines += ["other context modules (HamNet(context=...)): "
+                          + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
         lines.append(f"seeds per entry: {', '.join(map(str, seeds)) or '0'}")
-        diverged = [f"{c.solver}/{c.grad}: {c.diverged}" for c in self.cells if c.diverged]
+        diverged = [f"{c.solver}/{c.grad}" + (f"/K{c.steps}" if len(ks) > 1 else "") + f": {c.diverged}"
+                    for c in self.cells if c.diverged]
         if diverged:
             lines.append("diverged runs (loss NaN/Inf): " + ", ".join(diverged))
+        if self.failed:
+            lines.append(f"failed runs ({len(self.failed)}, not in the tables; rerun the command to try them again):")
+            lines += [f"- {f['run_id']}: {f['error']}" for f in self.failed]
         return "\n".join(lines) + "\n"
 
-    def _entry(self, solver: str, grad: str | None, key: str) -> str:
+    def _entry(self, solver: str, grad: str | None, steps: int | None, key: str) -> str:
         for c in self.cells:
-            if c.solver == solver and c.grad == grad:
+            if c.solver == solver and c.grad == grad and (grad is None or c.steps == steps):
                 stats = getattr(c, key)
                 return f"{100 * stats['best']:.1f} ({100 * stats['mean']:.1f})"
         return "–"
@@ -74,19 +103,24 @@ def _stats(values: list) -> dict:
 
 
 def summarize(rows: list, grads: list | tuple) -> Summary:
-    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver and mode.
+    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode and K.
 
     Args:
-        rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged``.
+        rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged`` (and
+            ``steps``, ``status``; rows with ``status == "failed"`` are listed in ``failed``, not in the cells).
         grads: the table's columns, in order.
     """
     groups: dict = {}
-    for row in rows:
-        groups.setdefault((row["solver"], row["grad"]), []).append(row)
     summary = Summary(grads=list(grads))
-    for (solver, grad), group in groups.items():
+    for row in rows:
+        if row.get("status", "ok") == "failed":
+            summary.failed.append({"run_id": row["run_id"], "error": row.get("error")})
+        else:
+            steps = row.get("steps") if row["grad"] is not None else None
+            groups.setdefault((row["solver"], row["grad"], steps), []).append(row)
+    for (solver, grad, steps), group in groups.items():
         summary.cells.append(SummaryCell(
-            solver=solver, grad=grad, seeds=sorted(r["seed"] for r in group),
+            solver=solver, grad=grad, steps=steps, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
             diverged=sum(bool(r["diverged"]) for r in group)))
     return summary

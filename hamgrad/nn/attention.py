@@ -121,9 +121,10 @@ class SelfAttention(_ContextBlock):
         return f"channels={self.channels}, d={self.d}"
 
     def _mix(self, z):
-        q, k, v = z.transpose(1, 2).split(self.d, dim=2)  # (B, n, d) each
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        return v.transpose(1, 2), y, None, None
+        # (B, 1 head, n, d) each, contiguous in d: the layout torch's fused kernels (flash attention on CPU) take
+        q, k, v = z.transpose(1, 2).contiguous().unsqueeze(1).split(self.d, dim=3)
+        y = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2)
+        return v.squeeze(1).transpose(1, 2), y, None, None
 
 
 class DoubleAttention(_ContextBlock):

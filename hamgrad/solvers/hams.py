@@ -1,10 +1,9 @@
 """The three hams of the paper, exactly as docs/theory.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
-``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are computed as transposes of ``(..., n, r)`` products
-(``DᵀX = (XᵀD)ᵀ``): the same numbers, but the GEMM with the long ``n`` side as rows is markedly faster on CPU BLAS
-(``benchmarks/bench_core.py``), and the following ``X Cᵀ`` then reads a contiguous ``Cᵀ``. So ``C`` is usually a
-non-contiguous view: use ``reshape``, not ``view``.
+``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape: measured in
+``benchmarks/bench_core.py`` (one thread and two), this layout is faster than computing ``(XᵀD)ᵀ`` with codes stored
+as ``(n, r)`` like the official code, whose backward also returns ``∂/∂X`` transposed (one more d × n copy).
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ def _unit_columns(D: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _project(D: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``Dᵀ x`` of shape ``(..., r, n)``, computed as ``(xᵀ D)ᵀ`` (see the module docstring)."""
-    return (x.mT @ D).mT
+    """``Dᵀ x`` of shape ``(..., r, n)``."""
+    return D.mT @ x
 
 
 def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,7 +48,7 @@ class NMF(Solver):
         return torch.softmax(_project(D, x), dim=-2)
 
     def _mu_codes(self, x, D, C):
-        return C * _project(D, x) / (_project(D.mT @ D, C) + self.eps)
+        return C * _project(D, x) / ((D.mT @ D) @ C + self.eps)
 
     def _update(self, x, D, C):
         """The step, and the products ``X Cᵀ`` and ``C Cᵀ`` of the new codes it formed."""
@@ -63,7 +62,7 @@ class NMF(Solver):
     _coef_codes = _mu_codes
 
     def _monitor_constants(self, x):
-        return (x * x).sum(dim=(-2, -1))
+        return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
     def _step_and_objective(self, x, D, C, x_sq):
         """The step and ``‖X − DC‖² = ‖X‖² − 2⟨XCᵀ, D⟩ + ⟨DᵀD, CCᵀ⟩`` at the new state, from the step's ``XCᵀ`` and
