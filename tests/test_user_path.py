@@ -57,6 +57,18 @@ def test_lazy_attributes_and_public_names():
     assert {"experiments", "data", "plots", "paper"} <= set(dir(hg))
 
 
+def test_every_all_list_holds_public_names_that_exist():
+    import importlib
+    import pkgutil
+
+    wrong = []
+    for info in pkgutil.walk_packages(hg.__path__, "hamgrad."):
+        module = importlib.import_module(info.name)
+        wrong += [f"{info.name}.{n}" for n in getattr(module, "__all__", []) if n.startswith("_") or
+                  not hasattr(module, n)]
+    assert wrong == []
+
+
 def test_version_matches_the_package_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert hg.__version__ == meta["project"]["version"]
