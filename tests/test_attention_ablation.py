@@ -41,7 +41,7 @@ def test_context_sweep_trains_every_module(tmp_path):
     summary = run_ablation(config, tmp_path, progress=False)
     rows = load_results(tmp_path)
     assert [(r["run_id"], r["solver"], r["grad"]) for r in rows] == [
-        ("none_seed0", "none", None), ("nmf_one-step_seed0", "nmf", "one-step"), ("sa_seed0", "sa", None),
+        ("none_seed0", "none", None), ("nmf_one-step_K6_seed0", "nmf", "one-step"), ("sa_seed0", "sa", None),
         ("a2_seed0", "a2", None), ("gap_seed0", "gap", None)]
     text = summary.to_markdown()
     assert "| nmf |" in text and "no ham (baseline" in text and "other context modules" in text

@@ -29,6 +29,11 @@ class RunSpec:
     context: str | None = None
 
     @property
+    def module(self) -> str:
+        """The head's module as the results rows name it: the context module, the solver, or ``"none"``."""
+        return self.context or self.solver or "none"
+
+    @property
     def run_id(self) -> str:
         """A file-name-safe identifier, e.g. ``nmf_one-step_K6_seed0``, ``nmf_truncated2_K12_seed1``,
         ``none_seed0``, ``sa_seed0``."""

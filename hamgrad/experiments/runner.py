@@ -106,7 +106,7 @@ def _row_problem(row: dict, spec: RunSpec | None) -> str | None:
     """Why ``row`` is not a row of run ``spec`` (``None`` when it is)."""
     if spec is None:
         return "its run is not in the sweep's config"
-    expected = {"solver": spec.solver or "none", "grad": spec.grad, "seed": spec.seed, "steps": spec.steps}
+    expected = {"solver": spec.module, "grad": spec.grad, "seed": spec.seed, "steps": spec.steps}
     wrong = [f"{k}={row.get(k)!r} (expected {v!r})" for k, v in expected.items() if row.get(k) != v]
     if wrong:
         return "it does not match its run: " + ", ".join(wrong)
@@ -359,7 +359,7 @@ def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config:
 
 def _identity(config: AblationConfig, spec: RunSpec) -> dict:
     """The columns of a row that name its run."""
-    return {"run_id": spec.run_id, "solver": spec.context or spec.solver or "none", "grad": spec.grad, "seed": spec.seed,
+    return {"run_id": spec.run_id, "solver": spec.module, "grad": spec.grad, "seed": spec.seed,
             "steps": spec.steps, "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps)}
 
 
