@@ -390,6 +390,17 @@ def test_in_place_F_is_detected():
         hg.solve(fp, torch.ones(3, dtype=torch.float64), steps=2, h0=h0)
 
 
+def test_solve_under_inference_mode():
+    x = _x("cpu", requires_grad=False)
+    s = hg.NMF(rank=2)
+    h0 = _h0(s, x)
+    y_ref, info_ref = hg.solve(s, x, steps=3, h0=h0)
+    with torch.inference_mode():  # inference tensors have no version counter: the purity check must not trip on it
+        y, info = hg.solve(s, x.clone(), steps=3, h0=tuple(t.clone() for t in h0))
+    torch.testing.assert_close(y, y_ref)
+    assert info.residuals == pytest.approx(info_ref.residuals, rel=1e-12)
+
+
 def test_per_sample_residuals():
     # a user model with 3 independent samples, one of them diverging: h_b <- a_b h_b, residual |a_b - 1| a_b^t |h0_b|
     a = torch.tensor([0.5, 0.9, 1.5], dtype=torch.float64)
