@@ -272,12 +272,17 @@ def _validate(fp: FixedPoint, x, steps, grad, h0, generator, monitor, tol, max_i
     check_generator(generator, "generator", x.device)
     if h0 is None:
         with torch.no_grad():
-            return mode, graph_steps, fp.init(x, generator=generator)
-    h = as_state(h0, "h0")
-    if solver is not None and callable(getattr(solver, "check_state", None)):
-        solver.check_state(x, h, "h0")
-    for i, t in enumerate(h):
-        check_finite(t.detach(), f"h0[{i}]")
+            h = fp.init(x, generator=generator)
+    else:
+        h = as_state(h0, "h0")
+        if solver is not None and callable(getattr(solver, "check_state", None)):
+            solver.check_state(x, h, "h0")
+        for i, t in enumerate(h):
+            check_finite(t.detach(), f"h0[{i}]")
+    nb = fp.sample_dims(x)
+    if any(t.dim() < nb or t.shape[:nb] != h[0].shape[:nb] for t in h):
+        raise ValueError(f"{fp!r} has batch_dims={nb}: every state tensor must share its first {nb} dimensions, got "
+                         f"shapes {[tuple(t.shape) for t in h]}")
     return mode, graph_steps, h
 
 

@@ -241,6 +241,8 @@ def test_bad_model_and_state():
         hg.solve(hg.NMF, _x("cpu"), steps=2)
     with pytest.raises(ValueError, match="batch_dims must be >= 0"):
         hg.FixedPoint(lambda h, x: h, batch_dims=-1)
+    with pytest.raises(ValueError, match="batch_dims=1: every state tensor must share its first 1 dimensions"):
+        hg.solve(hg.FixedPoint(lambda h, x: h, batch_dims=1), _x("cpu"), steps=1, h0=(torch.zeros(2, 3), torch.zeros(3)))
     fp = hg.FixedPoint(lambda h, x: (h[0][:1],))
     with pytest.raises(ValueError, match="same structure and shapes"):
         hg.solve(fp, _x("cpu"), steps=2, h0=(torch.zeros(2, 3),))
