@@ -247,7 +247,10 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
     """
     fp = as_fixed_point(model)
     _check_adjoint_args(tol, max_iter, adjoint, strict)
+    check_float_tensor(x, "x")
     h = tuple(t.detach() for t in as_state(h_star, "h_star"))
+    if callable(getattr(fp.solver, "check_state", None)):
+        fp.solver.check_state(x, h, "h_star")
     if record is not None and not isinstance(record, list):
         raise TypeError(f"record must be a list or None, got {type(record).__name__}")
     return _attach_implicit(fp, h, x, [] if record is None else record, tol, max_iter, adjoint, strict)

@@ -320,6 +320,10 @@ def test_implicit_gradient_on_a_fixed_point_found_elsewhere(name):
     rows = [torch.autograd.grad(y.reshape(-1)[i], x, retain_graph=True)[0].reshape(-1) for i in range(y.numel())]
     torch.testing.assert_close(torch.stack(rows), dense, rtol=1e-6, atol=1e-9)
     assert len(record) == y.numel() and all(b.converged for b in record)
+    with pytest.raises(ValueError, match="h_star = \\(D, C\\) must have shapes"):
+        hg.implicit_gradient(s, (info.state[0], info.state[1][..., :2]), x)
+    with pytest.raises(TypeError, match="record must be a list"):
+        hg.implicit_gradient(s, info.state, x, record=info)
 
 
 def test_implicit_with_a_user_linear_solver():
