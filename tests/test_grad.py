@@ -441,6 +441,15 @@ def test_info_state_is_the_final_state():
     assert d["state_shapes"] == [[1, 6, 2], [1, 2, 8]] and len(d["sample_residuals"]) == 4
 
 
+@pytest.mark.parametrize("s", _solvers()[1:], ids=lambda s: s.name)
+def test_monitored_objective_of_vq_and_cd(s):
+    x = _x("cpu", batch=2, signed=True, requires_grad=False)
+    h0 = _h0(s, x)
+    _, info = hg.solve(s, x, steps=4, h0=h0)
+    traj = hg.FixedPoint.from_solver(s).unroll(x, h0, 4)
+    assert info.objective == pytest.approx([float(s.objective(x, h).mean()) for h in traj[1:]], rel=1e-12)
+
+
 def test_nmf_objective_float32_matches_direct_formula():
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, 32, 64, generator=g)
