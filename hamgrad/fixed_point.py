@@ -69,8 +69,8 @@ class FixedPoint:
             residuals per sample over these dimensions (``SolveInfo.sample_residuals``).
 
     Raises:
-        TypeError: ``F``, ``readout`` or ``init`` is not callable, or ``batch_dims`` is neither an int >= 0 nor
-            callable.
+        TypeError: ``F``, ``readout`` or ``init`` is not callable, or ``batch_dims`` is neither an int nor callable.
+        ValueError: ``batch_dims < 0``.
 
     ``FixedPoint.from_solver(s)`` wraps a built-in or registered solver (``F(h, x) = s.step(x, h)``,
     ``G = s.readout``, ``init = s.init``) and keeps ``s`` in ``.solver`` for solver-specific modes (``one-step-coef``).
