@@ -328,9 +328,9 @@ def _unroll(fp: FixedPoint, x, h, steps: int, graph_steps: int, monitor: bool) -
     return h, residuals, objective
 
 
-def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor | None) -> None:
+def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Move the monitored values to ``info`` in one host sync; warn when the state became NaN/Inf or when ``y``
-    (a solver's output, else None) is all zero for some sample."""
+    (a solver's output ``(..., d, n)``, else None) is all zero for a sample whose input is not."""
     with torch.no_grad():
         per_sample = torch.stack(residuals)  # (steps, *batch)
         total = per_sample.reshape(len(residuals), -1).square().sum(dim=1).sqrt()
@@ -351,10 +351,13 @@ def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor |
     if bad:
         warnings.warn(f"the state became NaN or Inf at step {bad[0] + 1} of {k}: the output is not finite (check "
                       "the input's scale and the solver's hyperparameters)", RuntimeWarning, stacklevel=3)
-    elif y is not None and not all(rest):
-        zero = [i for i, v in enumerate(rest) if not v]
-        warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened): eps too large for "
-                      "the input's scale, or the input too small for its dtype?", RuntimeWarning, stacklevel=3)
+    elif y is not None and not all(rest):  # rare: look at those samples' inputs (an all-zero input is no fault)
+        xs = x.detach().reshape(-1, *x.shape[-2:])
+        zero = [i for i, v in enumerate(rest) if not v and bool(xs[i].ne(0).any())]
+        if zero:
+            warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened) while their input is "
+                          "not: eps too large for the input's scale, or the input too small for its dtype?",
+                          RuntimeWarning, stacklevel=3)
 
 
 def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
@@ -398,5 +401,5 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
     else:
         y = fp.readout(h, x)
     if monitor:
-        _record(info, residuals, objective, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
+        _record(info, residuals, objective, x, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
     return y, info

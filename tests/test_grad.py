@@ -469,3 +469,12 @@ def test_nmf_objective_float32_matches_direct_formula():
 def test_zero_or_non_finite_output_warns(make, match):
     with pytest.warns(RuntimeWarning, match=match):
         make(_x("cpu", requires_grad=False))
+
+
+def test_zero_input_sample_gives_zero_output_without_warning():
+    x = _x("cpu", batch=2, requires_grad=False)
+    x[1] = 0.0  # e.g. a ReLU that silenced one image: a zero reconstruction is right
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, _ = hg.solve(hg.NMF(rank=2), x, steps=4)
+    assert (y[1] == 0).all() and (y[0] != 0).any()
