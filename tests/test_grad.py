@@ -149,11 +149,9 @@ def test_implicit_gradcheck_at_convergence(device):
 
 
 def test_implicit_parameter_gradients_match_bptt():
-    g = torch.Generator().manual_seed(1)
-    W = torch.nn.Parameter(0.3 * torch.randn(4, 4, generator=g, dtype=torch.float64))
-    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    fp = hg.FixedPoint(lambda h, x: (0.5 * torch.tanh(W @ h[0] + x),), readout=lambda h, x: h[0])
-    h0 = (torch.zeros(4, 3, dtype=torch.float64),)
+    m = models.contractive(cols=3, norm_W=1.0, scale=0.5, readout="linear", seed=1)
+    fp, x, h0 = m.fp, m.x, m.h0
+    W = m.params["W"].requires_grad_(True)  # F's closure holds this tensor: a parameter of F
     gi = torch.autograd.grad(hg.solve(fp, x, 60, "implicit", h0=h0)[0].pow(2).sum(), W)[0]
     gb = torch.autograd.grad(hg.solve(fp, x, 200, "bptt", h0=h0)[0].pow(2).sum(), W)[0]
     assert (gi - gb).norm() / gb.norm() < 1e-5
