@@ -1,7 +1,8 @@
 """Core benchmark: one-step vs BPTT cost in K, and hamgrad's NMF ham against the official Hamburger layout.
 
-Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5] [--quick]``. Prints ratios against a
-reference measured in the same process; nothing here is asserted (these machines are noisy).
+Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5] [--quick]`` (``OMP_NUM_THREADS=1`` on a
+shared CPU). Prints ratios against a reference measured in the same process; nothing here is asserted. Times are CUDA
+wall times, or on CPU this process's CPU time (``_seconds``), which other processes on the same cores do not inflate.
 
 1. Forward+backward wall time and memory of ``one-step`` vs ``bptt`` (NMF, d=512, n=4096, r=64, batch 2) for
    K = 1, 6, 12, 24. Memory: see :mod:`hamgrad.profiling` (CUDA peak; on CPU the bytes saved for backward).
@@ -10,7 +11,7 @@ reference measured in the same process; nothing here is asserted (these machines
    sync) and with ``monitor=False``, each as a ratio to a re-implementation of the official NMF2D layout (codes
    stored as (n, r), bmm products), and to a transcription of docs/theory.md §2 with left-to-right products (which
    form d×n intermediates). The candidates run in a shuffled order in each of ``repeats`` rounds; a ratio is the median over rounds of the
-   round's time over the official layout's (CPU: process CPU time, see ``_seconds``).
+   round's time over the official layout's.
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ import hamgrad as hg
 from hamgrad.profiling import measure
 
 
+def _seconds(run, device) -> float:
+    """One call's time: CUDA wall time (:func:`hamgrad.profiling.measure`); on CPU this process's CPU time, which
+    other processes sharing the cores do not inflate (the calls are single-process and compute-bound)."""
+    if torch.device(device).type == "cuda":
+        return measure(run, device).seconds
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
 def _median_time(fn, device, repeats):
     fn()  # warm-up
-    return statistics.median(measure(fn, device).seconds for _ in range(repeats))
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
 
 
 def bench_modes(device, repeats, ks, batch=2, d=512, n=4096, r=64):
@@ -81,16 +92,6 @@ def _official_layout(x, bases, coef, steps, eps=1e-6):
     denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))
     coef = coef * numerator / (denominator + eps)
     return torch.bmm(bases, coef.transpose(1, 2))
-
-
-def _seconds(run, device) -> float:
-    """One call's time: CUDA wall time (:func:`hamgrad.profiling.measure`); on CPU this process's CPU time, which
-    other processes sharing the cores do not inflate (the calls are single-process and compute-bound)."""
-    if torch.device(device).type == "cuda":
-        return measure(run, device).seconds
-    start = time.process_time()
-    run()
-    return time.process_time() - start
 
 
 def bench_official_setting(device, repeats, d=512, n=64 * 64, r=64, steps=6):

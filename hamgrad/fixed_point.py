@@ -69,8 +69,8 @@ class FixedPoint:
             residuals per sample over these dimensions (``SolveInfo.sample_residuals``).
 
     Raises:
-        TypeError: ``F``, ``readout`` or ``init`` is not callable, or ``batch_dims`` is neither an int >= 0 nor
-            callable.
+        TypeError: ``F``, ``readout`` or ``init`` is not callable, or ``batch_dims`` is neither an int nor callable.
+        ValueError: ``batch_dims < 0``.
 
     ``FixedPoint.from_solver(s)`` wraps a built-in or registered solver (``F(h, x) = s.step(x, h)``,
     ``G = s.readout``, ``init = s.init``) and keeps ``s`` in ``.solver`` for solver-specific modes (``one-step-coef``).
@@ -146,12 +146,16 @@ class FixedPoint:
     def call_pure(fn: Callable, h, x):
         """``fn(h, x)``, raising if it modified ``h`` or ``x`` in place (compares the tensors' version counters, so
         it costs no pass over the data). An in-place F would make every residual 0 and overwrite the caller's
-        ``h0``."""
-        before = [t._version for t in h] + ([x._version] if isinstance(x, torch.Tensor) else [])
+        ``h0``. Inference tensors (``torch.inference_mode``) have no version counter and are not checked."""
+        tensors = [*h, x] if isinstance(x, torch.Tensor) else list(h)
+        names = [f"h[{i}]" for i in range(len(h))] + ["x"]
+
+        def versions():
+            return [None if t.is_inference() else t._version for t in tensors]
+
+        before = versions()
         out = fn(h, x)
-        after = [t._version for t in h] + ([x._version] if isinstance(x, torch.Tensor) else [])
-        changed = [f"h[{i}]" for i, (a, b) in enumerate(zip(before, after[:len(h)])) if a != b]
-        changed += ["x"] if len(before) > len(h) and before[-1] != after[-1] else []
+        changed = [name for name, a, b in zip(names, before, versions()) if a != b]
         if changed:
             raise RuntimeError(f"F(h, x) modified {', '.join(changed)} in place (so the caller's tensors are now "
                                "overwritten): F must return new tensors, e.g. h[0] * 0.5 instead of h[0].mul_(0.5)")

@@ -250,7 +250,10 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
     """
     fp = as_fixed_point(model)
     _check_adjoint_args(tol, max_iter, adjoint, strict)
+    check_float_tensor(x, "x")
     h = tuple(t.detach() for t in as_state(h_star, "h_star"))
+    if callable(getattr(fp.solver, "check_state", None)):
+        fp.solver.check_state(x, h, "h_star")
     if record is not None and not isinstance(record, list):
         raise TypeError(f"record must be a list or None, got {type(record).__name__}")
     return _attach_implicit(fp, h, x, [] if record is None else record, tol, max_iter, adjoint, strict)
@@ -275,12 +278,17 @@ def _validate(fp: FixedPoint, x, steps, grad, h0, generator, monitor, tol, max_i
     check_generator(generator, "generator", x.device)
     if h0 is None:
         with torch.no_grad():
-            return mode, graph_steps, fp.init(x, generator=generator)
-    h = as_state(h0, "h0")
-    if solver is not None and callable(getattr(solver, "check_state", None)):
-        solver.check_state(x, h, "h0")
-    for i, t in enumerate(h):
-        check_finite(t.detach(), f"h0[{i}]")
+            h = fp.init(x, generator=generator)
+    else:
+        h = as_state(h0, "h0")
+        if solver is not None and callable(getattr(solver, "check_state", None)):
+            solver.check_state(x, h, "h0")
+        for i, t in enumerate(h):
+            check_finite(t.detach(), f"h0[{i}]")
+    nb = fp.sample_dims(x)
+    if any(t.dim() < nb or t.shape[:nb] != h[0].shape[:nb] for t in h):
+        raise ValueError(f"{fp!r} has batch_dims={nb}: every state tensor must share its first {nb} dimensions, got "
+                         f"shapes {[tuple(t.shape) for t in h]}")
     return mode, graph_steps, h
 
 
@@ -323,9 +331,9 @@ def _unroll(fp: FixedPoint, x, h, steps: int, graph_steps: int, monitor: bool) -
     return h, residuals, objective
 
 
-def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor | None) -> None:
+def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Move the monitored values to ``info`` in one host sync; warn when the state became NaN/Inf or when ``y``
-    (a solver's output, else None) is all zero for some sample."""
+    (a solver's output ``(..., d, n)``, else None) is all zero for a sample whose input is not."""
     with torch.no_grad():
         per_sample = torch.stack(residuals)  # (steps, *batch)
         total = per_sample.reshape(len(residuals), -1).square().sum(dim=1).sqrt()
@@ -346,10 +354,13 @@ def _record(info: SolveInfo, residuals: list, objective: list, y: torch.Tensor |
     if bad:
         warnings.warn(f"the state became NaN or Inf at step {bad[0] + 1} of {k}: the output is not finite (check "
                       "the input's scale and the solver's hyperparameters)", RuntimeWarning, stacklevel=3)
-    elif y is not None and not all(rest):
-        zero = [i for i, v in enumerate(rest) if not v]
-        warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened): eps too large for "
-                      "the input's scale, or the input too small for its dtype?", RuntimeWarning, stacklevel=3)
+    elif y is not None and not all(rest):  # rare: look at those samples' inputs (an all-zero input is no fault)
+        xs = x.detach().reshape(-1, *x.shape[-2:])
+        zero = [i for i, v in enumerate(rest) if not v and bool(xs[i].ne(0).any())]
+        if zero:
+            warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened) while their input is "
+                          "not: eps too large for the input's scale, or the input too small for its dtype?",
+                          RuntimeWarning, stacklevel=3)
 
 
 def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
@@ -408,5 +419,5 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
     else:
         y = fp.readout(h, x)
     if monitor:
-        _record(info, residuals, objective, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
+        _record(info, residuals, objective, x, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
     return y, info

@@ -149,11 +149,9 @@ def test_implicit_gradcheck_at_convergence(device):
 
 
 def test_implicit_parameter_gradients_match_bptt():
-    g = torch.Generator().manual_seed(1)
-    W = torch.nn.Parameter(0.3 * torch.randn(4, 4, generator=g, dtype=torch.float64))
-    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    fp = hg.FixedPoint(lambda h, x: (0.5 * torch.tanh(W @ h[0] + x),), readout=lambda h, x: h[0])
-    h0 = (torch.zeros(4, 3, dtype=torch.float64),)
+    m = models.contractive(cols=3, norm_W=1.0, scale=0.5, readout="linear", seed=1)
+    fp, x, h0 = m.fp, m.x, m.h0
+    W = m.params["W"].requires_grad_(True)  # F's closure holds this tensor: a parameter of F
     gi = torch.autograd.grad(hg.solve(fp, x, 60, "implicit", h0=h0)[0].pow(2).sum(), W)[0]
     gb = torch.autograd.grad(hg.solve(fp, x, 200, "bptt", h0=h0)[0].pow(2).sum(), W)[0]
     assert (gi - gb).norm() / gb.norm() < 1e-5
@@ -241,6 +239,8 @@ def test_bad_model_and_state():
         hg.solve(hg.NMF, _x("cpu"), steps=2)
     with pytest.raises(ValueError, match="batch_dims must be >= 0"):
         hg.FixedPoint(lambda h, x: h, batch_dims=-1)
+    with pytest.raises(ValueError, match="batch_dims=1: every state tensor must share its first 1 dimensions"):
+        hg.solve(hg.FixedPoint(lambda h, x: h, batch_dims=1), _x("cpu"), steps=1, h0=(torch.zeros(2, 3), torch.zeros(3)))
     fp = hg.FixedPoint(lambda h, x: (h[0][:1],))
     with pytest.raises(ValueError, match="same structure and shapes"):
         hg.solve(fp, _x("cpu"), steps=2, h0=(torch.zeros(2, 3),))
@@ -318,6 +318,10 @@ def test_implicit_gradient_on_a_fixed_point_found_elsewhere(name):
     rows = [torch.autograd.grad(y.reshape(-1)[i], x, retain_graph=True)[0].reshape(-1) for i in range(y.numel())]
     torch.testing.assert_close(torch.stack(rows), dense, rtol=1e-6, atol=1e-9)
     assert len(record) == y.numel() and all(b.converged for b in record)
+    with pytest.raises(ValueError, match="h_star = \\(D, C\\) must have shapes"):
+        hg.implicit_gradient(s, (info.state[0], info.state[1][..., :2]), x)
+    with pytest.raises(TypeError, match="record must be a list"):
+        hg.implicit_gradient(s, info.state, x, record=info)
 
 
 def test_implicit_with_a_user_linear_solver():
@@ -390,6 +394,17 @@ def test_in_place_F_is_detected():
         hg.solve(fp, torch.ones(3, dtype=torch.float64), steps=2, h0=h0)
 
 
+def test_solve_under_inference_mode():
+    x = _x("cpu", requires_grad=False)
+    s = hg.NMF(rank=2)
+    h0 = _h0(s, x)
+    y_ref, info_ref = hg.solve(s, x, steps=3, h0=h0)
+    with torch.inference_mode():  # inference tensors have no version counter: the purity check must not trip on it
+        y, info = hg.solve(s, x.clone(), steps=3, h0=tuple(t.clone() for t in h0))
+    torch.testing.assert_close(y, y_ref)
+    assert info.residuals == pytest.approx(info_ref.residuals, rel=1e-12)
+
+
 def test_per_sample_residuals():
     # a user model with 3 independent samples, one of them diverging: h_b <- a_b h_b, residual |a_b - 1| a_b^t |h0_b|
     a = torch.tensor([0.5, 0.9, 1.5], dtype=torch.float64)
@@ -424,6 +439,15 @@ def test_info_state_is_the_final_state():
     assert d["state_shapes"] == [[1, 6, 2], [1, 2, 8]] and len(d["sample_residuals"]) == 4
 
 
+@pytest.mark.parametrize("s", _solvers()[1:], ids=lambda s: s.name)
+def test_monitored_objective_of_vq_and_cd(s):
+    x = _x("cpu", batch=2, signed=True, requires_grad=False)
+    h0 = _h0(s, x)
+    _, info = hg.solve(s, x, steps=4, h0=h0)
+    traj = hg.FixedPoint.from_solver(s).unroll(x, h0, 4)
+    assert info.objective == pytest.approx([float(s.objective(x, h).mean()) for h in traj[1:]], rel=1e-12)
+
+
 def test_nmf_objective_float32_matches_direct_formula():
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, 32, 64, generator=g)
@@ -443,3 +467,12 @@ def test_nmf_objective_float32_matches_direct_formula():
 def test_zero_or_non_finite_output_warns(make, match):
     with pytest.warns(RuntimeWarning, match=match):
         make(_x("cpu", requires_grad=False))
+
+
+def test_zero_input_sample_gives_zero_output_without_warning():
+    x = _x("cpu", batch=2, requires_grad=False)
+    x[1] = 0.0  # e.g. a ReLU that silenced one image: a zero reconstruction is right
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, _ = hg.solve(hg.NMF(rank=2), x, steps=4)
+    assert (y[1] == 0).all() and (y[0] != 0).any()

@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-from .._checks import check_int
+from .._checks import check_nonnegative, check_pair
 
 __all__ = ["check_pair", "check_nonnegative", "check_index"]
-
-
-def check_pair(value, name: str, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each >= ``minimum``; an int ``n`` means ``(n, n)``."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return check_int(value[0], f"{name}[0]", minimum), check_int(value[1], f"{name}[1]", minimum)
-    n = check_int(value, name, minimum)
-    return n, n
-
-
-def check_nonnegative(value, name: str) -> float:
-    """A finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
 
 
 def check_index(index, length: int) -> int:

@@ -96,7 +96,7 @@ class Solver:
 
     def _magnitudes(self, amax: float, d: int, n: int) -> dict:
         """Bounds (in float64) on hyperparameters and intermediates that must be finite in the compute dtype:
-        ``eps`` and ``max|x|² d n`` (bounds ‖X‖², and every product of the step for unit-norm bases)."""
+        ``eps`` and ``max|x|² d n`` (a bound on ‖X‖², the scale of the objective)."""
         return {"eps": self.eps, "max|x|^2 * d * n": amax * amax * d * n}
 
     def check_state(self, x, h, name: str = "h") -> tuple:
