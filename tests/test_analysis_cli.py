@@ -11,7 +11,8 @@ from torch.func import jacrev
 
 import hamgrad as hg
 from hamgrad.cli import main
-from hamgrad.experiments import AblationConfig, run_ablation
+from hamgrad import paper
+from hamgrad.experiments import AblationConfig, load_results, run_ablation
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 
@@ -97,6 +98,10 @@ def test_figures_refuse_to_mix_sizes_and_follow_the_sweep(tmp_path, sweeps, caps
     # --force replaces the full-size figure with a quick one
     assert _figures(out, "--quick", "--force", "--ablation-dir", b) == 0
     assert json.loads((out / "ablation.json").read_text())["quick"] is True
+    capsys.readouterr()
+    assert _figures(out / "ablation.json" / "sub", "--ablation-dir", b) == 2  # --out under a file
+    assert capsys.readouterr().err.splitlines()[-1] == (f"hamgrad figures: error: [Errno 20] Not a directory: "
+                                                        f"'{out}/ablation.json/sub'")
 
 
 @pytest.mark.parametrize("damage, match", [
@@ -133,3 +138,19 @@ def test_figures_damaged_files_are_named(tmp_path, sweeps, capsys, damage, match
     err = capsys.readouterr().err
     last = err.splitlines()[-1]  # after the progress bar
     assert last.startswith("hamgrad figures: error: ") and re.search(match, last) and "Traceback" not in err, err
+
+
+def test_figures_ablation_against_steps(tmp_path, capsys):
+    config = AblationConfig.quick(solvers=("nmf", "vq"), grads=("one-step", "bptt"), steps=(1, 2), iters=2,
+                                  log_every=1, checkpoint_every=1)
+    run_ablation(config, tmp_path / "k", progress=False)
+    rows = load_results(tmp_path / "k")
+    assert _figures(tmp_path / "figs", "--ablation-dir", str(tmp_path / "k")) == 0
+    result = json.loads((tmp_path / "figs" / "ablation.json").read_text())
+    table = {(r["solver"], r["grad"], r["steps"]): r["mean"] for r in result["table"]}
+    assert table == {(r["solver"], r["grad"], r["steps"]): 100 * r["miou"] for r in rows}
+    fig = paper.plot("ablation", result)  # one panel per ham, K on the x axis
+    assert [ax.get_title() for ax in fig.axes] == ["NMF", "VQ"]
+    assert [ax.get_xlabel() for ax in fig.axes] == ["solver steps K in training (evaluation K + 1)"] * 2
+    assert sorted(len(line.get_xdata()) for line in fig.axes[0].lines if line.get_label().endswith("(mean)")
+                  and "no ham" not in line.get_label()) == [2, 2]

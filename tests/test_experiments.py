@@ -223,6 +223,9 @@ def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(mismatched) + "\n")
     with pytest.warns(UserWarning, match=r"does not match its run: seed=1 \(expected 0\)"):
         assert load_results(tmp_path) == []
+    legacy = {**json.loads(lines[0]), "steps": 6, "eval_steps": 7}  # a baseline row from before K was an axis
+    (tmp_path / "results.jsonl").write_text(json.dumps(legacy) + "\n")
+    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
     # the runner trains the run whose row was not valid, then keeps one row per run; the summary shows only these
     (tmp_path / "results.jsonl").write_text("\n".join([lines[0], lines[0], json.dumps(foreign)]) + "\n")
     with pytest.warns(UserWarning, match="ignored 2 row"):
