@@ -243,7 +243,8 @@ def context_scaling(result: dict) -> Figure:
     first = rows[0]
     with _styled():
         fig, axes = _figure(2, 2, 10, 7.6, f"Context modules against n = H·W ({first['channels']} channels, "
-                                           f"d = {first['d']}, r = {first['rank']}, {first['device']})")
+                                           f"d = {first['d']}, r = {first['rank']}, {first['device']}; time: "
+                                           f"{first.get('time_kind', 'wall')})")
         for ax, (key, name) in zip(axes.ravel(), panels):
             scale = 2.0 ** -20 if key.endswith("bytes") else 1.0
             for color, label in zip(_palette(len(labels)), labels):
