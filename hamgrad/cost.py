@@ -31,7 +31,8 @@ print a line on stderr when it starts and stops).
 **Time** is the median over ``repeats`` calls, after one untimed call (the one that counts the MACs and the memory),
 of: on CUDA the wall time with the device synchronised; on CPU the process's CPU time (``time.process_time``), which
 other processes sharing the cores do not inflate as they do the wall time (with one torch thread it is the wall time
-of an idle machine; with several it sums their work). The wall times are kept too (``*_wall_seconds``).
+of an idle machine, near enough; with several it sums their work). The wall times are kept too
+(``*_wall_seconds``).
 """
 
 from __future__ import annotations

@@ -284,6 +284,8 @@ def context_tradeoff(result: dict) -> Figure:
                 x = r[key] * scale
                 ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
                 ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")
+                ax.annotate(r["label"], (x, 100 * r["miou_mean"]), textcoords="offset points", xytext=(5, -10),
+                            fontsize=7, color=color)
             ax.set_xscale("log")
             ax.set_xlabel(name)
             ax.set_ylabel("validation mIoU (%), mean ● / best ○")
