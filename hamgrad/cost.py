@@ -25,10 +25,14 @@ maps them to torch's own SDPA formulas. By that count the paper's Table 3 MACs (
 allocations and frees of torch's CPU allocator that ``torch.profiler`` records (``profile_memory=True``), at its
 maximum. It counts every tensor and scratch buffer torch allocates (the attention matrix of the math backend, the
 flash kernel's blocks), not the parameters and the input allocated before the call, nor memory outside torch's
-allocator. It is measured in a separate call from the times (the profiler slows the call down).
+allocator. It is measured in a separate call from the times (the profiler slows the call down; some torch builds
+print a line on stderr when it starts and stops).
 
-**Time** is the median wall time of ``repeats`` calls after one untimed call (the one that counts the MACs and the
-memory), with the device synchronised. On a shared machine trust ratios measured in one process over milliseconds.
+**Time** is the median over ``repeats`` calls, after one untimed call (the one that counts the MACs and the memory),
+of: on CUDA the wall time with the device synchronised; on CPU the process's CPU time (``time.process_time``), which
+other processes sharing the cores do not inflate as they do the wall time (with one torch thread it is the wall time
+of an idle machine, near enough; with several it sums their work). The wall times are kept too
+(``*_wall_seconds``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 
 from ._checks import check_choice, check_int
 from .experiments import AblationConfig, load_results
-from .nn import build_context
+from .nn import CONTEXTS, build_context
 from .profiling import synchronize
 
 __all__ = ["ContextCost", "PAPER_TABLE3", "PAPER_RATIOS", "count_macs", "peak_memory", "context_cost",
@@ -100,7 +104,8 @@ class ContextCost:
         macs: MACs of the inference forward; train_macs: of a training step (forward + backward).
         train_bytes, infer_bytes: peak memory of a training step and of an inference forward.
         memory_kind: ``"cuda_max_allocated"`` or ``"cpu_allocator_peak"``.
-        train_seconds, infer_seconds: median wall times; repeats: how many calls each median is over.
+        train_seconds, infer_seconds: median times (``time_kind``: ``"cpu_process_time"`` or ``"cuda_wall"``);
+        train_wall_seconds, infer_wall_seconds: median wall times; repeats: how many calls each median is over.
         device, dtype: where it ran.
     """
 
@@ -122,6 +127,9 @@ class ContextCost:
     memory_kind: str
     train_seconds: float
     infer_seconds: float
+    time_kind: str
+    train_wall_seconds: float
+    infer_wall_seconds: float
     repeats: int
     device: str
     dtype: str
@@ -193,15 +201,17 @@ def peak_memory(fn, device="cpu") -> tuple[int, str]:
     return _cpu_allocator_peak(fn), "cpu_allocator_peak"
 
 
-def _median_seconds(fn, device, repeats: int) -> float:
-    times = []
+def _median_seconds(fn, device, repeats: int) -> tuple[float, float]:
+    """Median (CPU time of the process on CPU, else wall time) and median wall time of ``repeats`` calls."""
+    wall, cpu = [], []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(cpu if device.type == "cpu" else wall), statistics.median(wall)
 
 
 def _sdpa_context(backend):
@@ -265,14 +275,15 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     with _sdpa_context(sdpa_backend):  # one untimed call of each counts the MACs and the memory together
         train_macs, (train_bytes, kind) = count_macs(lambda: peak_memory(train, device), result=True)
         macs, (infer_bytes, _) = count_macs(lambda: peak_memory(infer, device), result=True)
-        train_seconds = _median_seconds(train, device, repeats)
-        infer_seconds = _median_seconds(infer, device, repeats)
+        train_seconds, train_wall = _median_seconds(train, device, repeats)
+        infer_seconds, infer_wall = _median_seconds(infer, device, repeats)
     return ContextCost(
         name=name, label=name if sdpa_backend is None else f"{name} ({sdpa_backend})", height=height, width=width,
         n=height * width, batch=batch, channels=channels, d=d, rank=rank, steps=tuple(steps),
         params=sum(p.numel() for p in module.parameters()), macs=macs, train_macs=train_macs,
         train_bytes=train_bytes, infer_bytes=infer_bytes, memory_kind=kind, train_seconds=train_seconds,
-        infer_seconds=infer_seconds, repeats=repeats, device=str(device), dtype=str(dtype).replace("torch.", ""))
+        infer_seconds=infer_seconds, time_kind="cpu_process_time" if device.type == "cpu" else "cuda_wall",
+        train_wall_seconds=train_wall, infer_wall_seconds=infer_wall, repeats=repeats, device=str(device), dtype=str(dtype).replace("torch.", ""))
 
 
 _SLOPE_KEYS = ("train_seconds", "infer_seconds", "train_bytes", "infer_bytes", "macs")
@@ -314,7 +325,7 @@ def _ratios(rows: list) -> list:
             "train_seconds": "train_ms", "infer_seconds": "infer_ms"}
     out = []
     for sa in (r for r in rows if r["name"] == "sa"):
-        for ham in (r for r in rows if r["n"] == sa["n"] and r["name"] not in ("sa", "a2", "gap")):
+        for ham in (r for r in rows if r["n"] == sa["n"] and r["name"] not in CONTEXTS):
             out.append({"numerator": sa["label"], "denominator": ham["label"], "height": sa["height"],
                         "width": sa["width"],
                         **{k: sa[k] / ham[k] if ham[k] else math.nan for k in keys},
@@ -368,7 +379,8 @@ def to_markdown(result: dict) -> str:
     first = rows[0]
     lines = [f"Context modules on a ({first['batch']}, {first['channels']}, H, W) map, d = {first['d']}, "
              f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval; {first['device']}, "
-             f"{first['dtype']}; memory: {first['memory_kind']}; time: median of {first['repeats']}", "",
+             f"{first['dtype']}; memory: {first['memory_kind']}; time: {first['time_kind']}, median of "
+             f"{first['repeats']}", "",
              "| module | H×W | params (M) | MACs (G) | train MB | infer MB | train ms | infer ms |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -431,7 +443,7 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
         plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
         them: ``label``, ``name``, ``grad``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
-        ``train_seconds``, ``infer_seconds``, ``memory_kind``.
+        ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``.
 
     Raises:
         ValueError: when ``out_dir`` holds no sweep or no finished run.
@@ -458,13 +470,13 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
         if name == "none":
             row.update(params=0, macs=0, train_macs=0, train_bytes=0, infer_bytes=0, train_seconds=0.0,
-                       infer_seconds=0.0, memory_kind=None)
+                       infer_seconds=0.0, memory_kind=None, time_kind=None)
         else:
             c = context_cost(name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
                              steps=(config.steps, config.resolved_eval_steps), grad=grad or "one-step",
                              device=device, repeats=repeats)
             row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
-                                                   "train_seconds", "infer_seconds", "memory_kind")})
+                                                   "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)
     return {"sweep": str(out), "shape": [config.batch_size, channels, side, side], "config": config.to_dict(),
             "rows": rows, "torch": torch.__version__}

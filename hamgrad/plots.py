@@ -529,7 +529,8 @@ def context_scaling(result: dict) -> Figure:
     first = rows[0]
     with _styled():
         fig, axes = _figure(2, 2, 10, 7.6, f"Context modules against n = H·W ({first['channels']} channels, "
-                                           f"d = {first['d']}, r = {first['rank']}, {first['device']})")
+                                           f"d = {first['d']}, r = {first['rank']}, {first['device']}; time: "
+                                           f"{first.get('time_kind', 'wall')})")
         for ax, (key, name) in zip(axes.ravel(), panels):
             scale = 2.0 ** -20 if key.endswith("bytes") else 1.0
             for color, label in zip(_palette(len(labels)), labels):
@@ -569,6 +570,8 @@ def context_tradeoff(result: dict) -> Figure:
                 x = r[key] * scale
                 ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
                 ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")
+                ax.annotate(r["label"], (x, 100 * r["miou_mean"]), textcoords="offset points", xytext=(5, -10),
+                            fontsize=7, color=color)
             ax.set_xscale("log")
             ax.set_xlabel(name)
             ax.set_ylabel("validation mIoU (%), mean ● / best ○")

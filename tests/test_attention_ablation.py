@@ -4,8 +4,9 @@ modules through the API and ``hamgrad ablate --contexts``, and its accuracy-per-
 import json
 
 import pytest
+import torch
 
-from hamgrad import cost
+from hamgrad import cost, paper, plots
 from hamgrad.cli import main as cli_main
 from hamgrad.experiments import AblationConfig, load_model, load_results, run_ablation
 from hamgrad.nn import DoubleAttention, SelfAttention
@@ -59,6 +60,8 @@ def test_context_sweep_trains_every_module(tmp_path):
     assert sa["miou_mean"] == rows[2]["miou"] and sa["seeds"] == 1
     assert sa["params"] == sum(p.numel() for p in SelfAttention(16, d=16).parameters())  # quick: width 8 → 16 ch
     assert "| sa |" in cost.ablation_markdown(table)
+    fig = plots.context_tradeoff(table)
+    assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
 
 
 def test_cli_ablate_contexts(tmp_path, capsys):
@@ -74,10 +77,6 @@ def test_cli_ablate_contexts(tmp_path, capsys):
 def test_figures_5_and_6_for_a_context_module(tmp_path):
     """The accumulative ratio and feature maps of a trained HamNet whose head is self-attention or A², with the
     ratio of the block's input held against a float64 SVD of the encoder's output."""
-    import torch
-
-    from hamgrad import paper, plots
-
     config = AblationConfig.quick(solvers=(), grads=(), baseline=False, contexts=("sa", "a2"), iters=2,
                                   log_every=1, checkpoint_every=2)
     run_ablation(config, tmp_path, progress=False)
