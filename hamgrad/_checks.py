@@ -58,12 +58,13 @@ def check_finite(x: torch.Tensor, name: str = "x") -> tuple[float, float]:
     return lo, hi
 
 
-def check_int_range(value, name: str, low: int, high: int) -> int:
-    """An int (not a bool) with ``low <= value <= high``."""
+def check_int_range(value, name: str, low: int, high: int, what: str = "") -> int:
+    """An int (not a bool) with ``low <= value <= high``; ``what`` says where the limits come from."""
+    why = f" ({what})" if what else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        raise TypeError(f"{name} must be an int in [{low}, {high}]{why}, got {value!r}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must satisfy {low} <= {name} <= {high}, got {value}")
+        raise ValueError(f"{name} must satisfy {low} <= {name} <= {high}{why}, got {value}")
     return value
 
 

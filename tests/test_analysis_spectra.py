@@ -376,7 +376,7 @@ _A, _S = _matrix((10, 8), 10), _matrix((10, 10), 11)  # a rectangular and a squa
     (ValueError, "block must satisfy", lambda: svdvals(_A, k=2, method="lanczos", block=9)),
     (ValueError, "ncv", lambda: svdvals(_A, k=2, method="lanczos", ncv=0)),
     (ValueError, "maxiter", lambda: svdvals(_A, k=2, method="lanczos", maxiter=0)),
-    (ValueError, "ncv must be an int with k < ncv", lambda: eigvals(_S, k=2, method="arnoldi", ncv=2)),
+    (ValueError, "ncv must satisfy", lambda: eigvals(_S, k=2, method="arnoldi", ncv=2)),
     (ValueError, "block must satisfy", lambda: eigvals(_S, k=2, method="arnoldi", block=11)),
 ])
 def test_errors_name_the_argument(error, match, call):

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_positive, check_steps
+from .._checks import check_choice, check_generator, check_int_range, check_positive, check_steps
 from ..grad import ConvergenceWarning
 from .operators import LinearOperator
 
@@ -151,15 +151,6 @@ def _check_operator(J, name: str = "J") -> LinearOperator:
     return J
 
 
-def _check_k(k, limit: int, what: str, name: str = "k") -> int:
-    """An int in ``[1, limit]``; errors name the argument."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"{name} must be an int, got {k!r}")
-    if not 1 <= k <= limit:
-        raise ValueError(f"{name} must satisfy 1 <= {name} <= {limit} ({what}), got {k}")
-    return k
-
-
 def _check_tol(tol, J: LinearOperator) -> float:
     """``tol``, or the default for ``J``'s dtype."""
     return default_tol(J.dtype) if tol is None else check_positive(tol, "tol")
@@ -167,11 +158,7 @@ def _check_tol(tol, J: LinearOperator) -> float:
 
 def _generator(generator) -> torch.Generator:
     """The start vectors' generator: the given one, or a CPU generator seeded with 0."""
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
+    return check_generator(generator) or torch.Generator().manual_seed(0)
 
 
 def _randn(shape, generator: torch.Generator, J: LinearOperator) -> torch.Tensor:
@@ -350,7 +337,7 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         raise ValueError(f"eigvals needs a square operator, J has shape {J.shape}")
     n = J.shape[0]
     check_choice(method, "method", EIG_METHODS)
-    _check_k(k, n, "the operator's size")
+    check_int_range(k, "k", 1, n, "the operator's size")
     tol = _check_tol(tol, J)
     if method == "auto":
         method = "dense" if n <= DENSE_MAX else "arnoldi"
@@ -358,9 +345,9 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         raise ValueError(f"method='power' finds the dominant eigenvalue only: k must be 1, got {k}")
     if maxiter is not None:
         check_steps(maxiter, "maxiter")
-    if ncv is not None and (isinstance(ncv, bool) or not isinstance(ncv, int) or not k < ncv <= n):
-        raise ValueError(f"ncv must be an int with k < ncv <= n = {n} (k = {k}), got {ncv!r}")
-    block = min(k, 2) if block is None else _check_k(block, n, "the operator's size", "block")
+    if ncv is not None:
+        check_int_range(ncv, "ncv", k + 1, n, "k < ncv <= the operator's size")
+    block = min(k, 2) if block is None else check_int_range(block, "block", 1, n, "the operator's size")
     generator = _generator(generator)
     counted = _Counted(J)
     start = time.perf_counter()
@@ -581,7 +568,7 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
     """
     J = _check_operator(J)
     check_choice(method, "method", SVD_METHODS)
-    _check_k(k, min(J.shape), "the operator's smaller side")
+    check_int_range(k, "k", 1, min(J.shape), "the operator's smaller side")
     tol = _check_tol(tol, J)
     if method == "auto":
         method = "dense" if max(J.shape) <= DENSE_MAX else "lanczos"
@@ -591,7 +578,7 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
     if method == "dense":
         values, res = _svd_dense(J, counted, k)
     else:
-        block = min(k, 2) if block is None else _check_k(block, min(J.shape), "the smaller side", "block")
+        block = min(k, 2) if block is None else check_int_range(block, "block", 1, min(J.shape), "the smaller side")
         ncv = max(64, 4 * (k + block)) if ncv is None else check_steps(ncv, "ncv")
         if maxiter is not None:
             check_steps(maxiter, "maxiter")
