@@ -26,7 +26,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
                             description="Train and evaluate HamNet for every solver × gradient mode × seed (plus "
-                                        "the no-ham baseline); rerun the same command to resume a killed sweep.")
+                                        "the no-ham baseline and, with --contexts, other context modules in the "
+                                        "head); rerun the same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
     ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
                                                                  "(default one-step,bptt)")

@@ -25,8 +25,9 @@ maps them to torch's own SDPA formulas. By that count the paper's Table 3 MACs (
 allocations and frees of torch's CPU allocator that ``torch.profiler`` records (``profile_memory=True``), at its
 maximum. It counts every tensor and scratch buffer torch allocates (the attention matrix of the math backend, the
 flash kernel's blocks), not the parameters and the input allocated before the call, nor memory outside torch's
-allocator. It is measured in a separate call from the times (the profiler slows the call down; some torch builds
-print a line on stderr when it starts and stops).
+allocator. (:func:`hamgrad.profiling.measure`'s CPU measure, the tensors saved for backward, would be 0 in inference
+and would miss transient buffers such as a forward's attention matrix.) It is measured in a separate call from the
+times (the profiler slows the call down; some torch builds print a line on stderr when it starts and stops).
 
 **Time** is the median over ``repeats`` calls, after one untimed call (the one that counts the MACs and the memory),
 of: on CUDA the wall time with the device synchronised; on CPU the process's CPU time (``time.process_time``), which
