@@ -284,7 +284,8 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         params=sum(p.numel() for p in module.parameters()), macs=macs, train_macs=train_macs,
         train_bytes=train_bytes, infer_bytes=infer_bytes, memory_kind=kind, train_seconds=train_seconds,
         infer_seconds=infer_seconds, time_kind="cpu_process_time" if device.type == "cpu" else "cuda_wall",
-        train_wall_seconds=train_wall, infer_wall_seconds=infer_wall, repeats=repeats, device=str(device), dtype=str(dtype).replace("torch.", ""))
+        train_wall_seconds=train_wall, infer_wall_seconds=infer_wall, repeats=repeats, device=str(device),
+        dtype=str(dtype).replace("torch.", ""))
 
 
 _SLOPE_KEYS = ("train_seconds", "infer_seconds", "train_bytes", "infer_bytes", "macs")
@@ -385,7 +386,8 @@ def to_markdown(result: dict) -> str:
              "| module | H×W | params (M) | MACs (G) | train MB | infer MB | train ms | infer ms |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['height']}×{r['width']} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | "
+        lines.append(f"| {r['label']} | {r['height']}×{r['width']} | {r['params'] / 1e6:.2f} | "
+                     f"{r['macs'] / 1e9:.2f} | "
                      f"{r['train_bytes'] / 2**20:.1f} | {r['infer_bytes'] / 2**20:.1f} | "
                      f"{1e3 * r['train_seconds']:.1f} | {1e3 * r['infer_seconds']:.1f} |")
     if result["ratios"]:
@@ -401,7 +403,8 @@ def to_markdown(result: dict) -> str:
                                                                  "train_ms", "infer_ms")) + " |")
     if result["slopes"]:
         lines += ["", f"log-log slopes against n = H·W (fitted over n >= {result['fit_from']}):", "",
-                  "| module | train time | infer time | train memory | infer memory | MACs |", "|---|---|---|---|---|---|"]
+                  "| module | train time | infer time | train memory | infer memory | MACs |",
+                  "|---|---|---|---|---|---|"]
         for label, s in result["slopes"].items():
             lines.append(f"| {label} | " + " | ".join(f"{s[k]:.2f}" for k in _SLOPE_KEYS) + " |")
     return "\n".join(lines) + "\n"

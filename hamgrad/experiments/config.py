@@ -169,7 +169,7 @@ class AblationConfig:
                                    seed=self.data_seed)
 
     def runs(self) -> list[RunSpec]:
-        """The sweep's runs in training order: the baselines first, then solver × grad × seed, then context × seed."""
+        """The sweep's runs in training order: the baselines, then solver × grad × seed, then context × seed."""
         baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
         return baseline + [RunSpec(solver, grad, s) for solver in self.solvers for grad in self.grads
                            for s in range(self.seeds)] + [RunSpec(None, None, s, context=c) for c in self.contexts
