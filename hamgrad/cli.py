@@ -31,8 +31,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
                             description="Train and evaluate HamNet for every solver × gradient mode × K × seed "
-                                        "(plus the no-ham baseline), in this process or on Ray (--workers, "
-                                        "--address); rerun the same command to resume a killed sweep.")
+                                        "(plus the no-ham baseline and, with --contexts, other context modules in "
+                                        "the head), in this process or on Ray (--workers, --address); rerun the "
+                                        "same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
     ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
                                                                  "(default one-step,bptt)")

@@ -25,8 +25,9 @@ maps them to torch's own SDPA formulas. By that count the paper's Table 3 MACs (
 allocations and frees of torch's CPU allocator that ``torch.profiler`` records (``profile_memory=True``), at its
 maximum. It counts every tensor and scratch buffer torch allocates (the attention matrix of the math backend, the
 flash kernel's blocks), not the parameters and the input allocated before the call, nor memory outside torch's
-allocator. It is measured in a separate call from the times (the profiler slows the call down; some torch builds
-print a line on stderr when it starts and stops).
+allocator. (:func:`hamgrad.profiling.measure`'s CPU measure, the tensors saved for backward, would be 0 in inference
+and would miss transient buffers such as a forward's attention matrix.) It is measured in a separate call from the
+times (the profiler slows the call down; some torch builds print a line on stderr when it starts and stops).
 
 **Time** is the median over ``repeats`` calls, after one untimed call (the one that counts the MACs and the memory),
 of: on CUDA the wall time with the device synchronised; on CPU the process's CPU time (``time.process_time``), which
@@ -283,7 +284,8 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         params=sum(p.numel() for p in module.parameters()), macs=macs, train_macs=train_macs,
         train_bytes=train_bytes, infer_bytes=infer_bytes, memory_kind=kind, train_seconds=train_seconds,
         infer_seconds=infer_seconds, time_kind="cpu_process_time" if device.type == "cpu" else "cuda_wall",
-        train_wall_seconds=train_wall, infer_wall_seconds=infer_wall, repeats=repeats, device=str(device), dtype=str(dtype).replace("torch.", ""))
+        train_wall_seconds=train_wall, infer_wall_seconds=infer_wall, repeats=repeats, device=str(device),
+        dtype=str(dtype).replace("torch.", ""))
 
 
 _SLOPE_KEYS = ("train_seconds", "infer_seconds", "train_bytes", "infer_bytes", "macs")
@@ -384,7 +386,8 @@ def to_markdown(result: dict) -> str:
              "| module | H×W | params (M) | MACs (G) | train MB | infer MB | train ms | infer ms |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['height']}×{r['width']} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | "
+        lines.append(f"| {r['label']} | {r['height']}×{r['width']} | {r['params'] / 1e6:.2f} | "
+                     f"{r['macs'] / 1e9:.2f} | "
                      f"{r['train_bytes'] / 2**20:.1f} | {r['infer_bytes'] / 2**20:.1f} | "
                      f"{1e3 * r['train_seconds']:.1f} | {1e3 * r['infer_seconds']:.1f} |")
     if result["ratios"]:
@@ -400,7 +403,8 @@ def to_markdown(result: dict) -> str:
                                                                  "train_ms", "infer_ms")) + " |")
     if result["slopes"]:
         lines += ["", f"log-log slopes against n = H·W (fitted over n >= {result['fit_from']}):", "",
-                  "| module | train time | infer time | train memory | infer memory | MACs |", "|---|---|---|---|---|---|"]
+                  "| module | train time | infer time | train memory | infer memory | MACs |",
+                  "|---|---|---|---|---|---|"]
         for label, s in result["slopes"].items():
             lines.append(f"| {label} | " + " | ".join(f"{s[k]:.2f}" for k in _SLOPE_KEYS) + " |")
     return "\n".join(lines) + "\n"

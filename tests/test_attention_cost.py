@@ -115,3 +115,11 @@ def test_cost_command(tmp_path, capsys):
     assert main(["cost", "--contexts", "attn", "--sizes", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hamgrad cost: error: unknown context module name='attn'")
+
+
+def test_context_cost_on_each_device(device):
+    row = cost.context_cost("nmf", 4, channels=8, d=8, rank=2, steps=(2, 3), device=device, repeats=1)
+    assert row.device == device
+    assert row.memory_kind == ("cuda_max_allocated" if device == "cuda" else "cpu_allocator_peak")
+    assert row.time_kind == ("cuda_wall" if device == "cuda" else "cpu_process_time")
+    assert row.train_bytes > 0 and row.infer_bytes > 0
