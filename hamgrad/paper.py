@@ -6,11 +6,14 @@ Used by the notebooks in ``notebooks/`` and by ``hamgrad figures``; every step i
     result = paper.compute("flow", quick=True)        # plain data (what the JSON holds)
     fig = paper.plot("flow", result)                  # a matplotlib Figure
     paper.save("flow", result, fig, "figures")        # figures/flow.png and figures/flow.json
+    paper.load("flow", "figures")                     # the saved result back (None if there is none)
     paper.run_all("figures", quick=False)             # all six, resumable: finished figures are kept
 
 Sizes: ``quick=True`` is the CI size (seconds per figure); the full size is what ``figures/`` in the repository
-holds. The ablation behind figures 4–6 is a resumable :func:`hamgrad.experiments.run_ablation` sweep in
-``work_dir`` (default ``runs/paper-ablation[-quick]``); pass ``ablation_dir`` to use a sweep you ran yourself.
+holds; one folder holds one size (writing the other size into it is refused unless ``force=True``). The ablation
+behind figures 4–6 is a resumable :func:`hamgrad.experiments.run_ablation` sweep in ``ablation_dir`` (default
+``runs/paper-ablation[-quick]``); pass ``ablation_dir`` to use a sweep you ran yourself. Figures 4–6 record the sweep
+they were drawn from and are recomputed when it differs.
 """
 
 from __future__ import annotations
@@ -439,7 +442,12 @@ def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: boo
 
 def run_all(out, quick: bool = False, *, names=FIGURES, ablation_dir=None, progress: bool = True,
             force: bool = False) -> dict:
-    """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`)."""
+    """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`).
+
+    Raises:
+        ValueError: when ``out`` holds figures of the other size (unless ``force``, checked before anything is
+            written), a damaged figure JSON, or a damaged sweep behind figures 4–6 (each naming the file).
+    """
     names = [_check_name(n) for n in names]
     if not force:
         _check_sizes(out, quick)

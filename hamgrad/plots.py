@@ -463,7 +463,11 @@ def ablation_steps(result: dict) -> Figure:
             ax.minorticks_off()
             ax.set_title(solver.upper())
             ax.set_xlabel("solver steps K in training (evaluation K + 1)")
-        axes[0, 0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%); best: −")
+        values = [r[key] for r in table for key in ("mean", "best")]
+        for ax in axes[0]:  # one scale for every ham
+            ax.set_ylim(min(values) - 3, max(values) + 3)
+        axes[0, 0].scatter([], [], color="0.3", marker="_", s=150, label="best")
+        axes[0, 0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
         axes[0, 0].legend(fontsize=7)
     return fig
 

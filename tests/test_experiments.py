@@ -529,7 +529,11 @@ def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
                       "--workers", "2", "--address", ray_address, "--out", str(out))
     try:
         start = time.monotonic()
-        while not (out / "results.jsonl").exists() or len(load_results(out)) < 2:
+        def mid_sweep():  # a run has finished and another has a checkpoint but no row yet
+            done = {r["run_id"] for r in load_results(out)} if (out / "results.jsonl").exists() else set()
+            return done and any(p.parent.name not in done for p in out.glob("runs/*/checkpoint.pt"))
+
+        while not mid_sweep():
             assert driver.poll() is None, driver.communicate()
             assert time.monotonic() - start < 240
             time.sleep(0.05)
@@ -539,7 +543,7 @@ def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
         driver.kill()  # SIGKILL mid-sweep
         driver.communicate()
     before = load_results(out)
-    assert 2 <= len(before) < len(config.runs())
+    assert 1 <= len(before) < len(config.runs())
     with pytest.warns(UserWarning, match=rf"taking over the lock of a driver that is no longer running \(pid "
                                          rf"{driver.pid}"):
         run_ablation(config, out, progress=False, workers=2)

@@ -278,13 +278,13 @@ def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
     return model.to(_check_device(device)).eval()
 
 
-def _check_device(device) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming it."""
+def _check_device(device, here: bool = True) -> torch.device:
+    """``device`` as a ``torch.device`` (that exists on this machine when ``here``), else a ValueError naming it."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r} is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')") from None
-    if dev.type != "cpu":
+    if here and dev.type != "cpu":
         module = getattr(torch, dev.type, None)
         count = module.device_count() if hasattr(module, "device_count") and module.is_available() else 0
         if count == 0:
@@ -451,7 +451,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         config: the sweep.
         out_dir: its folder (created if needed). A folder holding a sweep of a different config, or other files, is
             refused unless ``overwrite=True``, which deletes that sweep's files (only the ones this runner writes).
-        device: where to train (``"cpu"``, ``"cuda"``, a ``torch.device``); with Ray, on each worker.
+        device: where to train (``"cpu"``, ``"cuda"``, a ``torch.device``); with Ray, on each worker (with an
+            ``address``, a worker without that device records its runs as failed, naming the device).
         progress: show a tqdm progress bar and print the summary at the end.
         workers: how many runs train at once (1: in this process).
         address: ``None`` starts a local Ray instance when ``workers > 1`` (a Ray instance already started in this
@@ -472,7 +473,7 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
     """
     if not isinstance(config, AblationConfig):
         raise TypeError(f"config must be an AblationConfig, got {type(config).__name__}")
-    device = _check_device(device)
+    device = _check_device(device, here=address is None)  # on a cluster, each worker checks its own
     check_int(workers, "workers", 1)
     check_int(retries, "retries", 0)
     if address is not None and (not isinstance(address, str) or not address):
@@ -548,7 +549,7 @@ def _ray_task(config: AblationConfig, spec: RunSpec, run_dir: str, device: str, 
     """One run in a Ray worker (its torch threads set to its CPU reservation)."""
     torch.set_num_threads(threads)
     with tqdm(disable=True) as bar:
-        return _run(config, spec, Path(run_dir), torch.device(device), bar)
+        return _run(config, spec, Path(run_dir), _check_device(device), bar)
 
 
 def _run_on_ray(config, pending, out, device, retries, progress, record, *, workers, address, cpus_per_run,
