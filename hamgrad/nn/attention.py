@@ -26,7 +26,6 @@ The mixing:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 
 from .._checks import check_int
 from ..solvers import available_solvers
-from .hamburger import Hamburger
+from .hamburger import Hamburger, capturing
 
 __all__ = ["SelfAttention", "DoubleAttention", "GlobalPool", "ContextCapture", "CONTEXTS", "build_context"]
 
@@ -75,16 +74,10 @@ class _ContextBlock(nn.Module):
         self.upper_bread = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels))
         self._capture: ContextCapture | None = None
 
-    @contextlib.contextmanager
     def capture(self):
         """Context manager yielding a :class:`ContextCapture` filled by each forward pass inside it (the last one
         wins)."""
-        cap = ContextCapture()
-        previous, self._capture = self._capture, cap
-        try:
-            yield cap
-        finally:
-            self._capture = previous
+        return capturing(self, ContextCapture())
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Map ``x`` ``(B, channels, H, W)`` to the same shape. ``generator`` is accepted so that every context

@@ -25,6 +25,17 @@ from ..solvers import get_solver
 __all__ = ["Hamburger", "HamCapture"]
 
 
+@contextlib.contextmanager
+def capturing(module: nn.Module, record):
+    """Make ``record`` the ``module._capture`` that its forward passes fill while the context is open; the one it
+    replaces comes back on exit (captures nest). Shared by every context module's ``capture()``."""
+    previous, module._capture = module._capture, record
+    try:
+        yield record
+    finally:
+        module._capture = previous
+
+
 @dataclass
 class HamCapture:
     """What the ham saw and produced in the most recent forward pass inside :meth:`Hamburger.capture`.
@@ -121,7 +132,6 @@ class Hamburger(nn.Module):
         return (f"channels={self.channels}, d={self.d}, solver={self.solver!r}, steps={self.steps}, "
                 f"grad={self.grad!r}")
 
-    @contextlib.contextmanager
     def capture(self):
         """Record what the ham sees and produces while the context is open.
 
@@ -132,12 +142,7 @@ class Hamburger(nn.Module):
             A context manager whose ``as`` target is a :class:`HamCapture`, filled by each forward pass inside the
             block (the last one wins; its fields stay ``None`` when no forward pass ran).
         """
-        cap = HamCapture()
-        previous, self._capture = self._capture, cap
-        try:
-            yield cap
-        finally:
-            self._capture = previous
+        return capturing(self, HamCapture())
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The block on a feature map: lower bread, K solver steps, upper bread, residual and ReLU.
