@@ -26,7 +26,7 @@ A figure of your own is one :func:`register` call (a ``compute`` and a ``plot`` 
 from ._registry import (FigureSpec, available, compute, get, load, plot, quick_from_env, register, run, run_all,
                         save)
 from ._common import ablation_config
-from . import spectrum, flow, agreement, ablation, accumulative_ratio, feature_maps  # noqa: E402  (they register)
+from . import spectrum, flow, agreement, ablation, accumulative_ratio, feature_maps  # each registers itself
 from .accumulative_ratio import block_accumulative_ratio
 from .feature_maps import block_feature_maps
 from .flow import contractive_model
