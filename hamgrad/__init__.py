@@ -5,8 +5,8 @@
     y, info = hg.solve(s, x, steps=6, grad="one-step")
 
 ``import hamgrad`` loads the core (solvers, gradient modes, analysis, ``hg.nn``); the submodules that pull in the
-data sets, the experiment runner, matplotlib or tqdm (``hg.experiments``, ``hg.data``, ``hg.plots``, ``hg.paper``)
-are imported on first attribute access.
+data sets, the experiment runner, matplotlib or tqdm (``hg.experiments``, ``hg.data``, ``hg.plots``,
+``hg.figures``) are imported on first attribute access (``hg.paper``, the figures' deprecated old name, too).
 """
 
 import importlib
@@ -21,20 +21,20 @@ from . import analysis, nn
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("experiments", "data", "plots", "paper")
+_LAZY_SUBMODULES = ("experiments", "data", "plots", "figures", "paper")
 
 __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
     "FixedPoint", "solve", "SolveInfo", "implicit_gradient", "LinearSolveResult", "GRAD_MODES", "ConvergenceWarning",
     "ConvergenceError",
-    "nn", "experiments", "data", "plots", "paper",
+    "nn", "experiments", "data", "plots", "figures",
     "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
     "compare_gradients", "accumulative_ratio",
 ]
 
 
 def __getattr__(name: str):
-    """Import the heavier submodules on first use (``hg.experiments``, ``hg.data``, ``hg.plots``, ``hg.paper``)."""
+    """Import the heavier submodules on first use (``hg.experiments``, ``hg.data``, ``hg.plots``, ``hg.figures``)."""
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

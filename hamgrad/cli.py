@@ -120,16 +120,16 @@ def _default_contexts() -> tuple:
 
 
 def _figure_names() -> tuple:
-    from .paper import FIGURES
+    from .figures import available
 
-    return FIGURES
+    return available()
 
 
 def _cmd_figures(args) -> int:
-    """``hamgrad figures``: run (or resume) :func:`hamgrad.paper.run_all` and print where each figure went."""
+    """``hamgrad figures``: run (or resume) :func:`hamgrad.figures.run_all` and print where each figure went."""
     import time
 
-    from .paper import run_all
+    from .figures import run_all
 
     names = _figure_names() if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
     unknown = [n for n in names if n not in _figure_names()]

@@ -233,10 +233,16 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     Args:
         name: a context module name for :func:`hamgrad.nn.build_context` (``"sa"``, ``"a2"``, ``"gap"``, or a solver
             name such as ``"nmf"`` for the Hamburger).
-        height, width: the feature map's size (``width`` defaults to ``height``).
-        batch, channels, d, rank, steps: the setting (Table 3: 1, 512, 512, 64, (6, 7)).
+        height: the feature map's height.
+        width: its width (default ``height``).
+        batch: the batch size (Table 3: 1).
+        channels: the module's input and output channels (Table 3: 512).
+        d: its inner channels (Table 3: 512).
+        rank: r for the hams and A² (Table 3: 64).
+        steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)).
         grad: the hams' gradient mode (see :func:`hamgrad.solve`).
-        device, dtype: where and in which floating dtype to measure.
+        device: where to measure.
+        dtype: the floating dtype to measure in.
         repeats: timed calls per median (after one untimed call).
         seed: seeds the module's weights, the input, the output gradient and the hams' initial states.
         sdpa_backend: one of :data:`SDPA_BACKENDS`; forces scaled-dot-product attention's kernel (``"math"``

@@ -1,14 +1,16 @@
-"""Figure functions: each takes a figure's results in plain-data form (the dicts :mod:`hamgrad.paper` builds and saves
-as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute nothing beyond what drawing needs.
+"""Figure functions: each takes a figure's results in plain-data form (the dicts :mod:`hamgrad.figures` builds and
+saves as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute nothing beyond what drawing needs.
 
 Figures of your own solver: :func:`flow`, :func:`spectrum`, :func:`agreement` and :func:`ratio` take the result
-objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures::
+objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures, and
+:func:`sweep` draws the ablation figure of a sweep of your own::
 
     flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
     hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
     hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
     hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
     hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
+    hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
 
 Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
 *before* step t+1, t = 0 … K, so ``∂hᵗ/∂h⁰ = J_{t−1}⋯J_0`` and ``∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1} B_s``.
@@ -22,7 +24,9 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
   ``J_{t[i]}``'s eigenvalues, ``rho``/``sigma`` its spectral radius and norm;
 - agreement: ``{"K", "modes": {mode: {"cosine", "norm_ratio", "seconds", "peak_mb"}}, "reference", "label",
   "memory_kind"}``, one list entry per K;
-- accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``.
+- accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``;
+- sweep (ablation): ``{"table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver", "grad",
+  "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.figures.ablation.from_rows` builds it from rows).
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import textwrap
 from contextlib import contextmanager
 
@@ -82,7 +87,7 @@ def _log_if_spread(ax, values, axis: str = "y", decades: float = 1.5) -> None:
 
 
 # ---------------------------------------------------------------------- figures of any solver, from result objects
-__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio"]
+__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio", "sweep"]
 
 
 def _plain(result):
@@ -293,6 +298,36 @@ def ratio(before, after, *, p: float = 2) -> Figure:
         result[key] = a.mean(0).tolist()
         result[key + "_std"] = a.std(0).tolist() if a.shape[0] > 1 else None
     return accumulative_ratio(result)
+
+
+def sweep(source) -> Figure:
+    """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver and gradient mode, and the
+    training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
+
+    Args:
+        source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
+            read as it is, nothing is trained), its rows (:func:`hamgrad.experiments.load_results`), or the figure's
+            plain data (drawn as it is).
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: when the sweep has no finished run, holds a damaged file (naming it), or rows are not sweep rows.
+        TypeError: for a source of another type.
+    """
+    if not (isinstance(source, dict) and "table" in source):
+        from .figures import ablation as figure  # the table is built where figure 4 builds it
+
+        if isinstance(source, (str, os.PathLike)):
+            source = figure.read(source)
+        elif isinstance(source, (list, tuple)):
+            source = figure.from_rows(source)
+        else:
+            raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
+                            f"{type(source).__name__}")
+    ks = {row.get("steps") for row in source["table"] if row["solver"] != "none"}
+    return (ablation_steps if len(ks) > 1 else ablation)(source)
 
 
 def jacobian_spectrum(result: dict) -> Figure:

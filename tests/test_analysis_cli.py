@@ -11,7 +11,7 @@ from torch.func import jacrev
 
 import hamgrad as hg
 from hamgrad.cli import main
-from hamgrad import paper
+from hamgrad import figures
 from hamgrad.experiments import AblationConfig, load_results, run_ablation
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
@@ -149,7 +149,7 @@ def test_figures_ablation_against_steps(tmp_path, capsys):
     result = json.loads((tmp_path / "figs" / "ablation.json").read_text())
     table = {(r["solver"], r["grad"], r["steps"]): r["mean"] for r in result["table"]}
     assert table == {(r["solver"], r["grad"], r["steps"]): 100 * r["miou"] for r in rows}
-    fig = paper.plot("ablation", result)  # one panel per ham, K on the x axis
+    fig = figures.plot("ablation", result)  # one panel per ham, K on the x axis
     assert [ax.get_title() for ax in fig.axes] == ["NMF", "VQ"]
     assert [ax.get_xlabel() for ax in fig.axes] == ["solver steps K in training (evaluation K + 1)"] * 2
     assert sorted(len(line.get_xdata()) for line in fig.axes[0].lines if line.get_label().endswith("(mean)")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from hamgrad import cost, paper, plots
+from hamgrad import cost, figures, plots
 from hamgrad.cli import main as cli_main
 from hamgrad.experiments import AblationConfig, load_model, load_results, run_ablation
 from hamgrad.nn import DoubleAttention, SelfAttention
@@ -84,7 +84,7 @@ def test_figures_5_and_6_for_a_context_module(tmp_path):
     images = torch.stack([ds[config.train_samples + i][0] for i in range(3)])
     labels = torch.stack([ds[config.train_samples + i][1] for i in range(3)])
     model = load_model(tmp_path, "sa_seed0")
-    ratio = paper.block_accumulative_ratio(model, images, "sa_seed0")
+    ratio = figures.block_accumulative_ratio(model, images, "sa_seed0")
     assert ratio["module"] == "SelfAttention" and ratio["images"] == 3
     with torch.no_grad():
         z = model.squeeze(model.encoder(images)).double().flatten(2)
@@ -94,8 +94,8 @@ def test_figures_5_and_6_for_a_context_module(tmp_path):
     assert ratio["after"][-1] == pytest.approx(1.0)
     assert "before SelfAttention" in [t.get_text() for t in plots.accumulative_ratio(ratio).axes[0].get_legend().texts]
 
-    maps = paper.block_feature_maps(model, images, labels, "sa_seed0")
+    maps = figures.block_feature_maps(model, images, labels, "sa_seed0")
     assert maps["module"] == "SelfAttention" and maps["codes"] == [] and len(maps["after"]) == 4
     plots.feature_maps(maps)
-    a2 = paper.block_feature_maps(load_model(tmp_path, "a2_seed0"), images, labels)
+    a2 = figures.block_feature_maps(load_model(tmp_path, "a2_seed0"), images, labels)
     assert len(a2["codes"]) == 4 and len(a2["codes"][0]) == config.image_size // config.output_stride

@@ -1,9 +1,12 @@
 """The paper figures: run all six at the quick size and check what must hold in the JSON they write, by mathematics
 or by construction (never pixels, never an outcome that could honestly go either way). The same checks run on the
-full-size JSON committed in figures/."""
+full-size JSON committed in figures/. Then the registry (a figure of your own, the README's example), the ablation
+figure of a sweep folder, and the deprecated ``hamgrad.paper``."""
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,10 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from hamgrad import paper
+import hamgrad as hg
+from hamgrad import figures, plots
+from hamgrad.experiments import load_results
+from hamgrad.figures import _common, _registry
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures_quick")
-    paper.run_all(out, quick=True, ablation_dir=out / "sweep", progress=False)
+    figures.run_all(out, quick=True, ablation_dir=out / "sweep", progress=False)
     return out
 
 
@@ -123,7 +129,7 @@ CHECKS = {"spectrum": check_spectrum, "flow": check_flow, "agreement": check_agr
           "feature_maps": check_feature_maps}
 
 
-@pytest.mark.parametrize("name", paper.FIGURES)
+@pytest.mark.parametrize("name", figures.FIGURES)
 def test_quick_figure_json(quick_dir, name):
     r = _load(quick_dir, name)
     assert r["figure"] == name and r["quick"] is True
@@ -134,7 +140,7 @@ def test_quick_figure_json(quick_dir, name):
 def test_quick_spectrum_equals_dense_jacobians(quick_dir):
     # figure 1's numbers at t = K against a dense float64 Jacobian by autograd (jacrev), for every configuration
     r = _load(quick_dir, "spectrum")
-    for run, (label, s, x, traj) in zip(r["runs"], paper._trajectories(quick=True)):
+    for run, (label, s, x, traj) in zip(r["runs"], _common.trajectories(quick=True)):
         assert run["label"] == label
         h = traj[-1]
         J = jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))
@@ -145,7 +151,7 @@ def test_quick_spectrum_equals_dense_jacobians(quick_dir):
         np.testing.assert_allclose(got, moduli[:len(got)].numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", paper.FIGURES)
+@pytest.mark.parametrize("name", figures.FIGURES)
 def test_committed_full_size_figure_json(name):
     r = _load(REPO / "figures", name)
     assert r["figure"] == name and r["quick"] is False
@@ -157,12 +163,100 @@ def test_run_is_resumable_and_redraws_from_json(quick_dir, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished figure was recomputed")
 
-    monkeypatch.setitem(paper._COMPUTE, "spectrum", fail)
+    monkeypatch.setitem(_registry._REGISTRY, "spectrum", dataclasses.replace(figures.get("spectrum"), compute=fail))
     before = _load(quick_dir, "spectrum")
-    paper.run("spectrum", quick_dir, quick=True)
+    figures.run("spectrum", quick_dir, quick=True)
     assert _load(quick_dir, "spectrum") == before
 
 
 def test_bad_figure_name():
     with pytest.raises(ValueError, match="unknown figure"):
-        paper.compute("attention", quick=True)
+        figures.compute("attention", quick=True)
+
+
+# ---------------------------------------------------------------------- the ablation figure of a sweep of your own
+def _bars(fig) -> dict:
+    """``{(solver, grad): bar height}`` of the ablation figure's first panel, and the no-ham line's height."""
+    ax = fig.axes[0]
+    solvers = [t.get_text().lower() for t in ax.get_xticklabels()]
+    bars = {(s, c.get_label().removesuffix(" (mean)")): p.get_height()
+            for c in ax.containers for s, p in zip(solvers, c.patches)}
+    baseline = [line.get_ydata()[0] for line in ax.lines if line.get_label() == "no ham (mean)"]
+    return bars, baseline
+
+
+def test_sweep_figure_from_a_folder_or_its_rows(quick_dir, tmp_path):
+    sweep = quick_dir / "sweep"  # the quick sweep behind figures 4–6
+    rows = load_results(sweep)
+    miou = {}
+    for r in rows:
+        miou.setdefault((r["solver"], r["grad"]), []).append(100 * r["miou"])
+    expected = {key: float(np.mean(v)) for key, v in miou.items() if key[0] != "none"}
+    failed = {**rows[1], "status": "failed", "miou": None}  # a failed run is left out
+    for source in (sweep, str(sweep), rows, [*rows, failed], _load(quick_dir, "ablation")):
+        bars, baseline = _bars(plots.sweep(source))
+        assert bars == pytest.approx(expected)
+        assert baseline == pytest.approx(miou[("none", None)])
+    assert figures.ablation.read(sweep)["table"] == _load(quick_dir, "ablation")["table"]
+    with pytest.raises(ValueError, match=f"the sweep folder '{tmp_path}' holds no finished runs"):
+        plots.sweep(tmp_path)
+    with pytest.raises(ValueError, match=r"rows must be sweep rows .* without \['grad', 'seed', 'miou', 'curve'\]"):
+        plots.sweep([{"solver": "nmf"}])
+    with pytest.raises(ValueError, match="rows holds no finished runs"):
+        plots.sweep([failed])
+    with pytest.raises(TypeError, match="source must be a sweep folder, its rows or the figure's plain data"):
+        plots.sweep(42)
+
+
+# ---------------------------------------------------------------------- the registry: a figure of your own
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry as it is, restored after the test (figures the test registers are dropped)."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+
+def test_readme_user_figure_is_one_register_call(registry, tmp_path, monkeypatch):
+    code = re.search(r"<!-- user-figure -->\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = tmp_path / "my_figures"
+    r = _load(out, "vq_radius")
+    assert r["figure"] == "vq_radius" and r["quick"] is True and (out / "vq_radius.png").stat().st_size > 1000
+    # ρ(J_6) against the dense Jacobian of the step at h⁶ (jacrev, float64)
+    x = torch.randn(16, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for inv_t, rho in zip(r["inv_t"], r["rho"]):
+        s = hg.SoftVQ(rank=4, inv_t=inv_t)
+        h = hg.FixedPoint.from_solver(s).unroll(x, s.init(x, generator=torch.Generator().manual_seed(1)), 6)[-1]
+        J = jacrev(lambda v: flatten_state(s.step(x, unflatten_state(v, h))))(flatten_state(h))
+        assert rho == pytest.approx(float(torch.linalg.eigvals(J).abs().max()), rel=1e-6)
+    # resumable like the paper's figures: not recomputed, only redrawn; the other size is refused
+    spec = figures.get("vq_radius")
+    figures.register("vq_radius", lambda quick, **kw: pytest.fail("recomputed"), spec.plot, replace=True)
+    assert figures.run_all(out, quick=True, names=["vq_radius"], progress=False)["vq_radius"] == r
+    with pytest.raises(ValueError, match=r"holds quick figures \(vq_radius.json\)"):
+        figures.run("vq_radius", out, quick=False)
+
+
+def test_register_refuses_bad_figures(registry):
+    def compute(quick, **kw):
+        return {}
+
+    with pytest.raises(ValueError, match="a figure name='flow' is already registered; pass replace=True"):
+        figures.register("flow", compute, plots.flow)
+    with pytest.raises(TypeError, match="plot must be callable, got NoneType"):
+        figures.register("mine", compute, None)
+    with pytest.raises(ValueError, match="name must be a figure name"):
+        figures.register("my figure", compute, plots.flow)
+    assert "mine" not in figures.available()
+    spec = figures.register("mine", compute, plots.flow)
+    assert figures.get("mine") is spec and figures.available()[-1] == "mine"
+
+
+def test_paper_is_a_deprecated_alias(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "hamgrad.paper", raising=False)
+    with pytest.warns(DeprecationWarning, match="hamgrad.paper is deprecated; use hamgrad.figures"):
+        paper = importlib.import_module("hamgrad.paper")
+    assert paper.__all__ and all(getattr(paper, name) is getattr(figures, name) for name in paper.__all__)

@@ -42,8 +42,8 @@ def test_import_hamgrad_loads_only_the_core():
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     new, loaded_before_access, loaded_after_access = json.loads(proc.stdout)
-    heavy = ("hamgrad.experiments", "hamgrad.data", "hamgrad.plots", "hamgrad.paper", "PIL", "tqdm", "matplotlib",
-             "seaborn")
+    heavy = ("hamgrad.experiments", "hamgrad.data", "hamgrad.plots", "hamgrad.figures", "hamgrad.paper", "PIL", "tqdm",
+             "matplotlib", "seaborn")
     assert [m for m in new if m.split(".")[0] in heavy or m.startswith(heavy)] == []
     assert not loaded_before_access and loaded_after_access
 
@@ -54,7 +54,7 @@ def test_lazy_attributes_and_public_names():
         hg.not_a_module
     for name in hg.__all__:
         assert not name.startswith("_") and getattr(hg, name) is not None
-    assert {"experiments", "data", "plots", "paper"} <= set(dir(hg))
+    assert {"experiments", "data", "plots", "figures", "paper"} <= set(dir(hg))
 
 
 def test_every_all_list_holds_public_names_that_exist():

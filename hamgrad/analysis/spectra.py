@@ -330,7 +330,7 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         TypeError, ValueError: for an argument out of range (the message names it).
 
     Warns:
-        :class:`hamgrad.ConvergenceWarning` when ``power`` did not converge (its value is then ``nan``).
+        hamgrad.ConvergenceWarning: when ``power`` did not converge (its value is then ``nan``).
     """
     J = _check_operator(J)
     if J.shape[0] != J.shape[1]:

@@ -457,7 +457,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         workers: how many runs train at once (1: in this process).
         address: ``None`` starts a local Ray instance when ``workers > 1`` (a Ray instance already started in this
             process is used as it is); ``"auto"`` or ``"HOST:PORT"`` attaches to a running Ray cluster.
-        cpus_per_run, gpus_per_run: Ray resources of each run (ignored in-process).
+        cpus_per_run: Ray CPUs (torch threads) of each run (ignored in-process).
+        gpus_per_run: Ray GPUs of each run (ignored in-process).
         retries: how many times a run that raises (or whose worker dies) is tried again before it is recorded as
             a failed row (``status="failed"`` with its ``error``; shown in the summary).
 

@@ -186,7 +186,9 @@ def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, ste
         channels: its input and output channels.
         d: its inner channels.
         rank: r for the hams and A² (unused by self-attention and global pooling).
-        steps, grad, solver_kwargs: the Hamburger's arguments (used only for a solver name).
+        steps: the Hamburger's solver steps (used only for a solver name).
+        grad: the Hamburger's gradient mode (used only for a solver name).
+        solver_kwargs: the Hamburger's solver arguments (used only for a solver name).
 
     Returns:
         the untrained module.

@@ -1,0 +1,66 @@
+"""Figure 3: cosine and norm ratio of the one-step, truncated and BPTT gradients against the implicit gradient, and
+their time and memory, against the solver steps K."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import plots
+from ..analysis import compare_gradients
+from ..solvers import SoftVQ
+from . import _common
+from ._registry import register
+
+
+def compute(quick: bool, **_) -> dict:
+    """Figure 3's numbers, on soft VQ at 1/T = 2 on Gaussian features, where the solver converges (ρ(J*) ≈ 0.99 at
+    the full size, slowly), so the implicit gradient after 500 forward steps (GMRES backward) is a well-defined
+    reference.
+
+    Args:
+        quick: the CI size (K in 1, 2, 4, 6) instead of the full one (K from 1 to 24).
+
+    Returns:
+        ``{"size", "label", "reference", "K", "modes": {mode: {"cosine", "norm_ratio", "seconds", "peak_mb"}},
+        "memory_kind"}``, one list entry per K (``nan`` where a mode is undefined).
+    """
+    size = _common.size(quick)
+    ks = [1, 2, 4, 6] if quick else [1, 2, 3, 4, 6, 8, 12, 16, 24]
+    s = SoftVQ(rank=size["r"], inv_t=2.0)
+    x = _common.solver_data(size["d"], size["n"], size["r"], nonnegative=False)[None]
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    mode_names = ["one-step", "one-step-coef", "truncated:2", "bptt"]
+    modes = {m: {key: [] for key in ("cosine", "norm_ratio", "seconds", "peak_mb")} for m in mode_names}
+    reference = None
+    for K in ks:
+        valid = [m for m in mode_names if not (m == "truncated:2" and K < 2)]
+        cmp = compare_gradients(s, x, lambda y: (w * y).sum(), steps=K, modes=valid, reference="implicit",
+                                reference_steps=500, generator=torch.Generator().manual_seed(1), adjoint="gmres",
+                                max_iter=3000, strict=True)
+        reference = cmp.reference
+        got = {m.mode: m for m in cmp.modes}
+        for name in mode_names:
+            m = got.get(name)
+            for key, value in (("cosine", m and m.cosine_x), ("norm_ratio", m and m.norm_ratio_x),
+                               ("seconds", m and m.seconds), ("peak_mb", m and m.peak_bytes / 2 ** 20)):
+                modes[name][key].append(math.nan if m is None else float(value))
+    return {"size": size, "label": f"soft VQ, 1/T = 2, d={size['d']}, n={size['n']}, r={size['r']}",
+            "reference": "implicit (500 forward steps, GMRES)", "K": ks, "modes": modes,
+            "memory_kind": reference.memory_kind}
+
+
+def plot(result: dict):
+    """Draw figure 3 (:func:`hamgrad.plots.gradient_agreement`).
+
+    Args:
+        result: :func:`compute`'s result or its JSON.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    return plots.gradient_agreement(result)
+
+
+register("agreement", compute, plot)
