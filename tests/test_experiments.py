@@ -458,6 +458,16 @@ def test_raising_run_is_retried_then_recorded_as_failed(tmp_path, monkeypatch, c
     assert again[0] == rows[0]
 
 
+def test_ray_address_that_does_not_answer(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: bound here, never listened to
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        with pytest.raises(ValueError, match=rf"address='{address}': no Ray cluster answers there \(.*refused"):
+            run_ablation(_tiny(), tmp_path, progress=False, address=address)
+    with pytest.raises(ValueError, match="address must be 'auto' or 'HOST:PORT', got 'nowhere'"):
+        run_ablation(_tiny(), tmp_path, progress=False, address="nowhere")
+
+
 # ---------------------------------------------------------------------- Ray: a real local instance, 2 workers
 @pytest.fixture(scope="module")
 def ray_address():
