@@ -458,6 +458,25 @@ def test_raising_run_is_retried_then_recorded_as_failed(tmp_path, monkeypatch, c
     assert again[0] == rows[0]
 
 
+def test_one_worker_runs_in_process_without_ray(tmp_path):
+    code = ("import sys; from hamgrad.experiments import AblationConfig, run_ablation; "
+            "run_ablation(AblationConfig.quick(solvers=(), grads=(), iters=2), sys.argv[1], progress=False, "
+            "workers=1); print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
+
+
+def test_ray_address_that_does_not_answer(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: bound here, never listened to
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        with pytest.raises(ValueError, match=rf"address='{address}': no Ray cluster answers there \(.*refused"):
+            run_ablation(_tiny(), tmp_path, progress=False, address=address)
+    with pytest.raises(ValueError, match="address must be 'auto' or 'HOST:PORT', got 'nowhere'"):
+        run_ablation(_tiny(), tmp_path, progress=False, address="nowhere")
+
+
 # ---------------------------------------------------------------------- Ray: a real local instance, 2 workers
 @pytest.fixture(scope="module")
 def ray_address():

@@ -553,6 +553,20 @@ def _ray_task(config: AblationConfig, spec: RunSpec, run_dir: str, device: str, 
         return _run(config, spec, Path(run_dir), _check_device(device), bar)
 
 
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` address must accept a connection (Ray itself would retry for minutes); ``"auto"`` is Ray's."""
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise ValueError(f"address={address!r}: no Ray cluster answers there ({err}); start one with "
+                         f"`ray start --head --port={port}` or check the address") from None
+
+
 def _run_on_ray(config, pending, out, device, retries, progress, record, *, workers, address, cpus_per_run,
                 gpus_per_run) -> None:
     """The Ray engine: up to ``workers`` runs as Ray tasks at once; failures are resubmitted by this driver."""
@@ -568,6 +582,7 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
             ray.init(num_cpus=math.ceil(workers * cpus_per_run), num_gpus=math.ceil(workers * gpus_per_run),
                      include_dashboard=False, log_to_driver=False)
         else:
+            _check_reachable(address)
             ray.init(address=address, log_to_driver=False)
     running: dict = {}
     try:
