@@ -21,6 +21,7 @@ implicit backward to a fixed point found by any other means.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import warnings
@@ -31,8 +32,9 @@ import torch
 
 from ._checks import (check_bool, check_choice, check_finite, check_float_tensor, check_generator, check_positive,
                       check_steps)
-from ._krylov import LinearSolveResult, fixed_point_solve, gmres
+from ._krylov import LinearSolveResult, as_matvec, fixed_point_solve, gmres
 from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, unflatten_state
+from .linalg import IdentityOperator, LinearOperator
 
 __all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
            "GRAD_MODES", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
@@ -163,13 +165,35 @@ def _check_adjoint_args(tol, max_iter, adjoint, strict):
     check_bool(strict, "strict")
 
 
-def _linear_solve(adjoint, matvec: Callable, b: torch.Tensor, tol: float, max_iter: int):
-    """Solve ``matvec(u) = b`` (``matvec(u) = u − Jᵀu``) with a built-in method or a user's callable."""
+class _StepVJP(LinearOperator):
+    """``Jᵀ = (∂F/∂h)ᵀ`` at ``(h, x)`` on flat vectors: each product is one backward through a graph of ``F(h, x)``
+    built once, at construction (under grad mode). Only the products with ``Jᵀ`` exist: the adjoint system
+    ``(I − Jᵀ) u = g`` never needs ``J``'s (those are JVPs: :func:`hamgrad.analysis.jacobian`)."""
+
+    def __init__(self, fp: FixedPoint, h: tuple, x):
+        self.h = tuple(t.detach().requires_grad_(True) for t in h)
+        self.f = fp.step(self.h, x)  # graph to h only
+        n, dtype = sum(t.numel() for t in h), functools.reduce(torch.promote_types, [t.dtype for t in h])
+        super().__init__((n, n), dtype=dtype, device=h[0].device, name="J*.T")  # the dtype of flatten_state(h)
+
+    def _matmat(self, U):
+        return torch.stack([self._vjp(u) for u in U])
+
+    def _vjp(self, u):
+        vs = torch.autograd.grad(self.f, self.h, unflatten_state(u, self.f), retain_graph=True, allow_unused=True)
+        return flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, self.h)])
+
+    def _adjoint(self, V):
+        raise NotImplementedError("the implicit backward's J*.T has VJPs only; for JVPs use hamgrad.analysis.jacobian")
+
+
+def _linear_solve(adjoint, M: LinearOperator, b: torch.Tensor, tol: float, max_iter: int):
+    """Solve ``M u = b`` (``M = I − Jᵀ``) with a built-in method, or a user's callable given ``M``'s matvec."""
     if adjoint == "fixed-point":
-        return fixed_point_solve(lambda u: u - matvec(u), b, tol, max_iter)
+        return fixed_point_solve(M, b, tol, max_iter)
     if adjoint == "gmres":
-        return gmres(matvec, b, tol, max_iter)
-    res = adjoint(matvec, b, tol, max_iter)
+        return gmres(M, b, tol, max_iter)
+    res = adjoint(as_matvec(M), b, tol, max_iter)
     missing = [a for a in ("x", "residual", "iterations", "converged") if not hasattr(res, a)]
     if missing:
         raise TypeError(f"adjoint(matvec, b, tol, max_iter) must return an object with x, residual, iterations and "
@@ -196,16 +220,10 @@ def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, a
     def adjoint_solve(grads):
         start = time.perf_counter()
         with torch.enable_grad():
-            h_req = tuple(t.detach().requires_grad_(True) for t in h)
-            f_h = fp.step(h_req, x_const)  # graph to h only, for the products Jᵀu at h*
-
-            def matvec(u):  # (I − Jᵀ) u on flat vectors
-                vs = torch.autograd.grad(f_h, h_req, unflatten_state(u, f_h), retain_graph=True, allow_unused=True)
-                return u - flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, h_req)])
-
-            zeros = [torch.zeros_like(t) for t in h]
-            res = _linear_solve(adjoint, matvec, flatten_state([z if g is None else g for g, z in zip(grads, zeros)]),
-                                tol, max_iter)
+            JT = _StepVJP(fp, h, x_const)
+            M = IdentityOperator(JT.shape[0], dtype=JT.dtype, device=JT.device) - JT  # the adjoint system's I − J*ᵀ
+            b = flatten_state([torch.zeros_like(t) if g is None else g for g, t in zip(grads, h)])
+            res = _linear_solve(adjoint, M, b, tol, max_iter)
         method = adjoint if isinstance(adjoint, str) else getattr(adjoint, "__name__", type(adjoint).__name__)
         record.append(BackwardInfo(method, float(res.residual), int(res.iterations), bool(res.converged), tol,
                                    time.perf_counter() - start))
