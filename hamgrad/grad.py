@@ -9,7 +9,7 @@ which steps carry an autograd graph:
 ``one-step-coef``   K steps without graph, then the solver's code update with D held constant, ``y = D_K C_new``
                     (the official Hamburger code; solvers with ``coef_readout`` only)
 ``truncated:k``     the last k steps (k = 1 is ``one-step``, k = K is ``bptt``)
-``implicit``        K steps without graph; the backward pass solves ``u = g + J_Kᵀ u`` (fixed-point iteration,
+``implicit``        K steps without graph; the backward pass solves ``(I − J_Kᵀ) u = g`` (fixed-point iteration,
                     GMRES or a linear solver of the user's) and returns ``∂y/∂x = uᵀ B_K`` — the
                     implicit-function-theorem gradient. First-order only: ``create_graph=True`` is refused.
 ==================  =======================================================================================
@@ -17,6 +17,11 @@ which steps carry an autograd graph:
 The initial state is a constant of the solve: a state built by ``init`` carries no graph, and a user's ``h0`` keeps
 its graph only in the steps that have one (so ``bptt`` gives ``∂y/∂h^0``). :func:`implicit_gradient` attaches the
 implicit backward to a fixed point found by any other means.
+
+The implicit backward's linear system is built from the operators of :mod:`hamgrad.linalg`: ``J_Kᵀ`` is an operator
+whose products are VJPs through one autograd graph of ``F(h^K, x)`` (built once per backward call), and the system
+matrix is ``IdentityOperator(n) - J_Kᵀ`` on the state flattened in tuple order
+(:func:`hamgrad.fixed_point.flatten_state`).
 """
 
 from __future__ import annotations
@@ -244,7 +249,8 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
     """Attach the implicit-function-theorem gradient to a fixed point ``h* = F(h*, x)`` found by any means.
 
     The returned state has ``h_star``'s values; backpropagating through it (e.g. through ``model``'s readout)
-    solves ``u = g + J*ᵀ u`` at ``(h*, x)`` and passes ``uᵀ ∂F/∂x`` to ``x`` and F's parameters, so that
+    solves ``(I − J*ᵀ) u = g`` at ``(h*, x)`` (``J*ᵀ`` an operator of VJPs, ``I − J*ᵀ`` built with
+    :mod:`hamgrad.linalg`) and passes ``uᵀ ∂F/∂x`` to ``x`` and F's parameters, so that
     ``∂y/∂x = ∂G/∂h (I − J*)⁻¹ B* + ∂G/∂x`` (docs/theory.md §4). ``hg.solve(..., grad="implicit")`` is
     ``implicit_gradient(model, info.state, x)`` after K steps.
 
@@ -254,7 +260,8 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
         x: the input F was solved for.
         tol: as in :func:`solve`.
         max_iter: as in :func:`solve`.
-        adjoint: as in :func:`solve`.
+        adjoint: ``"fixed-point"``, ``"gmres"`` or a callable ``adjoint(matvec, b, tol, max_iter)`` given the
+            product ``matvec(u) = u − J*ᵀ u`` with a flat 1-D vector, as in :func:`solve`.
         strict: as in :func:`solve`.
         record: a list that receives one :class:`BackwardInfo` per backward call (optional).
 
@@ -398,9 +405,12 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
             ``False`` skips all of it (training loops).
         tol: the implicit backward solve's relative residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
         max_iter: the implicit backward solve's iteration limit.
-        adjoint: the implicit backward solve's linear solver: ``"fixed-point"``, ``"gmres"`` or a callable
-            ``adjoint(matvec, b, tol, max_iter)`` solving ``matvec(u) = b`` (``matvec(u) = u − Jᵀu`` on flat vectors)
-            and returning an object with ``x``, ``residual``, ``iterations`` and ``converged`` (like
+        adjoint: the implicit backward's solver for ``(I − J_Kᵀ) u = g``, an operator of :mod:`hamgrad.linalg`:
+            ``"fixed-point"`` (the iteration ``u ← g + J_Kᵀ u``, which converges when ``ρ(J_K) < 1``), ``"gmres"``
+            (restarted GMRES, which needs only ``I − J_K`` non-singular) or a callable
+            ``adjoint(matvec, b, tol, max_iter)`` solving ``matvec(u) = b``, where ``matvec(u) = u − J_Kᵀ u`` for a
+            1-D vector ``u`` (the state flattened in tuple order, like ``b``), and returning an object with ``x``
+            (shaped like ``b``), ``residual``, ``iterations`` and ``converged`` (like
             :class:`hamgrad.LinearSolveResult`).
         strict: whether the implicit backward solve's non-convergence raises :class:`ConvergenceError` instead of
             warning :class:`ConvergenceWarning`.

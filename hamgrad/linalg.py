@@ -78,7 +78,18 @@ class LinearOperator:
 
     @classmethod
     def from_dense(cls, A: torch.Tensor, name: str = "A") -> "LinearOperator":
-        """Wrap a 2-D tensor as an operator (for tests and small examples)."""
+        """Wrap a 2-D tensor as an operator (for tests and small examples).
+
+        Args:
+            A: the matrix, a 2-D floating-point tensor (the operator's dtype and device are its own).
+            name: a label for error messages and ``repr``.
+
+        Returns:
+            A :class:`LinearOperator` with ``A @ v == A.matmul(v)``.
+
+        Raises:
+            TypeError, ValueError: ``A`` is not a floating-point tensor, or not 2-D.
+        """
         check_float_tensor(A, name, min_dim=2)
         if A.dim() != 2:
             raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(A.shape)}")
@@ -169,7 +180,11 @@ class LinearOperator:
     # ------------------------------------------------------------------ conversions
     def dense(self, chunk_size: int = 256) -> torch.Tensor:
         """The ``m × n`` matrix, built ``chunk_size`` rows (VJPs, as ``jacrev``) or columns (JVPs, as ``jacfwd``)
-        at a time, whichever side is smaller."""
+        at a time, whichever side is smaller.
+
+        Raises:
+            ValueError: ``chunk_size < 1``.
+        """
         m, n = self.shape
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -294,7 +309,13 @@ class _Scaled(LinearOperator):
 
 
 class IdentityOperator(LinearOperator):
-    """The ``n × n`` identity (for ``I − J``: ``IdentityOperator(n, dtype=J.dtype, device=J.device) - J``)."""
+    """The ``n × n`` identity (for ``I − J``: ``IdentityOperator(n, dtype=J.dtype, device=J.device) - J``).
+
+    Args:
+        n: the size.
+        dtype: the dtype of the vectors it acts on.
+        device: the device of the vectors it acts on.
+    """
 
     def __init__(self, n: int, *, dtype: torch.dtype, device: torch.device | str):
         super().__init__((n, n), dtype=dtype, device=device, name="I")
@@ -314,8 +335,12 @@ class InverseOperator(LinearOperator):
         tol: the solves' relative residual tolerance.
         max_iter: the solves' limit on products with ``A``.
 
-    ``solves`` collects every solve's :class:`hamgrad._krylov.LinearSolveResult` (shared with the transpose):
-    check their ``converged`` before trusting a product.
+    ``solves`` collects every solve's :class:`hamgrad.LinearSolveResult` (shared with the transpose): check their
+    ``converged`` before trusting a product.
+
+    Raises:
+        ValueError: ``A`` is not square, or ``tol`` / ``max_iter`` is not positive.
+        TypeError: ``tol`` is not a number or ``max_iter`` not an int.
     """
 
     def __init__(self, A: LinearOperator, tol: float, max_iter: int = 500, *, _solves: list | None = None):

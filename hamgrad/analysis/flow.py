@@ -135,9 +135,9 @@ def implicit_jacobian(model, h, x: torch.Tensor, *, readout: bool = True, tol: f
 
     Returns:
         ``(operator, solves)``: the :class:`LinearOperator` ``(I − J)⁻¹ B`` (then ``∂G/∂h (I − J)⁻¹ B + ∂G/∂x``),
-        built from :class:`JacobianOperator`, :class:`IdentityOperator` and :class:`InverseOperator`; ``solves`` is
-        the list that collects each inner solve's :class:`hamgrad._krylov.LinearSolveResult` (check their
-        ``converged``).
+        built from :class:`JacobianOperator` and :mod:`hamgrad.linalg`'s :class:`IdentityOperator` and
+        :class:`InverseOperator`; ``solves`` is the list that collects each inner solve's
+        :class:`hamgrad.LinearSolveResult` (check their ``converged``).
 
     Raises:
         TypeError, ValueError: for a model, ``x`` or ``h`` that :func:`hamgrad.solve` would reject.
