@@ -160,7 +160,7 @@ class LinearOperator:
     def __sub__(self, other):
         if not isinstance(other, LinearOperator):
             return NotImplemented
-        return _Sum(self, _Scaled(-1.0, other))
+        return _Sum(self, other, sign=-1.0)
 
     def __mul__(self, c):
         if isinstance(c, bool) or not isinstance(c, (int, float)):
@@ -272,20 +272,20 @@ class _Composition(LinearOperator):
 
 
 class _Sum(LinearOperator):
-    """``A + B``."""
+    """``A + B``, or ``A − B`` for ``sign = −1`` (one fused ``torch.add`` a product)."""
 
-    def __init__(self, A: LinearOperator, B: LinearOperator):
+    def __init__(self, A: LinearOperator, B: LinearOperator, sign: float = 1.0):
         if A.shape != B.shape:
             raise ValueError(f"cannot add {A.name} {A.shape} and {B.name} {B.shape}: shapes differ")
         _check_same_space(A, B, "add")
-        super().__init__(A.shape, dtype=A.dtype, device=A.device, name=f"{A.name} + {B.name}")
-        self.terms = (A, B)
+        super().__init__(A.shape, dtype=A.dtype, device=A.device, name=f"{A.name} {'+' if sign > 0 else '-'} {B.name}")
+        self.terms, self.sign = (A, B), sign
 
     def _matmat(self, V):
-        return self.terms[0]._matmat(V) + self.terms[1]._matmat(V)
+        return torch.add(self.terms[0]._matmat(V), self.terms[1]._matmat(V), alpha=self.sign)
 
     def _adjoint(self, U):
-        return self.terms[0]._adjoint(U) + self.terms[1]._adjoint(U)
+        return torch.add(self.terms[0]._adjoint(U), self.terms[1]._adjoint(U), alpha=self.sign)
 
 
 class _Scaled(LinearOperator):
