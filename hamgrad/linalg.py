@@ -85,7 +85,7 @@ class LinearOperator:
             name: a label for error messages and ``repr``.
 
         Returns:
-            A :class:`LinearOperator` with ``A @ v == A.matmul(v)``.
+            A :class:`LinearOperator` whose products are those of the matrix (``op @ v`` equals ``A @ v``).
 
         Raises:
             TypeError, ValueError: ``A`` is not a floating-point tensor, or not 2-D.

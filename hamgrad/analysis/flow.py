@@ -35,8 +35,9 @@ import torch
 from .._checks import check_steps
 from ..fixed_point import state_residual
 from ..grad import as_fixed_point
+from ..linalg import IdentityOperator, InverseOperator
 from .linearize import linearize
-from .operators import IdentityOperator, InverseOperator, analysis_point, linear_operator
+from .operators import analysis_point, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian", "empirical_rate"]
