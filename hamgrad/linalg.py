@@ -7,9 +7,9 @@ combine like matrices — ``A @ B`` (composition), ``A + B``, ``A - B``, ``c * A
 
 This module depends only on torch and the package's small Krylov solvers, so that the gradient modes
 (:mod:`hamgrad.grad`: the implicit mode's adjoint system ``(I − Jᵀ) u = g``) and the analysis
-(:mod:`hamgrad.analysis`: Jacobians of steps and unrolled solves, spectra, implicit Jacobians) share it. A
-vector-valued product with a 1-D vector is ``A @ v``; :func:`hamgrad._krylov.gmres` accepts an operator as well
-as a function.
+(:mod:`hamgrad.analysis`: Jacobians of steps and unrolled solves, spectra, implicit Jacobians) share it. The
+product with a 1-D vector is ``A @ v``, and the package's matrix-free solvers (GMRES, fixed-point iteration) take an
+operator as well as a function ``v -> A v``.
 
 Examples:
     >>> import torch
