@@ -1,4 +1,8 @@
-"""Small matrix-free linear solvers in torch, so that backward solves stay on the input's device."""
+"""Small matrix-free linear solvers in torch, so that backward solves stay on the input's device.
+
+Each solves ``M u = b`` for a square ``M`` given as a :class:`hamgrad.linalg.LinearOperator` (or anything else with
+``M @ v``, e.g. a matrix) or as a function ``v -> M v`` on 1-D vectors.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +29,21 @@ class LinearSolveResult:
                 "method": self.method}
 
 
-def fixed_point_solve(apply_A: Callable, b: torch.Tensor, tol: float, max_iter: int) -> LinearSolveResult:
-    """Solve ``u = b + A u`` by the iteration ``u ← b + A u`` (converges when ρ(A) < 1). One ``apply_A`` an iteration."""
+def as_matvec(M) -> Callable:
+    """``v -> M v`` on 1-D vectors: ``M`` itself when it is a function, else ``lambda v: M @ v`` (an operator)."""
+    return M if callable(M) else (lambda v: M @ v)
+
+
+def fixed_point_solve(M, b: torch.Tensor, tol: float, max_iter: int) -> LinearSolveResult:
+    """Solve ``M u = b`` by the iteration ``u ← u + (b − M u)``: for ``M = I − A`` the fixed-point iteration
+    ``u ← b + A u`` of ``u = b + A u``, which converges when ``ρ(A) < 1``. One product with ``M`` an iteration."""
+    apply_M = as_matvec(M)
     b_norm = float(b.norm())
     u = b.clone()
     res = 0.0 if b_norm == 0 else float("inf")
     it = 0
     while it < max_iter and res > tol:
-        r = b + apply_A(u) - u
+        r = b - apply_M(u)
         it += 1
         res = float(r.norm()) / b_norm
         if not math.isfinite(res):
@@ -41,12 +52,13 @@ def fixed_point_solve(apply_A: Callable, b: torch.Tensor, tol: float, max_iter: 
     return LinearSolveResult(u, res, it, res <= tol, "fixed-point")
 
 
-def gmres(apply_M: Callable, b: torch.Tensor, tol: float, max_iter: int, restart: int = 30) -> LinearSolveResult:
-    """Restarted GMRES for ``M u = b`` with ``M`` given as a function; ``max_iter`` bounds the applications of ``M``.
+def gmres(M, b: torch.Tensor, tol: float, max_iter: int, restart: int = 30) -> LinearSolveResult:
+    """Restarted GMRES for ``M u = b``; ``max_iter`` bounds the products with ``M``.
 
     Arnoldi with modified Gram–Schmidt; the small least-squares problem (at most ``restart`` columns) is re-solved at
     each inner step for the residual estimate, and the true residual is recomputed at every restart.
     """
+    apply_M = as_matvec(M)
     b_norm = float(b.norm())
     u = torch.zeros_like(b)
     r, it = b.clone(), 0

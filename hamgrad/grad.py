@@ -9,7 +9,7 @@ which steps carry an autograd graph:
 ``one-step-coef``   K steps without graph, then the solver's code update with D held constant, ``y = D_K C_new``
                     (the official Hamburger code; solvers with ``coef_readout`` only)
 ``truncated:k``     the last k steps (k = 1 is ``one-step``, k = K is ``bptt``)
-``implicit``        K steps without graph; the backward pass solves ``u = g + J_Kᵀ u`` (fixed-point iteration,
+``implicit``        K steps without graph; the backward pass solves ``(I − J_Kᵀ) u = g`` (fixed-point iteration,
                     GMRES or a linear solver of the user's) and returns ``∂y/∂x = uᵀ B_K`` — the
                     implicit-function-theorem gradient. First-order only: ``create_graph=True`` is refused.
 ==================  =======================================================================================
@@ -17,10 +17,16 @@ which steps carry an autograd graph:
 The initial state is a constant of the solve: a state built by ``init`` carries no graph, and a user's ``h0`` keeps
 its graph only in the steps that have one (so ``bptt`` gives ``∂y/∂h^0``). :func:`implicit_gradient` attaches the
 implicit backward to a fixed point found by any other means.
+
+The implicit backward's linear system is built from the operators of :mod:`hamgrad.linalg`: ``J_Kᵀ`` is an operator
+whose products are VJPs through one autograd graph of ``F(h^K, x)`` (built once per backward call), and the system
+matrix is ``IdentityOperator(n) - J_Kᵀ`` on the state flattened in tuple order
+(:func:`hamgrad.fixed_point.flatten_state`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import warnings
@@ -31,8 +37,9 @@ import torch
 
 from ._checks import (check_bool, check_choice, check_finite, check_float_tensor, check_generator, check_positive,
                       check_steps)
-from ._krylov import LinearSolveResult, fixed_point_solve, gmres
+from ._krylov import LinearSolveResult, as_matvec, fixed_point_solve, gmres
 from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, unflatten_state
+from .linalg import IdentityOperator, LinearOperator
 
 __all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
            "GRAD_MODES", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
@@ -163,13 +170,35 @@ def _check_adjoint_args(tol, max_iter, adjoint, strict):
     check_bool(strict, "strict")
 
 
-def _linear_solve(adjoint, matvec: Callable, b: torch.Tensor, tol: float, max_iter: int):
-    """Solve ``matvec(u) = b`` (``matvec(u) = u − Jᵀu``) with a built-in method or a user's callable."""
+class _StepVJP(LinearOperator):
+    """``Jᵀ = (∂F/∂h)ᵀ`` at ``(h, x)`` on flat vectors: each product is one backward through a graph of ``F(h, x)``
+    built once, at construction (under grad mode). Only the products with ``Jᵀ`` exist: the adjoint system
+    ``(I − Jᵀ) u = g`` never needs ``J``'s (those are JVPs: :func:`hamgrad.analysis.jacobian`)."""
+
+    def __init__(self, fp: FixedPoint, h: tuple, x):
+        self.h = tuple(t.detach().requires_grad_(True) for t in h)
+        self.f = fp.step(self.h, x)  # graph to h only
+        n, dtype = sum(t.numel() for t in h), functools.reduce(torch.promote_types, [t.dtype for t in h])
+        super().__init__((n, n), dtype=dtype, device=h[0].device, name="J*.T")  # the dtype of flatten_state(h)
+
+    def _matmat(self, U):
+        return torch.stack([self._vjp(u) for u in U])
+
+    def _vjp(self, u):
+        vs = torch.autograd.grad(self.f, self.h, unflatten_state(u, self.f), retain_graph=True, allow_unused=True)
+        return flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, self.h)])
+
+    def _adjoint(self, V):
+        raise NotImplementedError("the implicit backward's J*.T has VJPs only; for JVPs use hamgrad.analysis.jacobian")
+
+
+def _linear_solve(adjoint, M: LinearOperator, b: torch.Tensor, tol: float, max_iter: int):
+    """Solve ``M u = b`` (``M = I − Jᵀ``) with a built-in method, or a user's callable given ``M``'s matvec."""
     if adjoint == "fixed-point":
-        return fixed_point_solve(lambda u: u - matvec(u), b, tol, max_iter)
+        return fixed_point_solve(M, b, tol, max_iter)
     if adjoint == "gmres":
-        return gmres(matvec, b, tol, max_iter)
-    res = adjoint(matvec, b, tol, max_iter)
+        return gmres(M, b, tol, max_iter)
+    res = adjoint(as_matvec(M), b, tol, max_iter)
     missing = [a for a in ("x", "residual", "iterations", "converged") if not hasattr(res, a)]
     if missing:
         raise TypeError(f"adjoint(matvec, b, tol, max_iter) must return an object with x, residual, iterations and "
@@ -196,16 +225,10 @@ def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, a
     def adjoint_solve(grads):
         start = time.perf_counter()
         with torch.enable_grad():
-            h_req = tuple(t.detach().requires_grad_(True) for t in h)
-            f_h = fp.step(h_req, x_const)  # graph to h only, for the products Jᵀu at h*
-
-            def matvec(u):  # (I − Jᵀ) u on flat vectors
-                vs = torch.autograd.grad(f_h, h_req, unflatten_state(u, f_h), retain_graph=True, allow_unused=True)
-                return u - flatten_state([torch.zeros_like(t) if v is None else v for v, t in zip(vs, h_req)])
-
-            zeros = [torch.zeros_like(t) for t in h]
-            res = _linear_solve(adjoint, matvec, flatten_state([z if g is None else g for g, z in zip(grads, zeros)]),
-                                tol, max_iter)
+            JT = _StepVJP(fp, h, x_const)
+            M = IdentityOperator(JT.shape[0], dtype=JT.dtype, device=JT.device) - JT  # the adjoint system's I − J*ᵀ
+            b = flatten_state([torch.zeros_like(t) if g is None else g for g, t in zip(grads, h)])
+            res = _linear_solve(adjoint, M, b, tol, max_iter)
         method = adjoint if isinstance(adjoint, str) else getattr(adjoint, "__name__", type(adjoint).__name__)
         record.append(BackwardInfo(method, float(res.residual), int(res.iterations), bool(res.converged), tol,
                                    time.perf_counter() - start))
@@ -226,7 +249,8 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
     """Attach the implicit-function-theorem gradient to a fixed point ``h* = F(h*, x)`` found by any means.
 
     The returned state has ``h_star``'s values; backpropagating through it (e.g. through ``model``'s readout)
-    solves ``u = g + J*ᵀ u`` at ``(h*, x)`` and passes ``uᵀ ∂F/∂x`` to ``x`` and F's parameters, so that
+    solves ``(I − J*ᵀ) u = g`` at ``(h*, x)`` (``J*ᵀ`` an operator of VJPs, ``I − J*ᵀ`` built with
+    :mod:`hamgrad.linalg`) and passes ``uᵀ ∂F/∂x`` to ``x`` and F's parameters, so that
     ``∂y/∂x = ∂G/∂h (I − J*)⁻¹ B* + ∂G/∂x`` (docs/theory.md §4). ``hg.solve(..., grad="implicit")`` is
     ``implicit_gradient(model, info.state, x)`` after K steps.
 
@@ -236,7 +260,8 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
         x: the input F was solved for.
         tol: as in :func:`solve`.
         max_iter: as in :func:`solve`.
-        adjoint: as in :func:`solve`.
+        adjoint: ``"fixed-point"``, ``"gmres"`` or a callable ``adjoint(matvec, b, tol, max_iter)`` given the
+            product ``matvec(u) = u − J*ᵀ u`` with a flat 1-D vector, as in :func:`solve`.
         strict: as in :func:`solve`.
         record: a list that receives one :class:`BackwardInfo` per backward call (optional).
 
@@ -380,9 +405,12 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
             ``False`` skips all of it (training loops).
         tol: the implicit backward solve's relative residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
         max_iter: the implicit backward solve's iteration limit.
-        adjoint: the implicit backward solve's linear solver: ``"fixed-point"``, ``"gmres"`` or a callable
-            ``adjoint(matvec, b, tol, max_iter)`` solving ``matvec(u) = b`` (``matvec(u) = u − Jᵀu`` on flat vectors)
-            and returning an object with ``x``, ``residual``, ``iterations`` and ``converged`` (like
+        adjoint: the implicit backward's solver for ``(I − J_Kᵀ) u = g``, an operator of :mod:`hamgrad.linalg`:
+            ``"fixed-point"`` (the iteration ``u ← g + J_Kᵀ u``, which converges when ``ρ(J_K) < 1``), ``"gmres"``
+            (restarted GMRES, which needs only ``I − J_K`` non-singular) or a callable
+            ``adjoint(matvec, b, tol, max_iter)`` solving ``matvec(u) = b``, where ``matvec(u) = u − J_Kᵀ u`` for a
+            1-D vector ``u`` (the state flattened in tuple order, like ``b``), and returning an object with ``x``
+            (shaped like ``b``), ``residual``, ``iterations`` and ``converged`` (like
             :class:`hamgrad.LinearSolveResult`).
         strict: whether the implicit backward solve's non-convergence raises :class:`ConvergenceError` instead of
             warning :class:`ConvergenceWarning`.

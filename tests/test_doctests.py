@@ -12,6 +12,7 @@ import pytest
 MODULES = [
     "hamgrad.grad",                 # hg.solve: the quick start
     "hamgrad.fixed_point",          # FixedPoint: one-step, BPTT and implicit against (1 − J)⁻¹
+    "hamgrad.linalg",               # operator algebra: (I − J)⁻¹ by GMRES against the 2 × 2 inverse
     "hamgrad.analysis.ratio",       # accumulative_ratio against known singular values
     "hamgrad.nn.hamburger",
     "hamgrad.nn.hamnet",

@@ -341,6 +341,30 @@ def test_implicit_with_a_user_linear_solver():
         y.sum().backward()
 
 
+def test_a_user_linear_solver_gets_the_adjoint_system_i_minus_j_transposed():
+    """The matvec handed to ``adjoint=`` is ``u ↦ (I − J*ᵀ) u`` on the flattened two-tensor NMF state, against the
+    dense jacobian of the step; the solve itself (LAPACK on that matrix) then gives the dense IFT gradient."""
+    s, x, K, _ = _ham_case("nmf")
+    with torch.no_grad():
+        _, info = hg.solve(s, x, steps=K, generator=torch.Generator().manual_seed(3))
+    J, *_ = _flat_jacobians(s, x, info.state)
+    seen = []
+
+    def dense_solve(matvec, b, tol, max_iter):
+        M = torch.stack([matvec(e) for e in torch.eye(b.numel(), dtype=b.dtype)], dim=1)
+        seen.append(M)
+        u = torch.linalg.lstsq(M, b).solution  # NMF's I − J* is singular (see _dense_ift)
+        return hg.LinearSolveResult(u, float((M @ u - b).norm() / b.norm()), b.numel(), True, "dense")
+
+    x = x.clone().requires_grad_(True)
+    y = s.readout(x, hg.implicit_gradient(s, info.state, x, adjoint=dense_solve))
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    (g,) = torch.autograd.grad((y * w).sum(), x)
+    torch.testing.assert_close(seen[0], torch.eye(J.shape[0], dtype=J.dtype) - J.T, rtol=1e-10, atol=1e-12)
+    dense, _ = _dense_ift(s, x.detach(), info.state)
+    torch.testing.assert_close(g, (w.reshape(-1) @ dense).reshape(x.shape), rtol=1e-6, atol=1e-9)
+
+
 def test_implicit_refuses_double_backward():
     fp, x, h0 = _contractive("cpu")
     y, _ = hg.solve(fp, x, steps=40, grad="implicit", h0=h0)

@@ -35,8 +35,9 @@ import torch
 from .._checks import check_steps
 from ..fixed_point import state_residual
 from ..grad import as_fixed_point
+from ..linalg import IdentityOperator, InverseOperator
 from .linearize import linearize
-from .operators import IdentityOperator, InverseOperator, analysis_point, linear_operator
+from .operators import analysis_point, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian", "empirical_rate"]
@@ -135,9 +136,9 @@ def implicit_jacobian(model, h, x: torch.Tensor, *, readout: bool = True, tol: f
 
     Returns:
         ``(operator, solves)``: the :class:`LinearOperator` ``(I − J)⁻¹ B`` (then ``∂G/∂h (I − J)⁻¹ B + ∂G/∂x``),
-        built from :class:`JacobianOperator`, :class:`IdentityOperator` and :class:`InverseOperator`; ``solves`` is
-        the list that collects each inner solve's :class:`hamgrad._krylov.LinearSolveResult` (check their
-        ``converged``).
+        built from :class:`JacobianOperator` and :mod:`hamgrad.linalg`'s :class:`IdentityOperator` and
+        :class:`InverseOperator`; ``solves`` is the list that collects each inner solve's
+        :class:`hamgrad.LinearSolveResult` (check their ``converged``).
 
     Raises:
         TypeError, ValueError: for a model, ``x`` or ``h`` that :func:`hamgrad.solve` would reject.
