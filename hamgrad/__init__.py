@@ -17,7 +17,7 @@ from .grad import (GRAD_MODES, ConvergenceError, ConvergenceWarning, LinearSolve
 from .solvers import CD, NMF, Solver, SoftVQ, available_solvers, get_solver, register_solver
 from .analysis import (accumulative_ratio, compare_gradients, eigvals, gradient_flow, jacobian, spectral_norm,
                        spectral_radius, svdvals)
-from . import analysis, nn
+from . import analysis, linalg, nn
 
 __version__ = "0.1.0"
 
@@ -28,7 +28,7 @@ __all__ = [
     "FixedPoint", "solve", "SolveInfo", "implicit_gradient", "LinearSolveResult", "GRAD_MODES", "ConvergenceWarning",
     "ConvergenceError",
     "nn", "experiments", "data", "plots", "figures",
-    "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
+    "linalg", "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
     "compare_gradients", "accumulative_ratio",
 ]
 
