@@ -456,7 +456,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         workers: how many runs train at once (1: in this process).
         address: ``None`` starts a local Ray instance when ``workers > 1`` (a Ray instance already started in this
             process is used as it is); ``"auto"`` or ``"HOST:PORT"`` attaches to a running Ray cluster.
-        cpus_per_run, gpus_per_run: Ray resources of each run (ignored in-process).
+        cpus_per_run, gpus_per_run: Ray resources of each run (ignored in-process; ``device="cuda"`` on Ray needs
+            ``gpus_per_run > 0``, a fraction lets runs share a GPU).
         retries: how many times a run that raises (or whose worker dies) is tried again before it is recorded as
             a failed row (``status="failed"`` with its ``error``; shown in the summary).
 
@@ -479,6 +480,9 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         raise TypeError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
     _number(cpus_per_run, "cpus_per_run", 0.0, inclusive=False)
     _number(gpus_per_run, "gpus_per_run", 0.0, inclusive=True)
+    if (workers > 1 or address is not None) and device.type == "cuda" and gpus_per_run == 0:
+        raise ValueError(f"device={str(device)!r} on Ray needs gpus_per_run > 0 (hamgrad ablate --gpus-per-run): Ray "
+                         f"hides the GPUs from a task that reserves none")
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
