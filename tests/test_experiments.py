@@ -475,6 +475,9 @@ def test_ray_address_that_does_not_answer(tmp_path):
             run_ablation(_tiny(), tmp_path, progress=False, address=address)
     with pytest.raises(ValueError, match="address must be 'auto' or 'HOST:PORT', got 'nowhere'"):
         run_ablation(_tiny(), tmp_path, progress=False, address="nowhere")
+    # on a cluster the driver need not have the workers' device, but Ray hides GPUs from runs that reserve none
+    with pytest.raises(ValueError, match=r"device='cuda' on Ray needs gpus_per_run > 0 \(hamgrad ablate --gpus"):
+        run_ablation(_tiny(), tmp_path, progress=False, address="auto", device="cuda")
 
 
 # ---------------------------------------------------------------------- Ray: a real local instance, 2 workers

@@ -1,20 +1,21 @@
-"""The resumable ablation runner: ``run_ablation(config, out_dir)``.
+"""The resumable ablation runner: ``run_ablation(config, out_dir)``, in this process or on Ray.
 
 Layout of ``out_dir``::
 
     config.json                  the AblationConfig of the sweep (a different config is refused)
     ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
-    results.jsonl, results.csv   one row per finished run (the CSV holds the scalar columns)
+    results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
     summary.md, summary.json     the Table-1-style summary
     runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states and training curve of each run
 
-Resuming: ``results.jsonl`` is the record of finished runs; a run listed there is never trained again. Its rows are
-checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the config ignored, each
-with a warning), and a checkpoint is resumed only by the run and config that wrote it. Any other run
-restarts from its latest checkpoint (saved every ``checkpoint_every`` iterations and when training ends), restoring the
-model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
-curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary name
-and moved into place with ``os.replace``, so a sweep killed at any moment leaves either the old or the new file.
+Resuming: ``results.jsonl`` is the record of finished runs; a run listed there with ``status="ok"`` is never trained
+again. Its rows are checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the
+config ignored, each with a warning). Any other run restarts from its latest checkpoint (saved every
+``checkpoint_every`` iterations and when training ends; resumed only by the run and config that wrote it), restoring
+the model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
+curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary
+name unique to its writer and moved into place with ``os.replace``, so a sweep killed at any moment leaves either the
+old or the new file. Only the driver writes the results and summary; on Ray, workers write their runs' checkpoints.
 """
 
 from __future__ import annotations
@@ -458,7 +459,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         address: ``None`` starts a local Ray instance when ``workers > 1`` (a Ray instance already started in this
             process is used as it is); ``"auto"`` or ``"HOST:PORT"`` attaches to a running Ray cluster.
         cpus_per_run: Ray CPUs (torch threads) of each run (ignored in-process).
-        gpus_per_run: Ray GPUs of each run (ignored in-process).
+        gpus_per_run: Ray GPUs of each run (ignored in-process); ``device="cuda"`` on Ray needs
+            ``gpus_per_run > 0``, and a fraction lets runs share a GPU.
         retries: how many times a run that raises (or whose worker dies) is tried again before it is recorded as
             a failed row (``status="failed"`` with its ``error``; shown in the summary).
 
@@ -481,6 +483,9 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
         raise TypeError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
     _number(cpus_per_run, "cpus_per_run", 0.0, inclusive=False)
     _number(gpus_per_run, "gpus_per_run", 0.0, inclusive=True)
+    if (workers > 1 or address is not None) and device.type == "cuda" and gpus_per_run == 0:
+        raise ValueError(f"device={str(device)!r} on Ray needs gpus_per_run > 0 (hamgrad ablate --gpus-per-run): Ray "
+                         f"hides the GPUs from a task that reserves none")
     out = Path(out_dir)
     _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
