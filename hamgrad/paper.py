@@ -9,7 +9,7 @@ from .figures import (FIGURES, ablation_config, block_accumulative_ratio, block_
                       contractive_model, load, plot, quick_from_env, run, run_all, save)
 
 __all__ = ["FIGURES", "compute", "plot", "save", "load", "run", "run_all", "quick_from_env", "ablation_config",
-           "block_accumulative_ratio", "block_feature_maps"]
+           "block_accumulative_ratio", "block_feature_maps", "contractive_model"]
 
 warnings.warn("hamgrad.paper is deprecated; use hamgrad.figures (the same functions)", DeprecationWarning,
               stacklevel=2)

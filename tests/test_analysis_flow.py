@@ -11,7 +11,7 @@ from torch.func import jacrev
 
 import hamgrad as hg
 from hamgrad.analysis import gradient_flow, implicit_jacobian, jacobian, unrolled_jacobian
-from hamgrad.fixed_point import flatten_state, state_residual, unflatten_state
+from hamgrad.fixed_point import flatten_state, unflatten_state
 from models import bump, contractive, ista
 
 
@@ -195,7 +195,6 @@ def test_nmf_flow_with_a_generator_and_no_h0_is_reproducible():
 def test_errors_name_the_argument():
     s = hg.NMF(rank=2)
     x = torch.rand(6, 8, dtype=torch.float64)
-    h = s.init(x)
     with pytest.raises(ValueError, match="steps"):
         gradient_flow(s, x, steps=0)
     with pytest.raises(TypeError, match="model must be"):
