@@ -98,6 +98,12 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
 
     Returns:
         :class:`GradientComparison`.
+
+    Raises:
+        TypeError: ``model`` is not a solver or FixedPoint, ``x`` not a floating tensor, ``loss_fn`` not callable,
+            ``module`` not an ``nn.Module``, or ``loss_fn(y)`` not a scalar tensor with a graph to ``y``.
+        ValueError: ``steps``/``reference_steps`` below 1, an unknown or empty gradient mode list, or the errors
+            :func:`hamgrad.solve` raises for the inputs.
     """
     fp = as_fixed_point(model)
     check_steps(steps)

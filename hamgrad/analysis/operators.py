@@ -121,6 +121,12 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
         A :class:`LinearOperator`: ``J @ v`` is a JVP, ``J.T @ u`` a VJP (its forward graph is built once and
         reused), on ``x``'s device and dtype (float32 for half precision). ``h`` and ``x`` are detached: the
         operator is a constant.
+
+    Raises:
+        TypeError: ``h`` is not a tuple of floating tensors or ``x`` not a floating tensor.
+        ValueError: ``wrt`` is not ``"h"`` or ``"x"``; ``x`` or ``h`` holds NaN/Inf, or fails the solver's own input
+            checks (e.g. negative ``x`` for NMF, a state of the wrong shape); ``F`` returns a state of another
+            structure.
     """
     check_choice(wrt, "wrt", WRT)
     if callable(F) and not isinstance(F, FixedPoint):

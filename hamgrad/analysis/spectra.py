@@ -600,12 +600,36 @@ def _scalar(spectrum: Spectrum, what: str) -> float:
 
 
 def spectral_radius(J, method: str = "auto", **kwargs) -> float:
-    """``ρ(J) = max |λ|`` as a float (``nan`` with a :class:`hamgrad.ConvergenceWarning` if not converged).
-    Keyword arguments go to :func:`eigvals`."""
+    """``ρ(J) = max |λ|``, the spectral radius.
+
+    Args:
+        J: a square :class:`LinearOperator` or 2-D tensor.
+        method: as in :func:`eigvals`.
+        **kwargs: further arguments of :func:`eigvals` (``tol``, ``maxiter``, ``generator``, ...).
+
+    Returns:
+        A float; ``nan`` with a :class:`hamgrad.ConvergenceWarning` if the eigenvalue did not converge.
+
+    Raises:
+        TypeError: see :func:`eigvals`.
+        ValueError: see :func:`eigvals`.
+    """
     return _scalar(eigvals(J, k=1, method=method, **kwargs), "spectral_radius")
 
 
 def spectral_norm(J, method: str = "auto", **kwargs) -> float:
-    """``‖J‖₂ = σ_max`` as a float (``nan`` with a :class:`hamgrad.ConvergenceWarning` if not converged).
-    Keyword arguments go to :func:`svdvals`."""
+    """``‖J‖₂ = σ_max``, the spectral norm.
+
+    Args:
+        J: a :class:`LinearOperator` or 2-D tensor.
+        method: as in :func:`svdvals`.
+        **kwargs: further arguments of :func:`svdvals` (``tol``, ``maxiter``, ``generator``, ...).
+
+    Returns:
+        A float; ``nan`` with a :class:`hamgrad.ConvergenceWarning` if the singular value did not converge.
+
+    Raises:
+        TypeError: see :func:`svdvals`.
+        ValueError: see :func:`svdvals`.
+    """
     return _scalar(svdvals(J, k=1, method=method, **kwargs), "spectral_norm")

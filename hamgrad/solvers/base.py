@@ -217,6 +217,18 @@ def register_solver(name: str, cls: type, *, overwrite: bool = False) -> type:
     """Register a solver class under ``name`` so that ``get_solver(name, ...)`` (and the CLI) can build it.
 
     ``cls(...)`` must produce an object with ``init(x, generator=None)``, ``step(x, h)`` and ``readout(x, h)``.
+
+    Args:
+        name: the registry key (case-insensitive).
+        cls: the solver class.
+        overwrite: replace a solver already registered under ``name``.
+
+    Returns:
+        ``cls`` (so that ``register_solver`` can be used on a class definition's result).
+
+    Raises:
+        TypeError: ``name`` is not a non-empty str, ``cls`` is not a class, or it lacks ``init``/``step``/``readout``.
+        ValueError: ``name`` is taken and ``overwrite`` is false.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -233,7 +245,20 @@ def register_solver(name: str, cls: type, *, overwrite: bool = False) -> type:
 
 
 def get_solver(name: str, **kwargs):
-    """Build a registered solver by name (``"nmf"``, ``"vq"``/``"softvq"``, ``"cd"`` or a user's)."""
+    """Build a registered solver by name (``"nmf"``, ``"vq"``/``"softvq"``, ``"cd"`` or a user's).
+
+    Args:
+        name: a registered name (case-insensitive; :func:`available_solvers` lists them).
+        **kwargs: the solver's constructor arguments (e.g. ``rank=8``, ``inv_t=10.0``).
+
+    Returns:
+        The solver instance.
+
+    Raises:
+        TypeError: ``name`` is not a str, or the constructor's own errors for ``kwargs``.
+        ValueError: ``name`` is not registered (the message lists the registered names), or the constructor's own
+            errors for ``kwargs``.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     key = name.lower()
@@ -243,5 +268,9 @@ def get_solver(name: str, **kwargs):
 
 
 def available_solvers() -> list[str]:
-    """Names of the registered solvers."""
+    """Names of the registered solvers.
+
+    Returns:
+        The registry keys, sorted.
+    """
     return sorted(_REGISTRY)
