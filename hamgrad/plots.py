@@ -332,7 +332,11 @@ def sweep(source) -> Figure:
 
 def jacobian_spectrum(result: dict) -> Figure:
     """Figure 1: eigenvalues of J_t = ∂F/∂h (hᵗ, x) in the complex plane (unit circle drawn, colour = step t), and
-    ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration."""
+    ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     runs = result["runs"]
     with _styled():
         fig, axes = _figure(2, len(runs), 3.2 * len(runs), 6.4, "Jacobian scale and spectrum of one solver step")
@@ -386,7 +390,11 @@ def jacobian_spectrum(result: dict) -> Figure:
 def vanishing_exploding(result: dict) -> Figure:
     """Figure 2: ‖∂hᵗ/∂h⁰‖₂ (vanishing) and ‖∂hᵗ/∂x‖₂ (growth) against t on log scales; in the second panel the
     state's Proposition-3 bound L_x/(1 − L_h) (dotted, where L_h = max_(t<K) ‖J_t‖ < 1) and its Proposition-2
-    limit ‖(I − J_K)⁻¹B_K‖ (dashed, where ρ(J_K) < 1), the quantities that bound and limit ‖∂hᵗ/∂x‖ itself."""
+    limit ‖(I − J_K)⁻¹B_K‖ (dashed, where ρ(J_K) < 1), the quantities that bound and limit ‖∂hᵗ/∂x‖ itself.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     runs = result["runs"]
     with _styled():
         fig, axes = _figure(1, 2, 10, 4, "Gradients through the unrolled solver: vanishing w.r.t. h⁰, growing w.r.t. x")
@@ -412,7 +420,11 @@ def vanishing_exploding(result: dict) -> Figure:
 
 
 def gradient_agreement(result: dict) -> Figure:
-    """Figure 3: cosine and norm ratio of each mode's ∂L/∂x against the reference, and wall time and memory, vs K."""
+    """Figure 3: cosine and norm ratio of each mode's ∂L/∂x against the reference, and wall time and memory, vs K.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     ks, modes = result["K"], result["modes"]
     with _styled():
         fig, axes = _figure(2, 2, 10, 7, f"Gradient modes against the {result['reference']} gradient "
@@ -436,7 +448,11 @@ def gradient_agreement(result: dict) -> Figure:
 
 def ablation(result: dict) -> Figure:
     """Figure 4: the Table-1 analogue (mean with best marked, per solver and gradient mode, no-ham baseline as a
-    line) and the training-loss curves of every run."""
+    line) and the training-loss curves of every run.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     table, curves = result["table"], result["curves"]
     grads = sorted({row["grad"] for row in table if row["solver"] != "none"})
     solvers = [s for s in dict.fromkeys(row["solver"] for row in table) if s != "none"]
@@ -475,7 +491,11 @@ def ablation(result: dict) -> Figure:
 
 def ablation_steps(result: dict) -> Figure:
     """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver, one line
-    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dashed line."""
+    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dashed line.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     table = result["table"]
     grads = list(dict.fromkeys(row["grad"] for row in table if row["solver"] != "none"))
     solvers = list(dict.fromkeys(row["solver"] for row in table if row["solver"] != "none"))
@@ -509,7 +529,11 @@ def ablation_steps(result: dict) -> Figure:
 
 def accumulative_ratio(result: dict) -> Figure:
     """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module
-    (or the context module ``result["module"]`` names)."""
+    (or the context module ``result["module"]`` names).
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     module = result.get("module", "Hamburger")
     with _styled():
         fig, axes = _figure(1, 1, 5.5, 4, "Accumulative ratio of feature singular values")
@@ -531,7 +555,11 @@ def accumulative_ratio(result: dict) -> Figure:
 def feature_maps(result: dict) -> Figure:
     """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module,
     and the codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]``
-    names the module, Hamburger by default)."""
+    names the module, Hamburger by default).
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     channels, codes = result["channels"], result["codes"]
     ncols = max(len(channels), len(codes), 2)
     with _styled():
@@ -560,7 +588,11 @@ def feature_maps(result: dict) -> Figure:
 def context_scaling(result: dict) -> Figure:
     """Cost of the context modules against the positions n = H·W (a :func:`hamgrad.cost.compare_contexts` result):
     training and inference time and memory, log–log, one line per module, with the fitted slope drawn dashed over the
-    fitted range and written in the legend."""
+    fitted range and written in the legend.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     rows, slopes = result["rows"], result["slopes"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     panels = (("train_seconds", "training step time (s)"), ("infer_seconds", "inference time (s)"),
@@ -594,7 +626,11 @@ def context_scaling(result: dict) -> Figure:
 
 def context_tradeoff(result: dict) -> Figure:
     """Accuracy per unit of cost of the context ablation (a :func:`hamgrad.cost.ablation_costs` result): mean mIoU
-    (best as an open marker) against the head block's training-step time and training memory, one point per module."""
+    (best as an open marker) against the head block's training-step time and training memory, one point per module.
+
+    Returns:
+        A matplotlib ``Figure`` (it displays itself in Jupyter).
+    """
     rows = result["rows"]
     with _styled():
         fig, axes = _figure(1, 2, 10, 4.2, "Context ablation: validation mIoU against the context module's cost")
