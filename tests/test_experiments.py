@@ -345,7 +345,6 @@ def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
         dead.kill()  # SIGKILL: no clean-up runs, the lock file keeps naming it
         dead.communicate()
     assert f'"pid": {dead.pid}' in (out / "ablate.lock").read_text()
-    config = AblationConfig.quick(solvers=("vq",), grads=("one-step",), iters=400)
     with pytest.warns(UserWarning, match=rf"taking over the lock of a driver that is no longer running \(pid "
                                          rf"{dead.pid} on"):
         with runner._SweepLock(out):
