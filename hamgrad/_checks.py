@@ -112,3 +112,19 @@ def check_representable(value: float, name: str, dtype: torch.dtype, what: str =
     if not value <= big:
         raise ValueError(f"{name}{what} = {value:.3g} overflows {dtype} (largest {big:.3g}), the dtype the "
                          "computation runs in: choose a smaller value or rescale the input")
+
+
+def check_device(device, here: bool = True) -> torch.device:
+    """``device`` as a ``torch.device`` (that exists on this machine when ``here``), else a ValueError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if here and dev.type != "cpu":
+        module = getattr(torch, dev.type, None)
+        count = module.device_count() if hasattr(module, "device_count") and module.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}: no {dev.type} device is available on this machine")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device!r}: this machine has {count} {dev.type} device(s)")
+    return dev

@@ -277,6 +277,7 @@ def _cmd_spectrum(args) -> int:
 
     import torch
 
+    from ._checks import check_device
     from .analysis import eigvals, jacobian, svdvals, unrolled_jacobian
     from .fixed_point import FixedPoint
     from .solvers import available_solvers
@@ -286,7 +287,7 @@ def _cmd_spectrum(args) -> int:
         for spec in args.imports:
             _import_user_module(spec)
         solver, params = _build_solver(args.solver, args.rank, args.solver_args, builtins)
-        device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+        device, dtype = check_device(args.device), getattr(torch, args.dtype)
         if min(args.d, args.n) < 1:
             raise ValueError(f"--d and --n must be >= 1, got d={args.d}, n={args.n}")
         g = torch.Generator(device=device).manual_seed(args.seed)

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_device, check_int
 from .experiments import AblationConfig, load_results
 from .nn import CONTEXTS, build_context
 from .profiling import synchronize
@@ -260,7 +260,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     check_choice(sdpa_backend, "sdpa_backend", SDPA_BACKENDS)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = torch.device(device)
+    device = check_device(device)
     torch.manual_seed(seed)
     module = build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad).to(device=device, dtype=dtype)
     g = torch.Generator(device=device).manual_seed(seed)

@@ -62,6 +62,16 @@ def test_spectrum_reports_bad_arguments(capsys):
     assert "k must satisfy" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["spectrum", "--d", "6", "--n", "8", "--rank", "2", "-k", "2"],
+                                     ["cost", "--quick", "--contexts", "gap"]])
+@pytest.mark.parametrize("device, match", [("nonsense", "device='nonsense' is not a torch device"),
+                                           ("cuda:99", "device='cuda:99': ")])
+def test_a_device_this_machine_lacks_is_one_line_naming_it(capsys, command, device, match):
+    assert main([*command, "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------- hamgrad figures: sizes, sources, damaged files
 def _sweep(folder, solvers):
     config = AblationConfig.quick(solvers=solvers, grads=("one-step",), iters=2, log_every=1, checkpoint_every=1)

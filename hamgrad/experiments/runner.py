@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..nn import HamNet
-from .._checks import check_int
+from .._checks import check_device, check_int
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
@@ -276,23 +276,7 @@ def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
         raise ValueError(f"run_id={run_id!r} has no checkpoint ({path} is missing)")
     model = build_model(config, specs[run_id])
     model.load_state_dict(_load_checkpoint(path, config, specs[run_id], "cpu")["model"])
-    return model.to(_check_device(device)).eval()
-
-
-def _check_device(device, here: bool = True) -> torch.device:
-    """``device`` as a ``torch.device`` (that exists on this machine when ``here``), else a ValueError naming it."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')") from None
-    if here and dev.type != "cpu":
-        module = getattr(torch, dev.type, None)
-        count = module.device_count() if hasattr(module, "device_count") and module.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device={device!r}: no {dev.type} device is available on this machine")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r}: this machine has {count} {dev.type} device(s)")
-    return dev
+    return model.to(check_device(device)).eval()
 
 
 # ---------------------------------------------------------------------- training
@@ -476,7 +460,7 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, de
     """
     if not isinstance(config, AblationConfig):
         raise TypeError(f"config must be an AblationConfig, got {type(config).__name__}")
-    device = _check_device(device, here=address is None)  # on a cluster, each worker checks its own
+    device = check_device(device, here=address is None)  # on a cluster, each worker checks its own
     check_int(workers, "workers", 1)
     check_int(retries, "retries", 0)
     if address is not None and (not isinstance(address, str) or not address):
@@ -555,7 +539,7 @@ def _ray_task(config: AblationConfig, spec: RunSpec, run_dir: str, device: str, 
     """One run in a Ray worker (its torch threads set to its CPU reservation)."""
     torch.set_num_threads(threads)
     with tqdm(disable=True) as bar:
-        return _run(config, spec, Path(run_dir), _check_device(device), bar)
+        return _run(config, spec, Path(run_dir), check_device(device), bar)
 
 
 def _check_reachable(address: str) -> None:
