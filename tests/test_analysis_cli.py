@@ -85,6 +85,17 @@ def sweeps(tmp_path_factory):
     return _sweep(root / "A", ("vq",)), _sweep(root / "B", ("cd",))
 
 
+def test_figures_out_that_cannot_be_made_fails_before_computing(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise AssertionError("a figure was computed before --out was checked")
+
+    monkeypatch.setattr(figures._registry, "compute", fail)
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["figures", "--quick", "--only", "spectrum", "--out", str(tmp_path / "a_file" / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert "a_file" in err and len(err.strip().splitlines()) == 1
+
+
 def _figures(out, *args):
     return main(["figures", "--only", "ablation", "--out", str(out), *args])
 

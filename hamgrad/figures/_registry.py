@@ -276,10 +276,12 @@ def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress
         ValueError: when a name is not registered, ``out`` holds figures of the other size (unless ``force``,
             checked before anything is written), a damaged figure JSON, or a damaged sweep behind figures 4–6 (each
             naming the file).
+        OSError: when ``out`` cannot be created (under a file, without permission), before anything is computed.
     """
     names = [get(n).name for n in (available() if names is None else names)]
     if not force:
         _check_sizes(out, quick)
+    Path(out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before any computation
     results = {}
     with tqdm(names, desc="figures", unit="fig", disable=not progress) as bar:
         for name in bar:
