@@ -87,16 +87,8 @@ def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict
     return _result(*_common.sweep(quick, ablation_dir, progress))
 
 
-def plot(result: dict):
-    """Draw figure 4 (:func:`hamgrad.plots.sweep`: the Table-1 analogue, or mIoU against K when K is an axis).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.sweep(result)
+#: Draw figure 4: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.sweep
 
 
 register("ablation", compute, plot, from_sweep=True)

@@ -52,16 +52,8 @@ def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict
     return block_accumulative_ratio(model, images, run_id)
 
 
-def plot(result: dict):
-    """Draw figure 5 (:func:`hamgrad.plots.accumulative_ratio`).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.accumulative_ratio(result)
+#: Draw figure 5: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.accumulative_ratio
 
 
 register("accumulative_ratio", compute, plot, from_sweep=True)

@@ -51,16 +51,8 @@ def compute(quick: bool, **_) -> dict:
             "memory_kind": reference.memory_kind}
 
 
-def plot(result: dict):
-    """Draw figure 3 (:func:`hamgrad.plots.gradient_agreement`).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.gradient_agreement(result)
+#: Draw figure 3: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.gradient_agreement
 
 
 register("agreement", compute, plot)

@@ -56,16 +56,8 @@ def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict
     return block_feature_maps(model, images, labels, run_id)
 
 
-def plot(result: dict):
-    """Draw figure 6 (:func:`hamgrad.plots.feature_maps`).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.feature_maps(result)
+#: Draw figure 6: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.feature_maps
 
 
 register("feature_maps", compute, plot, from_sweep=True)

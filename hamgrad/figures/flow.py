@@ -59,16 +59,8 @@ def compute(quick: bool, **_) -> dict:
     return {"size": size, "runs": runs}
 
 
-def plot(result: dict):
-    """Draw figure 2 (:func:`hamgrad.plots.vanishing_exploding`).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.vanishing_exploding(result)
+#: Draw figure 2: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.vanishing_exploding
 
 
 register("flow", compute, plot)

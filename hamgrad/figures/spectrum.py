@@ -35,16 +35,8 @@ def compute(quick: bool, **_) -> dict:
     return {"size": size, "note": "J_t = dF/dh (h^t, x), t = 0..K", "runs": runs}
 
 
-def plot(result: dict):
-    """Draw figure 1 (:func:`hamgrad.plots.jacobian_spectrum`).
-
-    Args:
-        result: :func:`compute`'s result or its JSON.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    return plots.jacobian_spectrum(result)
+#: Draw figure 1: ``plot(result) -> Figure`` for :func:`compute`'s result or its JSON.
+plot = plots.jacobian_spectrum
 
 
 register("spectrum", compute, plot)
