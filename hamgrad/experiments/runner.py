@@ -91,6 +91,12 @@ def _write_results(out: Path, rows: list) -> None:
 def read_config(out_dir) -> AblationConfig:
     """The :class:`AblationConfig` of the sweep in ``out_dir`` (its ``config.json``).
 
+    Args:
+        out_dir: the sweep's folder.
+
+    Returns:
+        The sweep's :class:`AblationConfig`.
+
     Raises:
         ValueError: naming the file when it is missing, not JSON, or not a valid AblationConfig.
     """
@@ -125,6 +131,12 @@ def load_results(out_dir) -> list[dict]:
     against its ``config.json``: a repeated row of a run is dropped, and a row of a run that is not in the config
     (or that does not match its run) is ignored, each with a warning. Rows have ``status`` ``"ok"`` or
     ``"failed"`` (then ``error`` holds the run's last error and the metrics are ``None``).
+
+    Args:
+        out_dir: the sweep's folder.
+
+    Returns:
+        A list of row dicts (empty when no run has finished yet).
 
     Raises:
         ValueError: naming the file (and line) when ``config.json`` is not a valid config, or a line of
@@ -252,7 +264,15 @@ def _data(config: AblationConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
-    """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG)."""
+    """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG).
+
+    Args:
+        config: the sweep's configuration.
+        spec: one of ``config.runs()``.
+
+    Returns:
+        The :class:`HamNet` with the run's head (a ham, a context module, or none) and K.
+    """
     k = config.step_values[0] if spec.steps is None else spec.steps  # the baseline has no ham: K is unused
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
                   d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step",
@@ -261,6 +281,14 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
     """The trained model of run ``run_id`` of the sweep in ``out_dir``, in eval mode (from its checkpoint).
+
+    Args:
+        out_dir: the sweep's folder.
+        run_id: a run of the sweep, e.g. ``"nmf_one-step_K6_seed0"``.
+        device: where to put the model.
+
+    Returns:
+        The :class:`HamNet` with the checkpoint's weights, in eval mode.
 
     Raises:
         ValueError: when ``run_id`` is not a run of the sweep, or its checkpoint is missing, unreadable, or belongs

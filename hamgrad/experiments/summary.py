@@ -109,6 +109,9 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
         rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged`` (and
             ``steps``, ``status``; rows with ``status == "failed"`` are listed in ``failed``, not in the cells).
         grads: the table's columns, in order.
+
+    Returns:
+        A :class:`Summary` (``.to_markdown()``, ``.to_dict()``).
     """
     groups: dict = {}
     summary = Summary(grads=list(grads))
