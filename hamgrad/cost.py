@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -51,6 +50,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from ._checks import check_choice, check_device, check_int
+from ._files import atomic_write, write_text
 from .experiments import AblationConfig, load_results
 from .nn import CONTEXTS, build_context
 from .profiling import synchronize
@@ -425,13 +425,9 @@ def save(result: dict, out, name: str = "context_cost", fig=None, markdown: str 
     markdown = to_markdown(result) if markdown is None else markdown
     files = {out / f"{name}.json": json.dumps(result, allow_nan=True) + "\n", out / f"{name}.md": markdown}
     if fig is not None:
-        tmp = out / f".{name}.png.tmp"
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, out / f"{name}.png")
+        atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     for path, text in files.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, text)
     return list(files) + ([out / f"{name}.png"] if fig is not None else [])
 
 

@@ -30,7 +30,6 @@ import os
 import shutil
 import socket
 import time
-import uuid
 import warnings
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..nn import HamNet
 from .._checks import check_device, check_int
+from .._files import atomic_write, write_text
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
@@ -60,21 +60,6 @@ _REQUIRED = ("miou", "pixel_acc", "iou", "diverged", "curve")
 
 
 # ---------------------------------------------------------------------- files
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` (``os.replace`` is atomic). The temporary name is
-    unique to the writer, so two processes writing the same file never move each other's temporary file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def _csv_text(rows: list) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -84,8 +69,8 @@ def _csv_text(rows: list) -> str:
 
 
 def _write_results(out: Path, rows: list) -> None:
-    _write_text(out / "results.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
-    _write_text(out / "results.csv", _csv_text(rows))
+    write_text(out / "results.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+    write_text(out / "results.csv", _csv_text(rows))
 
 
 def read_config(out_dir) -> AblationConfig:
@@ -185,7 +170,7 @@ def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool) -> None
     """Check that ``out`` (existing, locked) holds this config's sweep or none; with ``overwrite`` clear another."""
     config_path = out / "config.json"
     if not config_path.exists():
-        _write_text(config_path, config.to_json())
+        write_text(config_path, config.to_json())
         return
     try:
         old = read_config(out)
@@ -203,7 +188,7 @@ def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool) -> None
     for name in _OWN_FILES:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "runs", ignore_errors=True)
-    _write_text(config_path, config.to_json())
+    write_text(config_path, config.to_json())
 
 
 class _SweepLock:
@@ -338,7 +323,7 @@ def _save_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, model, o
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "rng_torch": torch.get_rng_state(), "rng_batches": batches.get_state(),
                "rng_device": None if rng is None else rng.get_rng_state(device)}
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _load_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, device) -> dict:
@@ -634,5 +619,5 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
 
 
 def _write_summary(out: Path, summary: Summary) -> None:
-    _write_text(out / "summary.md", summary.to_markdown())
-    _write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_text(out / "summary.md", summary.to_markdown())
+    write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .._files import atomic_write, write_text
 from . import _common
 
 
@@ -166,11 +167,8 @@ def save(name: str, result: dict, fig, out) -> tuple[Path, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / f"{name}.png", out / f"{name}.json"
-    tmp_png, tmp_js = out / f".{name}.png.tmp", out / f".{name}.json.tmp"
-    fig.savefig(tmp_png, dpi=110, format="png")
-    tmp_js.write_text(json.dumps(result, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp_png, png)
-    os.replace(tmp_js, js)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    write_text(js, json.dumps(result, allow_nan=True) + "\n")
     return png, js
 
 
