@@ -114,7 +114,7 @@ def test_cost_command(tmp_path, capsys):
     assert (tmp_path / "context_cost.md").read_text() == cost.to_markdown(result)
     assert main(["cost", "--contexts", "attn", "--sizes", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hamgrad cost: error: unknown context module name='attn'")
+    assert len(err) == 1 and err[0].startswith("hamgrad cost: error: unknown solver or context module name='attn'")
 
 
 def test_context_cost_on_each_device(device):
