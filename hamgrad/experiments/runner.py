@@ -907,28 +907,26 @@ def _resolve_address(address: str) -> str:
     """``HOST:PORT`` of the Ray cluster ``address`` names (``"auto"``: where Ray itself would look: ``RAY_ADDRESS``,
     then the address file of the last ``ray start``), checked to answer as a Ray cluster first (Ray itself would
     retry for minutes)."""
-    where = ""
+    named = f"address={address!r}"
     if address == "auto":
         from ray._common.utils import get_ray_address_file
         from ray._private.services import canonicalize_bootstrap_address
 
-        env = os.environ.get("RAY_ADDRESS")
+        env, file = os.environ.get("RAY_ADDRESS"), get_ray_address_file(None)
         try:
-            resolved = canonicalize_bootstrap_address("auto")
+            address = canonicalize_bootstrap_address("auto")
         except ConnectionError:
-            raise ValueError("address='auto': no running Ray cluster was found on this machine (no RAY_ADDRESS, no "
-                             f"{get_ray_address_file(None)}); start one with `ray start --head` or give HOST:PORT") \
-                from None
-        where = (f" (found in RAY_ADDRESS={env!r})" if env else
-                 f" (found in {get_ray_address_file(None)}, which a stopped cluster may have left behind)")
-        address = resolved
+            raise ValueError(f"address='auto': no running Ray cluster was found on this machine (no RAY_ADDRESS, no "
+                             f"{file}); start one with `ray start --head` or give HOST:PORT") from None
+        named = f"address='auto' found {address} " + (
+            "in RAY_ADDRESS" if env else f"in {file}, which a stopped cluster may have left behind,")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
     if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):  # the check speaks plain HTTP/2
         problem = _is_ray_cluster(host.strip("[]"), int(port))
         if problem is not None:
-            raise ValueError(f"address={address!r}{where}: no Ray cluster answers there ({problem}); start one with "
+            raise ValueError(f"{named}: no Ray cluster answers there ({problem}); start one with "
                              f"`ray start --head --port={port}` or check the address")
     return address
 
@@ -947,12 +945,22 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
     sources = _solver_sources(config)
     started = not ray.is_initialized()
     if started:
-        quiet = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+        level = logging.INFO if verbose else logging.ERROR
+        logging.getLogger("ray").setLevel(level)  # Ray's own lines (what ray.init's logging_level also sets)
+        if not verbose:  # and its C++ core's (e.g. a retry loop's warnings), read when ray.init starts it
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         if address is None:  # a new instance of this process's own, never a cluster found on the machine
             ray.init(address="local", num_cpus=math.ceil(workers * cpus_per_run),
-                     num_gpus=math.ceil(workers * gpus_per_run), include_dashboard=False, **quiet)
+                     num_gpus=math.ceil(workers * gpus_per_run), include_dashboard=False, log_to_driver=verbose,
+                     logging_level=level)
         else:
-            ray.init(address=_resolve_address(address), **quiet)
+            resolved = _resolve_address(address)
+            try:
+                ray.init(address=resolved, log_to_driver=verbose, logging_level=level)
+            except ConnectionError as err:
+                raise ValueError(f"address={address!r}: Ray could not connect to the cluster at {resolved} ({err}); "
+                                 f"--verbose (verbose=True) shows Ray's own messages (e.g. an authentication token "
+                                 f"that is not the cluster's)") from None
     running: dict = {}
     try:
         task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
@@ -962,8 +970,8 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
             while queue or running:
                 while queue and len(running) < workers:
                     spec, attempt = queue.pop(0)
-                    ref = task.remote(config, spec, str(out / "runs" / spec.run_id), str(device), threads, sources,
-                                      token)
+                    run_dir = out.absolute() / "runs" / spec.run_id  # a worker's working folder is not ours
+                    ref = task.remote(config, spec, str(run_dir), str(device), threads, sources, token)
                     running[ref] = (spec, attempt)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 spec, attempt = running.pop(ready[0])
