@@ -46,7 +46,7 @@ the paper's unit; the paper's numbers in brackets):
   MACs, and the position attention's n² products another 154.6G, so the paper's 79.5G cannot include them: its
   convolutions alone come to 82.7G (+4%), and its inference memory (2203 MB, SA's 2148 MB) says the n × n map was
   there. The 1 × 1 upper bread adds 0.25M and 4.3G.
-- APC ``AdaptivePyramidContext(512, d=256)``: 1.77M [2.03M]; 17.60G [17.6G]. At d = 256 per scale the MACs are
+- APC ``AdaptivePyramidContext(512, d=256)``: 1.77M [2.03M]; 17.61G [17.6G]. At d = 256 per scale the MACs are
   the paper's; at d = 512 they would be 35.2G. (A global vector taken from the input instead of ``x_s`` would add
   the 0.25M the parameter count lacks, at no MAC cost.)
 - DM ``DynamicFilters(512, d=512)``: 3.01M [3.00M]; 35.09G [35.1G].
