@@ -64,11 +64,12 @@ __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_m
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
-#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` are ``None`` for the
-#: no-ham baseline. ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``,
-#: or ``none``.
-CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc",
-               "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at", "error")
+#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` and ``block`` (the
+#: Hamburger's version, ``"v1"`` or ``"v2"``) are ``None`` for the no-ham baseline and the context modules.
+#: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
+CSV_COLUMNS = ("run_id", "status", "solver", "grad", "block", "seed", "steps", "eval_steps", "iters", "miou",
+               "pixel_acc", "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at",
+               "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
 _RUN_LOCK = "run.lock"
@@ -76,7 +77,7 @@ _RUN_LOCK = "run.lock"
 _REQUIRED = ("miou", "pixel_acc", "iou", "diverged", "curve")
 #: The config fields that only choose runs (a sweep may grow along them); every other field must match for a
 #: checkpoint or row to be kept.
-_AXES = ("solvers", "grads", "seeds", "steps", "contexts", "baseline")
+_AXES = ("solvers", "grads", "blocks", "seeds", "steps", "contexts", "baseline")
 #: Errors of the storage, not of a run: they stop the sweep instead of being recorded as a failed run.
 _NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
@@ -131,7 +132,7 @@ def _row_problem(row: dict, spec: RunSpec | None, config: AblationConfig) -> str
     """Why ``row`` is not a row of run ``spec`` of ``config`` (``None`` when it is)."""
     if spec is None:
         return "its run is not in the sweep's config"
-    expected = {"solver": spec.module, "grad": spec.grad, "seed": spec.seed}
+    expected = {"solver": spec.module, "grad": spec.grad, "seed": spec.seed, "block": spec.block}
     if spec.steps is not None:  # (the baseline has no K; its rows from before K was an axis say the config's)
         expected["steps"] = spec.steps
     wrong = [f"{k}={row.get(k)!r} (expected {v!r})" for k, v in expected.items() if row.get(k) != v]
@@ -165,7 +166,8 @@ def load_results(out_dir) -> list[dict]:
     that does not match its run, was trained for another number of iterations, has an unknown ``status`` or metrics
     that are not numbers in [0, 1] (NaN, a string, ...) is ignored, each with a warning naming the file and line.
     Rows have ``status`` ``"ok"`` or ``"failed"`` (then ``error`` holds the run's last error and the metrics are
-    ``None``).
+    ``None``), and ``block``: a ham row written before the block was an axis (it has no ``block``) is a V1 row and
+    reads ``"v1"``.
 
     Args:
         out_dir: the sweep's folder.
@@ -198,6 +200,8 @@ def load_results(out_dir) -> list[dict]:
         if row["run_id"] in seen:
             ignored.append(f"line {number}: a repeated row of run {row['run_id']}")
             continue
+        if "block" not in row:  # written before the block was an axis: a V1 run (or no ham)
+            row["block"] = "v1" if row.get("grad") is not None else None
         problem = _row_problem(row, specs.get(row["run_id"]), config)
         if problem:
             ignored.append(f"line {number} (run {row['run_id']}): {problem}")
@@ -450,10 +454,12 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     Returns:
         The :class:`HamNet` with the run's head (a ham, a context module, or none) and K.
     """
-    k = config.step_values[0] if spec.steps is None else spec.steps  # the baseline has no ham: K is unused
+    if spec.solver is None:  # the baseline or a context module: no ham, so no K, mode or block
+        return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=None,
+                      d=config.d, rank=config.rank, context=spec.context)
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
-                  d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step",
-                  solver_kwargs=dict(config.solver_args) if spec.solver else None, context=spec.context)
+                  d=config.d, rank=config.rank, steps=(spec.steps, config.eval_steps_for(spec.steps, spec.block)),
+                  grad=spec.grad, version=spec.block, solver_kwargs=dict(config.solver_args))
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
@@ -564,8 +570,9 @@ def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config:
 
 def _identity(config: AblationConfig, spec: RunSpec) -> dict:
     """The columns of a row that name its run."""
-    return {"run_id": spec.run_id, "solver": spec.module, "grad": spec.grad, "seed": spec.seed,
-            "steps": spec.steps, "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps)}
+    return {"run_id": spec.run_id, "solver": spec.module, "grad": spec.grad, "block": spec.block, "seed": spec.seed,
+            "steps": spec.steps,
+            "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps, spec.block)}
 
 
 def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.device, bar,
