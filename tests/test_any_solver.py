@@ -89,7 +89,7 @@ def test_entry_points_reach_every_subcommand_and_factories_work(tmp_path, regist
         hg.get_solver("lasso_mod")
     # the sweep's config, the context modules (hamgrad cost) and the spectrum command see them
     assert AblationConfig.quick(solvers=("lasso_fn",), grads=("one-step",)).solvers == ("lasso_fn",)
-    block = build_context("lasso_fn", 8, d=6, rank=2, steps=(2, 2))
+    block = build_context("lasso_fn", 8, d=6, rank=2, steps=(2, 2), grad="one-step")
     assert type(block.solver).__name__ == "ISTA" and block.solver.rank == 2
 
 
@@ -98,7 +98,8 @@ def test_unknown_solver_is_named_as_a_solver(registry):
                                          r"with hamgrad.register_solver"):
         hg.get_solver("sinkhorn")
     with pytest.raises(ValueError, match=r"unknown solver or context module name='sinkhorn': the context modules are "
-                                         r"\['a2', 'gap', 'sa'\], the solvers"):
+                                         r"\['a2', .*'sa'\], the solvers \['cd', 'nmf', 'softvq', 'vq'\] \(register a "
+                                         r"solver with hamgrad.register_solver"):
         build_context("sinkhorn", 8)
 
 
@@ -116,7 +117,7 @@ def test_ablate_imports_a_solver_file_and_passes_solver_args(tmp_path, capsys, r
     assert config.solver_args == (("lam", 0.02), ("step_factor", 1.5))
     assert json.loads((out / "config.json").read_text())["solver_args"] == {"lam": 0.02, "step_factor": 1.5}
     rows = load_results(out)
-    assert [(r["run_id"], r["status"]) for r in rows] == [("ista_file_one-step_K6_seed0", "ok")]
+    assert [(r["run_id"], r["status"]) for r in rows] == [("ista_file_one-step_v2_K6_seed0", "ok")]
     solver = load_model(out, rows[0]["run_id"]).hamburger.solver
     assert (type(solver).__name__, solver.rank, solver.lam, solver.step_factor) == ("ISTA", config.rank, 0.02, 1.5)
     # an argument the solver does not take is refused when the config is built, naming the solver
@@ -124,6 +125,17 @@ def test_ablate_imports_a_solver_file_and_passes_solver_args(tmp_path, capsys, r
     err = capsys.readouterr().err
     assert err.startswith("hamgrad ablate: error: solver 'ista_file' with rank=4 and solver_args=") and \
         "unexpected keyword argument 'temperature'" in err and err.count("\n") == 1
+
+
+def test_default_grads_with_a_solver_without_coef_readout_is_refused_up_front(tmp_path, capsys, registry):
+    path = _write_solver(tmp_path, "plain_ista", "plain_ista")
+    out = tmp_path / "sweep"
+    assert main(["ablate", "--quick", "--import", str(path), "--solvers", "plain_ista", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "hamgrad ablate: error: grads has 'one-step-coef', which needs a solver with coef_readout(x, h) (the official "
+        "code's last code update, read out); solver 'plain_ista' has none: leave the mode out (e.g. grads=('one-step', "
+        "'bptt')) or give the solver one\n")
+    assert not out.exists()
 
 
 def test_config_solver_args_round_trip_and_checks():
@@ -143,7 +155,7 @@ def test_config_solver_args_round_trip_and_checks():
 
 def test_a_sweep_too_large_is_refused_before_its_runs_are_built(tmp_path, capsys):
     assert main(["ablate", "--seeds", "100000000", "--out", str(tmp_path / "never")]) == 2
-    assert capsys.readouterr().err == ("hamgrad ablate: error: the sweep would have 700000000 runs "
+    assert capsys.readouterr().err == ("hamgrad ablate: error: the sweep would have 1000000000 runs "
                                        "(seeds=100000000); at most 100000\n")
     assert not (tmp_path / "never").exists()
 

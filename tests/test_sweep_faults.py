@@ -84,7 +84,7 @@ def test_more_seeds_and_k_values_grow_the_sweep_keeping_its_runs(tmp_path, count
     rows = load_results(tmp_path)
     assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in grown.runs())
     assert {k: v for k, v in _finished_at(tmp_path).items() if k in kept} == kept
-    assert next(r for r in rows if r["run_id"] == "nmf_one-step_K6_seed0")["resumed_from"] == 5
+    assert next(r for r in rows if r["run_id"] == "nmf_one-step_v2_K6_seed0")["resumed_from"] == 5
     # a change of anything but the axes (or fewer runs) is still refused, naming the way out
     for other, diff in [(_tiny(grads=("one-step",), seeds=2, steps=(6, 3), lr=1e-3), "lr: 0.003 -> 0.001"),
                         (_tiny(grads=("one-step",)), "seeds: 2 -> 1")]:
@@ -112,7 +112,7 @@ def test_a_row_that_does_not_fit_the_config_is_ignored_and_retrained(tmp_path, c
     rows = _rows(tmp_path / "results.jsonl")
     edit(rows[1])
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.warns(UserWarning, match=rf"results.jsonl: ignored 1 row\(s\): line 2 \(run nmf_one-step_K6_seed0\): .*"
+    with pytest.warns(UserWarning, match=rf"results.jsonl: ignored 1 row\(s\): line 2 \(run nmf_one-step_v2_K6_seed0\): .*"
                                          rf"{reason}"):
         assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
     counted_steps["calls"] = 0
@@ -120,7 +120,7 @@ def test_a_row_that_does_not_fit_the_config_is_ignored_and_retrained(tmp_path, c
         run_ablation(config, tmp_path, progress=False)  # no "Out of range float values" on a NaN row
     assert counted_steps["calls"] == 0  # its checkpoint was at the last iteration: evaluated again, not retrained
     again = load_results(tmp_path)
-    assert [r["run_id"] for r in again] == ["none_seed0", "nmf_one-step_K6_seed0"]
+    assert [r["run_id"] for r in again] == ["none_seed0", "nmf_one-step_v2_K6_seed0"]
     assert all(0 <= r["miou"] <= 1 for r in again)
 
 
@@ -154,7 +154,7 @@ def test_damaged_config_is_repaired_keeping_finished_runs(tmp_path, counted_step
         "runs\n") and "--overwrite" not in err
     # --repair with settings the checkpoints contradict is refused, naming the checkpoint
     assert cli_main([*args, "--repair", "--solver-arg", "eps=1e-5"]) == 2
-    assert "cannot repair config.json with this config: the checkpoint of run nmf_one-step_K6_seed0 (and 1 more) was " \
+    assert "cannot repair config.json with this config: the checkpoint of run nmf_one-step_v2_K6_seed0 (and 1 more) was " \
            "written " \
            "by another one (solver_args: {} -> {'eps': 1e-05})" in capsys.readouterr().err
     counted_steps.update(calls=0, raise_at=None)
@@ -186,11 +186,11 @@ def test_a_full_disk_stops_the_sweep_and_it_resumes(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(runner, "atomic_write", full)
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"hamgrad ablate: error: no space left on device writing {out}/runs/nmf_one-step_K6_seed0/"
+    assert err == (f"hamgrad ablate: error: no space left on device writing {out}/runs/nmf_one-step_v2_K6_seed0/"
                    f"checkpoint.pt: the sweep stopped (nothing was recorded as failed); free some space and rerun "
                    f"the same command to resume")
     assert [r["run_id"] for r in load_results(out)] == ["none_seed0"]  # no failed row
-    assert torch.load(out / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert torch.load(out / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
     assert not list(out.rglob("*.tmp")) and not (out / "ablate.lock").exists()
     # the driver's own files too
     monkeypatch.setattr("hamgrad._files.os.replace", _failing_replace("results.jsonl"))
@@ -200,7 +200,7 @@ def test_a_full_disk_stops_the_sweep_and_it_resumes(tmp_path, monkeypatch, capsy
     monkeypatch.undo()
     assert cli_main(args) == 0
     rows = load_results(out)
-    assert [(r["run_id"], r["status"]) for r in rows] == [("none_seed0", "ok"), ("nmf_one-step_K6_seed0", "ok")]
+    assert [(r["run_id"], r["status"]) for r in rows] == [("none_seed0", "ok"), ("nmf_one-step_v2_K6_seed0", "ok")]
     assert rows[1]["resumed_from"] == 10  # the second attempt had finished training; its row's write failed
 
 

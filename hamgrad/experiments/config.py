@@ -228,11 +228,15 @@ class AblationConfig:
         self.dataset()  # the dataset checks image_size, num_families, num_shapes and noise
         for s in self.solvers:  # the constructor checks its arguments now, not in every run of the sweep
             try:
-                get_solver(s, rank=self.rank, **dict(self.solver_args))
+                solver = get_solver(s, rank=self.rank, **dict(self.solver_args))
             except Exception as err:
                 raise (TypeError if isinstance(err, TypeError) else ValueError)(
                     f"solver {s!r} with rank={self.rank} and solver_args={dict(self.solver_args)}: "
                     f"{type(err).__name__}: {err}") from err
+            if PAPER_MODE in self.grads and not callable(getattr(solver, "coef_readout", None)):
+                raise ValueError(f"grads has {PAPER_MODE!r}, which needs a solver with coef_readout(x, h) (the "
+                                 f"official code's last code update, read out); solver {s!r} has none: leave the "
+                                 f"mode out (e.g. grads=('one-step', 'bptt')) or give the solver one")
 
     @property
     def step_values(self) -> tuple:
