@@ -746,6 +746,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
         _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
         done = {r["run_id"] for r in rows if r["status"] == "ok"}
         pending = [spec for spec in config.runs() if spec.run_id not in done]
+        for run_id in done:  # (an unfinished run's next writer cleans its folder, once no other writer holds it)
+            _remove_temporaries(out / "runs" / run_id)
         for spec in pending:  # a damaged or foreign checkpoint stops the sweep before anything trains
             path = out / "runs" / spec.run_id / "checkpoint.pt"
             if path.exists():
@@ -925,8 +927,8 @@ def _resolve_address(address: str) -> str:
         except ConnectionError:
             raise ValueError(f"address='auto': no running Ray cluster was found on this machine (no RAY_ADDRESS, no "
                              f"{file}); start one with `ray start --head` or give HOST:PORT") from None
-        named = f"address='auto' found {address} " + (
-            "in RAY_ADDRESS" if env else f"in {file}, which a stopped cluster may have left behind,")
+        named = f"address='auto' (found {address} " + (
+            "in RAY_ADDRESS)" if env else f"in {file}, which a stopped cluster may have left behind)")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address must be 'auto' or 'HOST:PORT', got {address!r}")
