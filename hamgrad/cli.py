@@ -147,21 +147,37 @@ def _figure_names() -> tuple:
 def _cmd_figures(args) -> int:
     """``hamgrad figures``: run (or resume) :func:`hamgrad.figures.run_all` and print where each figure went."""
     import time
+    from pathlib import Path
 
-    from .figures import run_all
+    from .figures import get, run_all
 
-    names = _figure_names() if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    if args.only is None:
+        names = _figure_names()
+    else:
+        names = tuple(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
+        if not names:
+            raise ValueError(f"--only names no figure (got {args.only!r}); give comma-separated names from "
+                             f"{', '.join(_figure_names())}, or leave --only out for all of them")
     unknown = [n for n in names if n not in _figure_names()]
     if unknown:
-        print(f"hamgrad figures: error: unknown figure(s) {unknown}; choose from {list(_figure_names())}",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown figure(s) {unknown}; choose from {list(_figure_names())}")
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a folder, got an empty string")
+    if args.ablation_dir is not None and any(get(n).from_sweep for n in names):
+        folder = Path(args.ablation_dir)
+        if not (folder / "config.json").is_file():
+            default = "runs/paper-ablation" + ("-quick" if args.quick else "")
+            raise ValueError(f"--ablation-dir {args.ablation_dir} holds no sweep (no config.json): give the folder of "
+                             f"a sweep (hamgrad ablate --out), or leave --ablation-dir out to run the built-in sweep "
+                             f"in {default}")
     out = args.out or ("figures_quick" if args.quick else "figures")
     start = time.perf_counter()
     results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force)
     for name, result in results.items():
-        print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json (computed in {result['seconds']:.1f} s)")
-    print(f"done in {time.perf_counter() - start:.1f} s")
+        how = "redrawn from its JSON" if result.get("redrawn") else f"computed in {result['seconds']:.1f} s"
+        print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json ({how})")
+    print(f"done in {time.perf_counter() - start:.1f} s" + (" (quick size: smoke-test figures, marked as such)"
+                                                           if args.quick else ""))
     return 0
 
 
