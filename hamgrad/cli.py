@@ -117,7 +117,9 @@ def _build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--quick", action="store_true", help="a smoke-test size (overrides those flags): sides 16,32, "
                                                            "64 channels, d 64, r 8, one repeat, slopes from side 16")
     cost.add_argument("--out", help="folder for context_cost.json, .md and, with two or more sizes, the scaling "
-                                    "figure context_cost.png")
+                                    "figure context_cost.png (an older one is removed with one size); a table of the "
+                                    "other size (quick or full) there is refused unless --force")
+    cost.add_argument("--force", action="store_true", help="replace a cost table of the other size in --out")
     cost.set_defaults(func=_cmd_cost)
     return parser
 
@@ -172,9 +174,11 @@ def _cmd_figures(args) -> int:
                              f"in {default}")
     out = args.out or ("figures_quick" if args.quick else "figures")
     start = time.perf_counter()
-    results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force)
+    redrawn = []
+    results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force,
+                      redrawn=redrawn)
     for name, result in results.items():
-        how = "redrawn from its JSON" if result.get("redrawn") else f"computed in {result['seconds']:.1f} s"
+        how = "redrawn from its JSON" if name in redrawn else f"computed in {result['seconds']:.1f} s"
         print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json ({how})")
     print(f"done in {time.perf_counter() - start:.1f} s" + (" (quick size: smoke-test figures, marked as such)"
                                                            if args.quick else ""))
@@ -387,8 +391,26 @@ def _cmd_spectrum(args) -> int:
 
 def _cmd_cost(args) -> int:
     """``hamgrad cost``: :func:`hamgrad.cost.compare_contexts`, printed as markdown and optionally saved."""
+    import json
+    from pathlib import Path
+
     from . import cost
 
+    if args.out is not None:
+        if not args.out.strip():
+            raise ValueError("--out must name a folder, got an empty string")
+        saved = Path(args.out) / "context_cost.json"
+        if saved.is_file() and not args.force:  # checked before anything is measured
+            try:
+                quick = json.loads(saved.read_text(encoding="utf-8")).get("quick", False)
+            except (ValueError, AttributeError):
+                raise ValueError(f"{saved} is not a cost table (damaged?); delete it or pass --force") from None
+            if quick != args.quick:
+                raise ValueError(f"--out {args.out} holds a {'quick' if quick else 'full-size'} cost table ({saved}) "
+                                 f"that this {'quick' if args.quick else 'full-size'} run would replace: choose "
+                                 f"another --out, or pass --force")
+    if args.fit_from < 1:
+        raise ValueError(f"--fit-from must be a map side >= 1, got {args.fit_from}")
     try:
         names = tuple(t.strip() for t in args.contexts.split(",") if t.strip())
         sides = tuple(int(t) for t in args.sizes.split(",") if t.strip())
@@ -402,6 +424,7 @@ def _cmd_cost(args) -> int:
         message = f"--sizes must be comma-separated ints, got {args.sizes!r}" if "invalid literal" in str(err) else err
         print(f"hamgrad cost: error: {message}", file=sys.stderr)
         return 2
+    result["quick"] = bool(args.quick)
     print(cost.to_markdown(result))
     if args.out:
         from .plots import context_scaling

@@ -244,7 +244,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         channels: the module's input and output channels (Table 3: 512).
         d: its inner channels (Table 3: 512).
         rank: r for the hams and A² (Table 3: 64).
-        steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)).
+        steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)); an int means both.
         grad: the hams' gradient mode (see :func:`hamgrad.solve`).
         version: the hams' Hamburger block, ``"v1"`` (Table 3's) or ``"v2"``.
         device: where to measure.
@@ -263,6 +263,10 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     width = height if width is None else width
     for value, arg in ((height, "height"), (width, "width"), (batch, "batch"), (repeats, "repeats")):
         check_int(value, arg, 1)
+    steps = (steps, steps) if isinstance(steps, int) and not isinstance(steps, bool) else steps
+    if not isinstance(steps, (tuple, list)) or len(steps) != 2:
+        raise ValueError(f"steps must be an int or a (train, eval) pair of ints, got {steps!r}")
+    steps = (check_int(steps[0], "steps[0]", 1), check_int(steps[1], "steps[1]", 1))  # before anything is measured
     check_choice(sdpa_backend, "sdpa_backend", SDPA_BACKENDS)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -315,6 +319,8 @@ def fit_slopes(rows: list, fit_from: int = 32 * 32) -> dict:
         ``{label: {"train_seconds": slope, "infer_seconds": …, "train_bytes": …, "infer_bytes": …, "macs": …,
         "n": [the fitted n]}}`` for every label with at least two fitted sizes (a slope is NaN where a value is 0).
     """
+    if isinstance(fit_from, bool) or not isinstance(fit_from, (int, float)) or not fit_from >= 0:
+        raise ValueError(f"fit_from must be a number of positions >= 0, got {fit_from!r}")
     out = {}
     for label in dict.fromkeys(r["label"] for r in rows):
         fitted = sorted((r for r in rows if r["label"] == label and r["n"] >= fit_from), key=lambda r: r["n"])
@@ -368,11 +374,14 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
         ``torch``.
 
     Raises:
-        ValueError: for empty ``names`` or ``sides`` (and see :func:`context_cost`).
+        ValueError: for empty ``names`` or ``sides``, or a name or side given twice (and see :func:`context_cost`).
     """
     names, sides = tuple(names), tuple(sides)
     if not names or not sides:
         raise ValueError(f"names and sides must be non-empty, got names={names}, sides={sides}")
+    for what, values in (("names", names), ("sides", sides)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{what} has duplicates: {list(values)} (each row would be measured twice)")
     rows = []
     for side in sides:
         for name in names:
@@ -389,8 +398,14 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
 
 def to_markdown(result: dict) -> str:
     """The :func:`compare_contexts` result as markdown: the cost table per map size, the SA / ham ratios beside the
-    paper's, and the fitted slopes."""
-    rows = result["rows"]
+    paper's, and the fitted slopes (or a line saying why there are none).
+
+    Raises:
+        ValueError: when ``result`` has no rows.
+    """
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not rows:
+        raise ValueError("result has no rows: nothing to tabulate (pass what compare_contexts returned)")
     first = rows[0]
     lines = [f"Context modules on a ({first['batch']}, {first['channels']}, H, W) map, d = {first['d']}, "
              f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval, hams in the "
@@ -415,7 +430,9 @@ def to_markdown(result: dict) -> str:
         lines.append("| paper: SA / Ham (NMF), GPU | 128×128 (by the MACs) | "
                      + " | ".join(f"{paper[k]:.1f}×" for k in ("params_m", "gmacs", "train_mb", "infer_mb",
                                                                  "train_ms", "infer_ms")) + " |")
-    if result["slopes"]:
+    if not result["slopes"]:
+        lines += ["", f"no log-log slopes: no module has two or more sizes with n >= {result['fit_from']}"]
+    else:
         lines += ["", f"log-log slopes against n = H·W (fitted over n >= {result['fit_from']}):", "",
                   "| module | train time | infer time | train memory | infer memory | MACs |",
                   "|---|---|---|---|---|---|"]
@@ -426,14 +443,16 @@ def to_markdown(result: dict) -> str:
 
 def save(result: dict, out, name: str = "context_cost", fig=None, markdown: str | None = None) -> list[Path]:
     """Write ``out/name.json`` (the result), ``out/name.md`` (``markdown``, by default :func:`to_markdown` of the
-    result) and, when ``fig`` is given, ``out/name.png``; each to a temporary name first, then moved into place.
-    Returns the paths written."""
+    result) and, when ``fig`` is given, ``out/name.png`` (without ``fig``, an older ``out/name.png`` is removed: it
+    would not show this table); each to a temporary name first, then moved into place. Returns the paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(result) if markdown is None else markdown
     files = {out / f"{name}.json": json.dumps(result, allow_nan=True) + "\n", out / f"{name}.md": markdown}
     if fig is not None:
         atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    else:  # an older figure would sit beside a table it does not show
+        (out / f"{name}.png").unlink(missing_ok=True)
     for path, text in files.items():
         write_text(path, text)
     return list(files) + ([out / f"{name}.png"] if fig is not None else [])
@@ -455,10 +474,12 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
 
     Returns:
         plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
-        them: ``label`` (the module, and for a ham its mode, the paper's marked, and block), ``name``, ``grad``,
-        ``block``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
+        them: ``label`` (the module, and for a ham its mode, the paper's marked, block and, in a sweep over K, its K),
+        ``name``, ``grad``, ``block``, ``steps`` (K; ``None`` without a ham), ``seeds``, ``miou_best``, ``miou_mean``,
+        ``miou_std``, ``run_seconds``
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
-        ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``.
+        ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``; ``failed``: the run ids of the runs
+        recorded as failed (left out of the rows).
 
     Raises:
         ValueError: when ``out_dir`` holds no sweep or no finished run.
@@ -469,19 +490,24 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
         raise ValueError(f"out_dir={str(out)!r} holds no sweep (no config.json)")
     config = AblationConfig.from_json(config_path.read_text(encoding="utf-8"))
     results = load_results(out)
+    failed = [r["run_id"] for r in results if r["status"] != "ok"]
+    results = [r for r in results if r["status"] == "ok"]
     if not results:
         raise ValueError(f"out_dir={str(out)!r} holds no finished runs")
     channels = config.width * config.output_stride // 2  # the last encoder stage: width · 2^(log2(stride) − 1)
     side = config.image_size // config.output_stride
     groups: dict = {}
     for r in results:
-        groups.setdefault((r["solver"], r["grad"], r["block"]), []).append(r)
+        groups.setdefault((r["solver"], r["grad"], r["block"], r["steps"] if r["grad"] else None), []).append(r)
     rows = []
-    k = config.step_values[0]
-    for (name, grad, block), group in groups.items():
+    many_k = len(config.step_values) > 1
+    for (name, grad, block, steps_k), group in groups.items():
+        k = config.step_values[0] if steps_k is None else steps_k  # (K: hams only)
         miou = [r["miou"] for r in group]
-        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block})", "name": name,
-               "grad": grad, "block": block, "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
+        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block}"
+                                                  + (f", K = {k}" if many_k else "") + ")", "name": name,
+               "grad": grad, "block": block, "steps": steps_k, "seeds": len(group), "miou_best": max(miou),
+               "miou_mean": statistics.fmean(miou),
                "miou_std": statistics.pstdev(miou),
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
         if name == "none":
@@ -496,7 +522,7 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)
     return {"sweep": str(out), "shape": [config.batch_size, channels, side, side], "config": config.to_dict(),
-            "rows": rows, "torch": torch.__version__}
+            "rows": rows, "failed": failed, "torch": torch.__version__}
 
 
 def ablation_markdown(result: dict) -> str:

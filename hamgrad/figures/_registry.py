@@ -239,16 +239,16 @@ def _is_stale(name: str, result: dict, out) -> bool:
     return True
 
 
-def _run(name: str, out, quick: bool, ablation_dir, progress: bool, force: bool) -> dict:
-    """:func:`run` without the folder's size check."""
+def _run(name: str, out, quick: bool, ablation_dir, progress: bool, force: bool) -> tuple[dict, bool]:
+    """:func:`run` without the folder's size check; returns ``(result, computed)`` (``False``: only redrawn)."""
     result = None if force else load(name, out)
     if result is not None and result["quick"] == bool(quick) and not _is_stale(name, result, out) and (
             not get(name).from_sweep or _is_current(result, quick, ablation_dir)):
         save(name, result, plot(name, result), out)
-        return {**result, "redrawn": True}
+        return result, False
     result = compute(name, quick, ablation_dir=ablation_dir, progress=progress)
     save(name, result, plot(name, result), out)
-    return result
+    return result, True
 
 
 def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: bool = False,
@@ -266,7 +266,7 @@ def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: boo
         force: recompute the figure even when ``out`` holds it (also at the other size).
 
     Returns:
-        The figure's result; one only redrawn from its JSON also has ``redrawn=True`` (not saved).
+        The figure's result.
 
     Raises:
         ValueError: when ``out`` holds figures of the other size (unless ``force``), or a damaged figure JSON.
@@ -274,11 +274,11 @@ def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: boo
     get(name)
     if not force:
         _check_sizes(out, quick)
-    return _run(name, out, quick, ablation_dir, progress, force)
+    return _run(name, out, quick, ablation_dir, progress, force)[0]
 
 
 def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress: bool = True,
-            force: bool = False) -> dict:
+            force: bool = False, redrawn: list | None = None) -> dict:
     """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`).
 
     Args:
@@ -288,9 +288,10 @@ def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress
         ablation_dir: the sweep behind figures 4–6 (see :func:`compute`).
         progress: show progress bars.
         force: recompute figures that ``out`` already holds.
+        redrawn: a list that receives the names of the figures only redrawn from their JSON (not recomputed).
 
     Returns:
-        A dict figure name → result (``redrawn=True`` on those only redrawn from their JSON, see :func:`run`).
+        A dict figure name → result.
 
     Raises:
         ValueError: when a name is not registered, ``out`` holds figures of the other size (unless ``force``,
@@ -306,5 +307,7 @@ def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress
     with tqdm(names, desc="figures", unit="fig", disable=not progress) as bar:
         for name in bar:
             bar.set_postfix_str(name)
-            results[name] = _run(name, out, quick, ablation_dir, progress, force)
+            results[name], computed = _run(name, out, quick, ablation_dir, progress, force)
+            if not computed and redrawn is not None:
+                redrawn.append(name)
     return results
