@@ -23,16 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    """The solver registry, sys.path and sys.modules as they were before the test (imports add to all three)."""
+def registry(monkeypatch, tmp_path):
+    """The solver registry and sys.path as they were before the test, and none of the modules it imported from its
+    tmp_path left in sys.modules (imports add to all three)."""
     from hamgrad.solvers import base
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    before = set(sys.modules)
     yield
-    for name in set(sys.modules) - before:
-        if not name.startswith(("hamgrad", "ray", "torch")):
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
             del sys.modules[name]
 
 

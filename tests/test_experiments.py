@@ -26,29 +26,16 @@ from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class
 from hamgrad.experiments import runner
 
 from models import ISTA_SOLVER_SOURCE
+from sweep_helpers import Interrupt, count_steps
 
 LEGACY = Path(__file__).parent / "data" / "legacy_v1_sweep"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Interrupt(BaseException):
-    """Stands in for a kill in the middle of a sweep (like KeyboardInterrupt, not an Exception a run could raise)."""
-
-
 @pytest.fixture
 def counted_steps(monkeypatch):
-    """Count the runner's training steps; ``counter["raise_at"] = n`` makes the n-th call raise ``Interrupt``."""
-    counter = {"calls": 0, "raise_at": None}
-    original = runner._train_step
-
-    def step(*args):
-        counter["calls"] += 1
-        if counter["calls"] == counter["raise_at"]:
-            raise Interrupt
-        return original(*args)
-
-    monkeypatch.setattr(runner, "_train_step", step)
-    return counter
+    """The runner's training steps, counted (``sweep_helpers.count_steps``)."""
+    return count_steps(monkeypatch)
 
 
 def _tiny(**kw):

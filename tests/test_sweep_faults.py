@@ -16,25 +16,13 @@ from hamgrad.cli import main as cli_main
 from hamgrad.experiments import AblationConfig, load_results, run_ablation, summarize
 from hamgrad.experiments import runner
 
-
-class Interrupt(BaseException):
-    """Stands in for a kill in the middle of a sweep."""
+from sweep_helpers import Interrupt, count_steps
 
 
 @pytest.fixture
 def counted_steps(monkeypatch):
-    """Count the runner's training steps; ``counter["raise_at"] = n`` makes the n-th call raise ``Interrupt``."""
-    counter = {"calls": 0, "raise_at": None}
-    original = runner._train_step
-
-    def step(*args):
-        counter["calls"] += 1
-        if counter["calls"] == counter["raise_at"]:
-            raise Interrupt
-        return original(*args)
-
-    monkeypatch.setattr(runner, "_train_step", step)
-    return counter
+    """The runner's training steps, counted (``sweep_helpers.count_steps``)."""
+    return count_steps(monkeypatch)
 
 
 def _tiny(**kw):
