@@ -33,31 +33,58 @@ def test_figures_refuses_what_names_nothing(argv, message, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []  # nothing computed, trained or written
 
 
-def test_quick_figures_are_marked_and_a_rerun_says_redrawn(tmp_path, capsys):
+@pytest.fixture
+def tiny_figure(monkeypatch):
+    """A registered figure that computes in no time (``line``: y = a·x with a = 2 at the quick size, 3 at the full
+    size), the registry restored after the test."""
+    from matplotlib.figure import Figure
+
+    from hamgrad.figures import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    def compute(quick, **_):
+        return {"x": [0, 1, 2], "y": [0, 2, 4] if quick else [0, 3, 6]}
+
+    def plot(result):
+        fig = Figure()
+        fig.subplots().plot(result["x"], result["y"])
+        fig.suptitle("a line")
+        return fig
+
+    figures.register("line", compute, plot)
+
+
+def test_quick_figures_are_marked_and_a_rerun_says_redrawn(tmp_path, capsys, tiny_figure):
     out = tmp_path / "quick"
-    assert main(["figures", "--quick", "--only", "flow", "--out", str(out)]) == 0
+    assert main(["figures", "--quick", "--only", "line", "--out", str(out)]) == 0
     first = capsys.readouterr().out
-    assert re.search(r"flow: .*flow.json \(computed in [\d.]+ s\)", first)
+    assert re.search(r"line: .*line.json \(computed in [\d.]+ s\)", first)
     assert "quick size: smoke-test figures, marked as such" in first
-    result = figures.load("flow", out)
-    assert (result["schema"], result["hamgrad"]) == (1, hg.__version__)
-    assert "[quick size: a smoke test" in figures.plot("flow", result).get_suptitle()
-    assert "smoke test" not in figures.plot("flow", {**result, "quick": False}).get_suptitle()
-    assert main(["figures", "--quick", "--only", "flow", "--out", str(out)]) == 0
-    assert "flow.json (redrawn from its JSON)" in capsys.readouterr().out
+    result = figures.load("line", out)
+    assert (result["y"], result["schema"], result["hamgrad"]) == ([0, 2, 4], 1, hg.__version__)
+    assert figures.plot("line", result).get_suptitle() == ("a line\n[quick size: a smoke test of the code, not the "
+                                                           "paper's measurement]")
+    assert figures.plot("line", {**result, "quick": False}).get_suptitle() == "a line"
+    assert main(["figures", "--quick", "--only", "line", "--out", str(out)]) == 0
+    assert "line.json (redrawn from its JSON)" in capsys.readouterr().out
 
 
-def test_figure_json_of_an_older_schema_is_recomputed(tmp_path):
-    figures.run("flow", tmp_path, quick=True)
-    saved = json.loads((tmp_path / "flow.json").read_text())
+def test_figure_json_of_an_older_schema_is_recomputed(tmp_path, tiny_figure):
+    figures.run("line", tmp_path, quick=True)
+    saved = json.loads((tmp_path / "line.json").read_text())
     old = {k: v for k, v in saved.items() if k not in ("schema", "hamgrad")}  # as hamgrad 0.1 wrote it
-    old["runs"] = old["runs"][:1]  # and its numbers follow other conventions than this figure draws
-    (tmp_path / "flow.json").write_text(json.dumps(old))
-    with pytest.warns(UserWarning, match=r"flow.json was written by hamgrad < 0.2 under figure schema 0 \(now 1\): "
+    old["y"] = [0, -1, -2]  # and numbers of other conventions than this figure draws now
+    (tmp_path / "line.json").write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match=r"line.json was written by hamgrad < 0.2 under figure schema 0 \(now 1\): "
                                          r"recomputing it"):
-        result = figures.run("flow", tmp_path, quick=True)
-    assert len(result["runs"]) == len(saved["runs"])
-    assert json.loads((tmp_path / "flow.json").read_text())["schema"] == 1
+        result = figures.run("line", tmp_path, quick=True)
+    assert result["y"] == [0, 2, 4]
+    assert json.loads((tmp_path / "line.json").read_text())["schema"] == 1
+    # a figure's own schema: raised when its compute changes, it makes the saved results stale
+    figures.register("line", figures.get("line").compute, figures.get("line").plot, schema=2, replace=True)
+    with pytest.warns(UserWarning, match=r"under figure schema 1 \(now 2\)"):
+        assert figures.run("line", tmp_path, quick=True)["schema"] == 2
 
 
 def test_the_sweep_summary_is_printed_once(tmp_path, monkeypatch, capsys):

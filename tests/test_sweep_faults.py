@@ -265,14 +265,14 @@ def test_a_stale_run_of_a_dead_driver_stops_without_writing(tmp_path, monkeypatc
         except Exception as err:
             outcome[name] = err
 
-    old = runner._SweepLock(out).__enter__()
+    old = runner._SweepLock(out).acquire()
     stale = threading.Thread(target=train, args=("stale", old.token), name="stale")
     stale.start()
     assert paused.wait(60)
     assert not leftover.exists()  # the run's writer removed what a killed writer left
     os.close(old.fd)  # the old driver dies (as by SIGKILL: its lock file stays, naming it)
     with pytest.warns(UserWarning, match="taking over the lock of a driver that is no longer running"):
-        new = runner._SweepLock(out).__enter__()
+        new = runner._SweepLock(out).acquire()
     fresh = threading.Thread(target=train, args=("fresh", new.token), name="fresh")
     fresh.start()
     time.sleep(1.0)
@@ -280,7 +280,7 @@ def test_a_stale_run_of_a_dead_driver_stops_without_writing(tmp_path, monkeypatc
     resume.set()
     stale.join(60)
     fresh.join(120)
-    new.__exit__(None, None, None)
+    new.release()
     assert isinstance(outcome["stale"], runner._Superseded), outcome["stale"]
     assert "the run stops without writing its checkpoint" in str(outcome["stale"])
     assert calls.count("stale") == 5 and calls.count("fresh") == 10  # the fresh run found no checkpoint of it

@@ -243,7 +243,7 @@ def _training_fields(config: AblationConfig) -> dict:
 
 
 def _extends(old: AblationConfig, new: AblationConfig) -> bool:
-    """Whether ``new`` is ``old`` with more runs (more seeds, solvers, modes, K values, context modules)."""
+    """Whether ``new`` is ``old`` with more runs (more seeds, solvers, modes, blocks, K values, context modules)."""
     return (_training_fields(old) == _training_fields(new)
             and {s.run_id for s in old.runs()} <= {s.run_id for s in new.runs()})
 
@@ -309,7 +309,7 @@ def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool, repair:
         old = read_config(out)
     except ValueError as err:
         if repair:
-            _repair(config, out, "it was missing" if not config_path.exists() else f"it was damaged: {err}")
+            _repair(config, out, f"it was damaged: {err}")
             return
         if not overwrite:
             raise ValueError(f"{err}; pass repair=True (hamgrad ablate --repair, with the sweep's settings) to rebuild "
@@ -326,8 +326,8 @@ def _prepare_out_dir(config: AblationConfig, out: Path, overwrite: bool, repair:
             return
         reason = "it holds a sweep with a different config (" + _diff(old, config) + ")"
     if not overwrite:
-        raise ValueError(f"out_dir={str(out)!r}: {reason}; a config may only add runs (seeds, solvers, modes, K, "
-                         f"contexts) to a sweep: pass overwrite=True (hamgrad ablate --overwrite) to delete its sweep "
+        raise ValueError(f"out_dir={str(out)!r}: {reason}; a config may only add runs (seeds, solvers, modes, "
+                         f"blocks, K, contexts) to a sweep: pass overwrite=True (hamgrad ablate --overwrite) to delete its sweep "
                          f"and start again, or choose another folder")
     for name in _OWN_FILES:
         (out / name).unlink(missing_ok=True)
@@ -367,6 +367,13 @@ class _SweepLock:
         self.token = uuid.uuid4().hex
 
     def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self) -> "_SweepLock":
+        """Take the lock (see the class docstring); returns ``self``."""
         import fcntl
 
         while True:
@@ -397,7 +404,8 @@ class _SweepLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
+        """Remove the lock file and release the lock."""
         self.path.unlink(missing_ok=True)  # while still holding the lock: a driver waiting on it sees the file go
         os.close(self.fd)  # closing releases the flock
 
@@ -729,9 +737,10 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
                          f"hides the GPUs from a task that reserves none")
     out = Path(out_dir)
     _check_out_dir(out, repair)
+    lock = _SweepLock(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = _SweepLock(out).__enter__()
+        lock.acquire()
     except OSError as err:
         summary = _read_only_summary(config, out, err) if out.is_dir() else None
         if summary is None:
@@ -761,18 +770,16 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
                 _write_results(out, rows)
                 _write_summary(out, summarize(rows, config.grads))
 
-        if not pending:
-            pass
-        elif workers == 1 and address is None:
+        if pending and workers == 1 and address is None:
             _run_here(config, pending, out, device, retries, progress, record, total=len(config.runs()))
-        else:
+        elif pending:
             _run_on_ray(config, pending, out, device, retries, progress, record, workers=workers, address=address,
                         cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, verbose=verbose, token=lock.token)
         summary = summarize(rows, config.grads)
         with _stop_on_full_storage():
             _write_summary(out, summary)
     finally:
-        lock.__exit__(None, None, None)
+        lock.release()
     if progress:
         failed = sum(r["status"] == "failed" for r in rows)
         print(summary.to_markdown())
@@ -781,23 +788,25 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
     return summary
 
 
+class _StorageFull(OSError):
+    """The storage is full: the error that stops the sweep (not a run's failure)."""
+
+    def __init__(self, err: OSError):
+        where = f" writing {err.filename}" if err.filename else ""
+        super().__init__(f"{_NO_SPACE[err.errno]}{where}: the sweep stopped (nothing was recorded as failed); free "
+                         f"some space and rerun the same command to resume")
+        self.errno = err.errno
+
+
 @contextlib.contextmanager
 def _stop_on_full_storage():
-    """Turn a full disk (or quota) into the error that stops the sweep: ``OSError("no space left on device ...")``."""
+    """Turn a full disk (or quota) into :class:`_StorageFull`, the error that stops the sweep."""
     try:
         yield
     except OSError as err:
-        if err.errno in _NO_SPACE and not getattr(err, "hamgrad_stop", False):
-            raise _full_storage_error(err) from err
+        if err.errno in _NO_SPACE and not isinstance(err, _StorageFull):
+            raise _StorageFull(err) from err
         raise
-
-
-def _full_storage_error(err: OSError) -> OSError:
-    where = f" writing {err.filename}" if err.filename else ""
-    stop = OSError(f"{_NO_SPACE[err.errno]}{where}: the sweep stopped (nothing was recorded as failed); free some "
-                   f"space and rerun the same command to resume")
-    stop.errno, stop.hamgrad_stop = err.errno, True
-    return stop
 
 
 def _failed_row(config: AblationConfig, spec: RunSpec, error: str, attempts: int) -> dict:
@@ -828,9 +837,9 @@ def _run_here(config, pending, out, device, retries, progress, record, total) ->
                     with _stop_on_full_storage():
                         row = _run(config, spec, out / "runs" / spec.run_id, device, bar)
                     break
+                except _StorageFull:
+                    raise
                 except Exception as err:  # a kill (KeyboardInterrupt, SystemExit) is not retried, nor a full disk
-                    if getattr(err, "hamgrad_stop", False):
-                        raise
                     error = _error_text(err)
                     _warn_retry(spec, attempt, retries, error)
                     row = _failed_row(config, spec, error, attempt)
@@ -989,7 +998,7 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
                 except ray.exceptions.RayError as err:  # the run raised, or its worker died
                     cause = getattr(err, "cause", None)
                     if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
-                        raise _full_storage_error(cause) from None
+                        raise _StorageFull(cause) from None
                     error = _error_text(err)
                     _warn_retry(spec, attempt, retries, error)
                     if attempt <= retries:
