@@ -27,6 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                                 "[-quick]; a folder from `hamgrad ablate` is read as it is)")
     figures.add_argument("--force", action="store_true", help="recompute figures that already exist in --out (also "
                                                               "those of the other size, which are otherwise refused)")
+    _add_solver_options(figures, None)  # (a sweep of a user's solver behind figures 4-6)
     figures.set_defaults(func=_cmd_figures)
 
     ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on the global-context shapes",
@@ -120,18 +121,21 @@ def _build_parser() -> argparse.ArgumentParser:
                                     "figure context_cost.png (an older one is removed with one size); a table of the "
                                     "other size (quick or full) there is refused unless --force")
     cost.add_argument("--force", action="store_true", help="replace a cost table of the other size in --out")
+    _add_solver_options(cost, None)  # (a user's solver among --contexts)
     cost.set_defaults(func=_cmd_cost)
     return parser
 
 
-def _add_solver_options(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--import`` and ``--solver-arg``, shared by the commands that build solvers by name."""
+def _add_solver_options(parser: argparse.ArgumentParser, what: str | None) -> None:
+    """``--import`` and (unless ``what`` is ``None``) ``--solver-arg``, shared by the commands that build solvers by
+    name."""
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (a module name, found from the current directory too, or a path to "
                              "a .py file); it registers its solvers with hamgrad.register_solver. Repeatable")
-    parser.add_argument("--solver-arg", dest="solver_args", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"a keyword argument of {what}, e.g. inv_t=10 (VALUE read as int, float, true/false, "
-                             f"else str). Repeatable")
+    if what is not None:
+        parser.add_argument("--solver-arg", dest="solver_args", action="append", default=[], metavar="KEY=VALUE",
+                            help=f"a keyword argument of {what}, e.g. inv_t=10 (VALUE read as int, float, true/false, "
+                                 f"else str). Repeatable")
 
 
 def _default_contexts() -> tuple:
@@ -153,6 +157,8 @@ def _cmd_figures(args) -> int:
 
     from .figures import get, run_all
 
+    for spec in args.imports:
+        _import_user_module(spec)
     if args.only is None:
         names = _figure_names()
     else:
@@ -396,6 +402,8 @@ def _cmd_cost(args) -> int:
 
     from . import cost
 
+    for spec in args.imports:
+        _import_user_module(spec)
     if args.out is not None:
         if not args.out.strip():
             raise ValueError("--out must name a folder, got an empty string")

@@ -120,6 +120,14 @@ def test_ablate_imports_a_solver_file_and_passes_solver_args(tmp_path, capsys, r
     assert [(r["run_id"], r["status"]) for r in rows] == [("ista_file_one-step_v2_K6_seed0", "ok")]
     solver = load_model(out, rows[0]["run_id"]).hamburger.solver
     assert (type(solver).__name__, solver.rank, solver.lam, solver.step_factor) == ("ISTA", config.rank, 0.02, 1.5)
+    # figure 4 of that sweep, and the solver's cost as a context module: the other commands import it too
+    figs = tmp_path / "figs"
+    assert main(["figures", "--quick", "--import", str(path), "--only", "ablation", "--ablation-dir", str(out),
+                 "--out", str(figs)]) == 0, capsys.readouterr().err
+    assert [r["solver"] for r in json.loads((figs / "ablation.json").read_text())["table"]] == ["ista_file"]
+    assert main(["cost", "--import", str(path), "--contexts", "ista_file", "--sizes", "8", "--channels", "8", "--d",
+                 "8", "--rank", "2", "--repeats", "1"]) == 0, capsys.readouterr().err
+    assert "| ista_file | 8×8 |" in capsys.readouterr().out
     # an argument the solver does not take is refused when the config is built, naming the solver
     assert main([*args[:-2], "--solver-arg", "temperature=3", "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
