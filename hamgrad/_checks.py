@@ -38,11 +38,14 @@ def check_positive(value, name: str) -> float:
 
 
 def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
-    """A floating-point tensor with at least ``min_dim`` dimensions."""
+    """A floating-point tensor with data (not on the meta device) and at least ``min_dim`` dimensions."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device (a tensor without data): hamgrad computes on real tensors, "
+                         "create it on a device such as 'cpu' or 'cuda'")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
     return x
