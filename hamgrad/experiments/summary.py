@@ -19,7 +19,9 @@ class SummaryCell:
     finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
-    [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf.
+    [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf; ``skipped_steps`` of
+    ``trained_steps`` training steps (over the seeds) skipped their optimizer step because an implicit backward
+    solve did not converge.
     """
 
     solver: str
@@ -29,6 +31,8 @@ class SummaryCell:
     pixel_acc: dict
     diverged: int
     steps: int | None = None
+    skipped_steps: int = 0
+    trained_steps: int = 0
 
 
 @dataclass
@@ -82,6 +86,11 @@ class Summary:
                     for c in self.cells if c.diverged]
         if diverged:
             lines.append("diverged runs (loss NaN/Inf): " + ", ".join(diverged))
+        skipped = [f"{c.solver}/{c.grad}" + (f"/K{c.steps}" if len(ks) > 1 else "")
+                   + f": {c.skipped_steps} of {c.trained_steps}" for c in self.cells if c.skipped_steps]
+        if skipped:
+            lines.append("training steps skipped (the implicit backward solve did not converge, its gradient is NaN): "
+                         + ", ".join(skipped))
         if self.failed:
             lines.append(f"failed runs ({len(self.failed)}, not in the tables; rerun the command to try them again):")
             lines += [f"- {f['run_id']}: {f['error']}" for f in self.failed]
@@ -125,5 +134,7 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
         summary.cells.append(SummaryCell(
             solver=solver, grad=grad, steps=steps, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
-            diverged=sum(bool(r["diverged"]) for r in group)))
+            diverged=sum(bool(r["diverged"]) for r in group),
+            skipped_steps=sum(r.get("skipped_steps") or 0 for r in group),
+            trained_steps=sum(r.get("iters") or 0 for r in group)))
     return summary

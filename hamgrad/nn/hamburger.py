@@ -76,6 +76,11 @@ class Hamburger(nn.Module):
     initial state of the solver is drawn from ``generator`` (a ``torch.Generator`` on ``x.device``) or, by default,
     from torch's global generator, so ``torch.manual_seed`` makes a training run reproducible.
 
+    ``backward_solves`` is the list of :class:`hamgrad.grad.BackwardInfo` of the most recent forward pass: with
+    ``grad="implicit"`` its backward appends one per adjoint solve (empty for the other modes). A solve that did not
+    converge gives NaN gradients (:func:`hamgrad.solve`); a training loop can check ``backward_solves`` and skip
+    that optimizer step, as the ablation runner does.
+
     Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots)::
 
         with ham.capture() as cap:
@@ -127,6 +132,7 @@ class Hamburger(nn.Module):
         self.lower_bread = nn.Conv2d(channels, d, 1)
         self.upper_bread = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels))
         self._capture: HamCapture | None = None
+        self.backward_solves: list = []
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, d={self.d}, solver={self.solver!r}, steps={self.steps}, "
@@ -169,6 +175,7 @@ class Hamburger(nn.Module):
         steps = self.steps[0] if self.training else self.steps[1]
         cap = self._capture
         y, info = solve(self.solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
+        self.backward_solves = info.backward
         if cap is not None:
             D, C = info.state
             if self.grad == "one-step-coef":
