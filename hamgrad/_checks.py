@@ -51,14 +51,31 @@ def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
     return x
 
 
-def check_finite(x: torch.Tensor, name: str = "x") -> tuple[float, float]:
-    """No NaN or Inf; returns ``(min, max)`` of ``x`` (one fused pass, one host sync)."""
+def check_finite(x: torch.Tensor, name: str = "x", why: str = "") -> tuple[float, float]:
+    """No NaN or Inf; returns ``(min, max)`` of ``x`` (one fused pass, one host sync). ``why`` is appended to the
+    error (what a non-finite value means there)."""
     if x.numel() == 0:
         return 0.0, 0.0
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf{why}")
     return lo, hi
+
+
+def check_differentiable(out, what: str) -> None:
+    """At least one tensor of ``out`` (computed in grad mode from inputs that require grad) carries an autograd
+    graph; else ``what`` detached its result, and every derivative of it would read as 0."""
+    if not any(t.requires_grad for t in out):
+        raise ValueError(f"{what} returned tensors with no autograd graph to its inputs (it detaches them, runs under "
+                         "torch.no_grad, or goes through .item()/NumPy), so every derivative of it would read as 0: "
+                         "compute it with differentiable torch operations")
+
+
+def stochastic_error(what: str) -> ValueError:
+    """The error for a function that draws random numbers: its Jacobian is not defined."""
+    return ValueError(f"{what} draws random numbers (two evaluations at the same point differ): its Jacobian is not "
+                      "defined, and products through it would mix different draws. Make it deterministic (draw the "
+                      "noise once outside and close over it, or put its modules in eval mode)")
 
 
 def check_int_range(value, name: str, low: int, high: int, what: str = "") -> int:

@@ -39,7 +39,7 @@ from ..fixed_point import state_residual
 from ..grad import as_fixed_point
 from ..linalg import IdentityOperator, InverseOperator
 from .linearize import linearize
-from .operators import analysis_point, linear_operator
+from .operators import analysis_point, check_trajectory, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian", "empirical_rate"]
@@ -190,16 +190,6 @@ def empirical_rate(residuals: list, eps: float) -> tuple[float, float, int]:
     return (tail[-1] / tail[0]) ** (1.0 / len(ratios)), max(ratios) - min(ratios), len(ratios)
 
 
-def _check_trajectory(traj: list) -> None:
-    """Raise naming the first step whose state is not finite (one host sync for the whole trajectory)."""
-    finite = torch.stack([torch.stack([torch.isfinite(t).all() for t in h]).all() for h in traj]).tolist()
-    if not all(finite):
-        t = finite.index(False)
-        raise ValueError(f"the state stopped being finite at step t = {t} of K = {len(traj) - 1}: h^{t} holds NaN or "
-                         f"Inf{'' if t == 0 else f' (h^{t - 1} is finite)'}, and Jacobians there are undefined; analyse "
-                         f"fewer steps (steps < {t}) or check the input's scale and the model's parameters")
-
-
 def _max(values: list) -> float:
     """The largest value, ``nan`` if any is ``nan`` (a spectrum that did not converge)."""
     return math.nan if any(math.isnan(v) for v in values) else max(values)
@@ -240,7 +230,7 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
     with torch.no_grad():
         h0 = fp.init(x, generator=generator) if h0 is None else h0
         traj = fp.unroll(x, h0, steps)
-    _check_trajectory(traj)
+    check_trajectory(traj)
     flow = GradientFlow()
     spectra = []
 
