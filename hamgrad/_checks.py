@@ -148,3 +148,33 @@ def check_device(device, here: bool = True) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device={device!r}: this machine has {count} {dev.type} device(s)")
     return dev
+
+
+def check_feature_map(x, channels: int, like: torch.Tensor, name: str = "x") -> None:
+    """The input of a context module: a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1``, on the device of
+    ``like`` (one of the module's parameters) and, unless autocast is on for that device, in its dtype. Costs no host
+    sync (what needs the values is :func:`check_mixing`)."""
+    check_float_tensor(x, name)
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape (B, channels={channels}, H, W), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: an empty batch or feature map (B, H and W must be >= 1)")
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but the module is on {like.device}: move one to the other "
+                         f"(module.to({str(x.device)!r}) or x.to({str(like.device)!r}))")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {like.dtype}: cast one to the "
+                        f"other (x.to({like.dtype}) or module.to({x.dtype})), or run under torch.autocast")
+
+
+def check_mixing(x: torch.Tensor, y: torch.Tensor, what: str, name: str = "x") -> None:
+    """After a context module's mixing: its input ``x`` and the mixed features ``y`` are finite (one host sync, before
+    the upper bread, so a refused input leaves BatchNorm's running statistics untouched). A NaN/Inf ``x`` is refused
+    by name; a non-finite ``y`` from a finite ``x`` is ``what`` overflowing ``y``'s dtype."""
+    finite_x, finite_y = torch.stack([torch.isfinite(x).all(), torch.isfinite(y).all()]).tolist()
+    if not finite_x:
+        raise ValueError(f"{name} contains NaN or Inf")
+    if not finite_y:
+        raise ValueError(f"{what} overflowed {y.dtype} for {name} of shape {tuple(x.shape)} with max|{name}| = "
+                         f"{float(x.detach().abs().max()):.3g}: its output is not finite; rescale the input (or "
+                         "compute in float32 instead of under float16 autocast)")

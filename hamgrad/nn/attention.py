@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_feature_map, check_int, check_mixing
 from ..solvers import available_solvers
 from .hamburger import Hamburger, capturing
 
@@ -64,7 +64,10 @@ class ContextCapture:
 
 
 class _ContextBlock(nn.Module):
-    """Breads, residual and capture shared by the modules here; subclasses define ``_mix(z) -> (x, y, D, C)``."""
+    """Breads, residual, input checks and capture shared by the modules here; subclasses define
+    ``_mix(z) -> (x, y, D, C)`` and name what it computes in ``_mixing`` (for the overflow message)."""
+
+    _mixing = "mixing"
 
     def __init__(self, channels: int, d: int, width: int):
         super().__init__()
@@ -81,11 +84,18 @@ class _ContextBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Map ``x`` ``(B, channels, H, W)`` to the same shape. ``generator`` is accepted so that every context
-        module is called like :class:`~hamgrad.nn.Hamburger`; these modules draw no random numbers."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
+        module is called like :class:`~hamgrad.nn.Hamburger`; these modules draw no random numbers.
+
+        Raises:
+            TypeError, ValueError: ``x`` is not a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1`` in the
+                module's dtype and on its device (:func:`hamgrad._checks.check_feature_map`), holds NaN or Inf, or
+                the mixing overflows its dtype (:func:`hamgrad._checks.check_mixing`, one host sync a forward pass,
+                as the Hamburger's input check).
+        """
+        check_feature_map(x, self.channels, self.lower_bread.weight)
         B, _, H, W = x.shape
         mixed, y, D, C = self._mix(self.lower_bread(x).flatten(2))
+        check_mixing(x, y, f"{type(self).__name__}'s {self._mixing}")
         cap = self._capture
         if cap is not None:
             cap.x, cap.y, cap.shape = mixed.detach(), y.detach(), (H, W)
@@ -109,6 +119,8 @@ class SelfAttention(_ContextBlock):
 
     def __init__(self, channels: int, d: int = 512):
         super().__init__(channels, d, 3 * check_int(d, "d", 1))
+
+    _mixing = "attention (scores Kᵀ Q / √d)"
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, d={self.d}"
@@ -138,6 +150,8 @@ class DoubleAttention(_ContextBlock):
     def __init__(self, channels: int, d: int = 512, rank: int = 64):
         super().__init__(channels, d, check_int(d, "d", 1) + 2 * check_int(rank, "rank", 1))
         self.rank = rank
+
+    _mixing = "gather and distribute"
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, d={self.d}, rank={self.rank}"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_steps
+from .._checks import check_feature_map, check_steps
 from ..grad import SolveInfo, parse_grad_mode, solve
 from ..solvers import get_solver
 
@@ -162,11 +162,12 @@ class Hamburger(nn.Module):
             ``ReLU(x + upper_bread(X̄))``, the shape of ``x``.
 
         Raises:
-            ValueError: when ``x`` is not ``(B, channels, H, W)``, when ``rank > H·W``, or when the ham's input is not
-                finite (the solver's checks in :func:`hamgrad.solve`).
+            TypeError, ValueError: when ``x`` is not a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1``
+                in the block's dtype and on its device (the context modules' shared check,
+                :func:`hamgrad._checks.check_feature_map`), when ``rank > H·W``, or when the ham's input is not
+                finite or overflows the solver's products (the solver's checks in :func:`hamgrad.solve`).
         """
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
+        check_feature_map(x, self.channels, self.lower_bread.weight)
         B, _, H, W = x.shape
         z = self.lower_bread(x)
         if self.nonnegative:
