@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..nn import HamNet
 from .._checks import check_device, check_int
 from .._files import atomic_write, write_text
+from ..grad import ConvergenceWarning
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
@@ -309,10 +310,12 @@ def _train_step(model: HamNet, optimizer: torch.optim.Optimizer, images: torch.T
                 labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """One optimisation step on a batch; returns the (detached) cross-entropy loss and how many implicit backward
     solves did not converge. Their gradients are NaN, so then the optimizer step is skipped (the weights and the
-    optimizer's state stay as they were)."""
+    optimizer's state stay as they were); their warnings are silenced, as the count goes into the run's row."""
     loss = F.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loss.backward()
     unconverged = sum(not b.converged for m in model.modules() for b in getattr(m, "backward_solves", ()))
     if not unconverged:
         optimizer.step()
