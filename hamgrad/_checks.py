@@ -37,13 +37,14 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
-def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
-    """A floating-point tensor with data (not on the meta device) and at least ``min_dim`` dimensions."""
+def check_float_tensor(x, name: str = "x", min_dim: int = 1, meta: bool = False) -> torch.Tensor:
+    """A floating-point tensor with at least ``min_dim`` dimensions, with data (not on the meta device) unless
+    ``meta`` (shape-only uses: counting a module's operations)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-    if x.is_meta:
+    if x.is_meta and not meta:
         raise ValueError(f"{name} is on the meta device (a tensor without data): hamgrad computes on real tensors, "
                          "create it on a device such as 'cpu' or 'cuda'")
     if x.dim() < min_dim:
@@ -153,8 +154,8 @@ def check_device(device, here: bool = True) -> torch.device:
 def check_feature_map(x, channels: int, like: torch.Tensor, name: str = "x") -> None:
     """The input of a context module: a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1``, on the device of
     ``like`` (one of the module's parameters) and, unless autocast is on for that device, in its dtype. Costs no host
-    sync (what needs the values is :func:`check_mixing`)."""
-    check_float_tensor(x, name)
+    sync (what needs the values is :func:`check_mixing`); meta tensors pass (counting MACs runs modules on them)."""
+    check_float_tensor(x, name, meta=True)
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f"{name} must have shape (B, channels={channels}, H, W), got {tuple(x.shape)}")
     if x.numel() == 0:
@@ -170,7 +171,10 @@ def check_feature_map(x, channels: int, like: torch.Tensor, name: str = "x") -> 
 def check_mixing(x: torch.Tensor, y: torch.Tensor, what: str, name: str = "x") -> None:
     """After a context module's mixing: its input ``x`` and the mixed features ``y`` are finite (one host sync, before
     the upper bread, so a refused input leaves BatchNorm's running statistics untouched). A NaN/Inf ``x`` is refused
-    by name; a non-finite ``y`` from a finite ``x`` is ``what`` overflowing ``y``'s dtype."""
+    by name; a non-finite ``y`` from a finite ``x`` is ``what`` overflowing ``y``'s dtype. Nothing to check on the
+    meta device (no values)."""
+    if x.is_meta:
+        return
     finite_x, finite_y = torch.stack([torch.isfinite(x).all(), torch.isfinite(y).all()]).tolist()
     if not finite_x:
         raise ValueError(f"{name} contains NaN or Inf")
