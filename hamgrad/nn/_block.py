@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_feature_map, check_int, check_mixing
+from .._checks import check_feature_map, check_finite, check_int, check_mixing
 from .hamburger import capturing
 
 
@@ -86,11 +86,14 @@ class _ContextBlock(nn.Module):
 
         Raises:
             TypeError, ValueError: ``x`` is not a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1`` in the
-                module's dtype and on its device (:func:`hamgrad._checks.check_feature_map`), holds NaN or Inf, or
-                the mixing overflows its dtype (:func:`hamgrad._checks.check_mixing`: one host sync a forward pass,
-                as the Hamburger's input check, and before the upper bread, so BatchNorm's statistics stay clean).
+                module's dtype and on its device (:func:`hamgrad._checks.check_feature_map`), holds NaN or Inf
+                (checked before the lower bread), or the mixing overflows its dtype
+                (:func:`hamgrad._checks.check_mixing`, before the upper bread): two host syncs a forward pass, and a
+                refused input leaves every BatchNorm's running statistics as they were.
         """
         check_feature_map(x, self.channels, self.upper_bread[0].weight)
+        if not x.is_meta:  # before the lower bread, whose BatchNorm (DA, APC, DM, ACF) would keep NaN statistics
+            check_finite(x, "x")
         B, _, H, W = x.shape
         mixed, y, D, C = self._mix(self.lower_bread(x).flatten(2), x)
         check_mixing(x, y, f"{type(self).__name__}'s {self._mixing}")
