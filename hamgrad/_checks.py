@@ -173,7 +173,7 @@ def check_mixing(x: torch.Tensor, y: torch.Tensor, what: str, name: str = "x") -
     overflowed ``y``'s dtype (one host sync, before the upper bread). Nothing to check on the meta device."""
     if y.is_meta:
         return
-    if not bool(torch.isfinite(y).all()):
+    if y.numel() and not all(math.isfinite(v) for v in torch.stack(torch.aminmax(y.detach())).tolist()):
         raise ValueError(f"{what} overflowed {y.dtype} for {name} of shape {tuple(x.shape)} with max|{name}| = "
                          f"{float(x.detach().abs().max()):.3g}: its output is not finite; rescale the input (or "
                          "compute in float32 instead of under float16 autocast)")
