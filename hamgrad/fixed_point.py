@@ -11,11 +11,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ._checks import check_int, check_steps
+from ._checks import check_float_tensor, check_int, check_steps
 
 State = tuple  # tuple[torch.Tensor, ...]
 
-__all__ = ["FixedPoint", "State", "as_state", "flatten_state", "unflatten_state", "state_residual"]
+__all__ = ["FixedPoint", "State", "as_state", "evaluate_at", "flatten_state", "unflatten_state", "state_residual"]
 
 
 def as_state(h, name: str = "h") -> State:
@@ -25,11 +25,19 @@ def as_state(h, name: str = "h") -> State:
     if not isinstance(h, (tuple, list)) or len(h) == 0:
         raise TypeError(f"{name} must be a non-empty tuple of tensors, got {type(h).__name__}")
     for i, t in enumerate(h):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}[{i}] must have a floating dtype, got {t.dtype}")
+        check_float_tensor(t, f"{name}[{i}]", min_dim=0)
     return tuple(h)
+
+
+def evaluate_at(fn: Callable, h, x, what: str, name: str = "h"):
+    """``fn(h, x)``; an error raised inside ``fn`` (torch's own, e.g. a shape mismatch) is re-raised as a ValueError
+    that names the state ``name`` and the shapes and dtypes of ``h`` and ``x``."""
+    try:
+        return fn(h, x)
+    except (RuntimeError, TypeError, IndexError, ValueError) as err:
+        raise ValueError(f"{what} failed for {name} of shapes {[tuple(t.shape) for t in h]} "
+                         f"({', '.join(str(t.dtype) for t in h)}) and x of shape {tuple(x.shape)} ({x.dtype}): is "
+                         f"{name} a state of this model for this x? ({type(err).__name__}: {err})") from err
 
 
 def flatten_state(h: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -249,7 +249,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         label: what was compared, shown in the title.
 
     Returns:
-        A :class:`matplotlib.figure.Figure`.
+        A :class:`matplotlib.figure.Figure`; a reference whose backward solve did not converge is marked in the title
+        ("NOT CONVERGED", with its residual), as every cosine against it is ``nan``.
 
     Raises:
         TypeError: for inputs that are not gradient comparisons.
@@ -263,6 +264,10 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
     if len(refs) != 1:
         raise ValueError(f"comparisons must share one reference, got {sorted(refs)}")
     (ref_mode, ref_steps), = refs
+    unconverged = [c["reference"] for c in cmps if c["reference"].get("converged") is False]
+    note = "" if not unconverged else (
+        f", NOT CONVERGED: its backward residual {max(r['backward_residual'] for r in unconverged):.3g} > tol, "
+        "its gradient is NaN")
     rows = [row for c in cmps for row in c["modes"]]
     ks = sorted({row["steps"] for row in rows})
     modes = {}
@@ -272,7 +277,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         i, m = ks.index(row["steps"]), modes[row["mode"]]
         m["cosine"][i], m["norm_ratio"][i] = row["cosine_x"], row["norm_ratio_x"]
         m["seconds"][i], m["peak_mb"][i] = row["seconds"], row["peak_bytes"] / 2 ** 20
-    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps})", "label": label,
+    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps}{note})",
+                               "label": label,
                                "memory_kind": cmps[0]["reference"]["memory_kind"]})
 
 

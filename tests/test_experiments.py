@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -637,3 +638,47 @@ def test_sweep_from_before_the_block_axis_loads_summarises_and_resumes(tmp_path,
     for key in ("miou", "pixel_acc", "iou", "curve", "final_loss"):
         assert resumed[key] == expected[key], key  # what an uninterrupted run of the old code gave, bit for bit
     assert (out / "config.json").read_text() == config_text  # still the old file: it keeps meaning V1
+
+
+# ---------------------------------------------------------------------- an implicit backward that does not converge
+def test_a_training_step_whose_implicit_backward_did_not_converge_is_skipped():
+    # NMF after K = 6 steps is far from a fixed point: the adjoint iteration diverges, the backward's gradient is NaN,
+    # and the step is skipped (weights and optimizer state unchanged) instead of training on it
+    torch.manual_seed(0)
+    model = hg.nn.HamNet(num_classes=3, width=8, ham="nmf", d=16, rank=4, grad="implicit")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, (2, 32, 32), generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counted, not warned at every step
+        loss, unconverged = runner._train_step(model, optimizer, images, labels)
+    assert unconverged == 1 and math.isfinite(float(loss))
+    assert torch.isnan(model.hamburger.lower_bread.weight.grad).all()  # what the step would have trained on
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(("running_mean", "running_var",
+                                                                                   "num_batches_tracked")))
+    assert not optimizer.state  # AdamW never stepped
+    model.hamburger.grad = "one-step"  # a mode without an adjoint solve trains
+    loss, unconverged = runner._train_step(model, optimizer, images, labels)
+    assert unconverged == 0 and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_ablation_counts_and_records_unconverged_implicit_backward_solves(tmp_path):
+    # `hamgrad ablate --quick --solvers nmf,vq --grads implicit` trained every run on diverged adjoint solves while
+    # its rows said status ok
+    config = _tiny(solvers=("nmf",), grads=("implicit", "one-step"), iters=5, log_every=5, checkpoint_every=5,
+                   baseline=False)
+    summary = run_ablation(config, tmp_path, progress=False)
+    rows = {r["grad"]: r for r in load_results(tmp_path)}
+    implicit, one_step = rows["implicit"], rows["one-step"]
+    assert implicit["status"] == "ok" and implicit["unconverged_backward"] == implicit["skipped_steps"] > 0
+    assert one_step["unconverged_backward"] == one_step["skipped_steps"] == 0
+    with open(tmp_path / "results.csv", newline="") as f:
+        csv_rows = {r["grad"]: r for r in csv.DictReader(f)}
+    assert csv_rows["implicit"]["skipped_steps"] == str(implicit["skipped_steps"])
+    model = load_model(tmp_path, implicit["run_id"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    cell = next(c for c in summary.cells if c.grad == "implicit")
+    assert (cell.skipped_steps, cell.trained_steps) == (implicit["skipped_steps"], 5)
+    assert f"nmf/implicit/{implicit['block']}: {implicit['skipped_steps']} of 5" in summary.to_markdown()

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..nn import HamNet
 from .._checks import check_device, check_int
 from .._files import atomic_write, write_text
+from ..grad import ConvergenceWarning
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .summary import Summary, summarize
@@ -48,12 +49,14 @@ __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_m
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
-#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` and ``block`` (the
+#: training step the run last resumed from (0: trained from the start); ``unconverged_backward`` counts the implicit
+#: backward solves that did not converge (their gradients are NaN) and ``skipped_steps`` the training steps whose
+#: optimizer step was skipped for that (the iteration still counts); ``steps``/``eval_steps`` and ``block`` (the
 #: Hamburger's version, ``"v1"`` or ``"v2"``) are ``None`` for the no-ham baseline and the context modules.
 #: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
 CSV_COLUMNS = ("run_id", "status", "solver", "grad", "block", "seed", "steps", "eval_steps", "iters", "miou",
-               "pixel_acc", "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at",
-               "error")
+               "pixel_acc", "final_loss", "diverged", "skipped_steps", "unconverged_backward", "train_seconds",
+               "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
 #: Keys of a finished (``status == "ok"``) row besides the run's identity.
@@ -309,13 +312,19 @@ def _lr(config: AblationConfig, step: int) -> float:
 
 
 def _train_step(model: HamNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-    """One optimisation step on a batch; returns the (detached) cross-entropy loss."""
+                labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One optimisation step on a batch; returns the (detached) cross-entropy loss and how many implicit backward
+    solves did not converge. Their gradients are NaN, so then the optimizer step is skipped (the weights and the
+    optimizer's state stay as they were); their warnings are silenced, as the count goes into the run's row."""
     loss = F.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loss.backward()
+    unconverged = sum(not b.converged for m in model.modules() for b in getattr(m, "backward_solves", ()))
+    if not unconverged:
+        optimizer.step()
+    return loss.detach(), unconverged
 
 
 def _device_rng(device: torch.device):
@@ -390,7 +399,8 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     model = build_model(config, spec).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(spec.seed)
-    state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []}}
+    state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []},
+             "skipped_steps": 0, "unconverged_backward": 0}
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, config, spec, device)
         model.load_state_dict(ckpt["model"])
@@ -400,7 +410,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         rng = _device_rng(device)
         if rng is not None and ckpt["rng_device"] is not None:
             rng.set_rng_state(ckpt["rng_device"].cpu(), device)
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}  # (checkpoints before the skip counts had none)
         bar.update(state["step"])
     resumed_from = state["step"]
 
@@ -411,7 +421,11 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, state["step"])
         idx = torch.randint(n_train, (config.batch_size,), generator=batches)
-        running += _train_step(model, optimizer, images[idx].to(device), labels[idx].to(device).long())
+        batch_loss, unconverged = _train_step(model, optimizer, images[idx].to(device),
+                                              labels[idx].to(device).long())
+        running += batch_loss
+        state["unconverged_backward"] += unconverged
+        state["skipped_steps"] += bool(unconverged)
         state["step"] += 1
         since_log += 1
         bar.update(1)
@@ -437,6 +451,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
         "final_loss": losses[-1] if losses else None, "diverged": state["diverged"],
+        "skipped_steps": state["skipped_steps"], "unconverged_backward": state["unconverged_backward"],
         "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(time.perf_counter() - start, 3),
         "resumed_from": resumed_from,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
