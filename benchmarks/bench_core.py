@@ -1,22 +1,31 @@
-"""Core benchmark: one-step vs BPTT cost in K, and hamgrad's NMF ham against the official Hamburger layout.
+"""Core benchmark: one-step vs BPTT cost in K, and hamgrad's NMF ham against the official Hamburger code.
 
-Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5] [--quick]`` (``OMP_NUM_THREADS=1`` on a
-shared CPU). Prints ratios against a reference measured in the same process; nothing here is asserted. Times are CUDA
-wall times, or on CPU this process's CPU time (``_seconds``), which other processes on the same cores do not inflate.
+Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5] [--rounds 25] [--threads 1,2] [--parts 1,2]
+[--quick]``. Prints ratios against a reference measured in the same process; nothing here is asserted.
 
-1. Forward+backward wall time and memory of ``one-step`` vs ``bptt`` (NMF, d=512, n=4096, r=64, batch 2) for
-   K = 1, 6, 12, 24. Memory: see :mod:`hamgrad.profiling` (CUDA peak; on CPU the bytes saved for backward).
-2. One forward+backward of the NMF ham in the official code's mode (``hg.solve(NMF(64), x (1, 512, 4096), steps=6,
-   grad="one-step-coef")``): hamgrad with the default ``monitor=True`` (per-step residuals and objective, one host
-   sync) and with ``monitor=False``, each as a ratio to a re-implementation of the official NMF2D layout (codes
-   stored as (n, r), bmm products), and to a transcription of docs/theory.md §2 with left-to-right products (which
-   form d×n intermediates). The candidates run in a shuffled order in each of ``repeats`` rounds; a ratio is the median over rounds of the
-   round's time over the official layout's.
+1. Forward+backward time and memory of ``one-step`` vs ``bptt`` (NMF, d=512, n=4096, r=64, batch 2) for
+   K = 1, 6, 12, 24: CUDA wall time, or on CPU this process's CPU time (median of ``--repeats``). Memory: see
+   :mod:`hamgrad.profiling` (CUDA peak; on CPU the bytes saved for backward).
+2. The NMF ham in the official code's mode, ``hg.solve(NMF(64), x (1, 512, 4096), steps=6, grad="one-step-coef")``
+   with the default ``monitor=True`` (per-step residuals and objective, one host sync) and with ``monitor=False``,
+   against :func:`official_nmf2d`, a transcription of the official NMF2D ham (codes ``(B, N, R)``, ``bmm`` products,
+   its initial projection, K steps without graph, ``compute_coef`` and the readout), from the same random bases:
+   the forward (as in training: x requires grad) and the forward + backward of ``y.square().mean()``, at one thread
+   and at torch's default thread count. Every call runs once per round, in a new random order each round, beside a
+   call of the official code's same phase (the two in a random order); its wall time (and CPU time) is divided by
+   that call's, and the median of those ratios over the rounds is printed with their spread (min–max, quartiles)
+   and the load average before and after. With
+   ``benchmarks/gomp_regions.c`` preloaded it also prints the OpenMP parallel regions each call opens.
+
+On a CPU shared with other jobs, an op that torch or MKL splits over two threads ends when the slower thread does;
+when the other jobs hold the cores, that is a scheduler slice (milliseconds) per op. Two-thread times then count
+the ops that split over threads more than the work, so part 2 compares at both thread counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
 import statistics
@@ -93,10 +102,27 @@ def official_nmf2d(x, rank, steps, generator, eps=1e-6):
     return torch.bmm(bases, coef.transpose(1, 2))
 
 
+def _timed(fn, device):
+    """``(wall, cpu)`` seconds of one call of ``fn`` (the device synchronised)."""
+    synchronize(device)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
 def _spread(values):
     values = sorted(values)
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
     return statistics.median(values), values[0], values[-1], q1, q3
+
+
+def _region_counter():
+    """``gomp_regions()`` of benchmarks/gomp_regions.c when it is preloaded (``LD_PRELOAD``), else None."""
+    count = getattr(ctypes.CDLL(None), "gomp_regions", None)
+    if count is not None:
+        count.restype = ctypes.c_ulong
+    return count
 
 
 def bench_official_setting(device, rounds, thread_counts, d=512, n=64 * 64, r=64, steps=6):
@@ -133,36 +159,45 @@ def bench_official_setting(device, rounds, thread_counts, d=512, n=64 * 64, r=64
             f().square().mean().backward()
         calls[name, "forward"], calls[name, "forward+backward"] = forward, forward_backward
     default = torch.get_num_threads()
+    regions = _region_counter()
     results = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        for call in calls.values():  # warm-up at this thread count
+        counts = {}
+        for key, call in calls.items():  # warm-up at this thread count (and the regions each call opens)
+            before = regions() if regions else 0
             call()
-        wall = {key: [] for key in calls}
-        cpu = {key: [] for key in calls}
-        order, keys = random.Random(threads), list(calls)
+            counts[key] = regions() - before if regions else None
+        # per candidate call: its (wall, cpu) time and the reference's beside it, round by round
+        times = {key: [] for key in calls if key[0] != reference}
+        order, keys = random.Random(threads), list(times)
         load = os.getloadavg()
-        for _ in range(rounds):  # every call once per round, each round in a new order
+        for _ in range(rounds):  # every call once per round, each round in a new order, each beside a reference call
             order.shuffle(keys)
             for key in keys:
-                synchronize(device)
-                start, start_cpu = time.perf_counter(), time.process_time()
-                calls[key]()
-                synchronize(device)
-                wall[key].append(time.perf_counter() - start)
-                cpu[key].append(time.process_time() - start_cpu)
+                pair = [calls[reference, key[1]], calls[key]]
+                if order.random() < 0.5:
+                    pair.reverse()
+                measured = {id(f): _timed(f, device) for f in pair}
+                times[key].append((measured[id(calls[key])], measured[id(calls[reference, key[1]])]))
         load = (load, os.getloadavg())
         print(f"\n[2] NMF ham, grad one-step-coef, K={steps}, (1, {d}, {n}), r={r}, on {device}, {threads} thread(s), "
               f"{rounds} interleaved rounds; load average {load[0][0]:.2f} -> {load[1][0]:.2f}")
         print(f"{'':>24} {'phase':>17} {'wall ms':>8}   wall ratio to official: median [min-max] (IQR)"
-              f"   cpu-time ratio: median [min-max]")
-        for (name, phase), t in wall.items():
-            ref = wall[reference, phase]
-            w = _spread([a / b for a, b in zip(t, ref)])
-            c = _spread([a / b for a, b in zip(cpu[name, phase], cpu[reference, phase])])
-            results[threads, name, phase] = {"wall": w, "cpu": c, "wall_ms": 1e3 * statistics.median(t)}
-            print(f"{name:>24} {phase:>17} {1e3 * statistics.median(t):8.1f}   {w[0]:5.3f} [{w[1]:.3f}-{w[2]:.3f}] "
-                  f"({w[3]:.3f}-{w[4]:.3f})   {c[0]:5.3f} [{c[1]:.3f}-{c[2]:.3f}]")
+              f"   cpu-time ratio: median [min-max]" + ("   OpenMP regions" if regions else ""))
+        for phase in ("forward", "forward+backward"):
+            ref_ms = 1e3 * statistics.median(ref[0] for key, t in times.items() if key[1] == phase for _, ref in t)
+            print(f"{reference:>24} {phase:>17} {ref_ms:8.1f}   (the reference)"
+                  + (f"{'':>58}{counts[reference, phase]:5d}" if regions else ""))
+        for (name, phase), t in sorted(times.items(), key=lambda kv: kv[0][1]):
+            w = _spread([mine[0] / ref[0] for mine, ref in t])
+            c = _spread([mine[1] / ref[1] for mine, ref in t])
+            ms = 1e3 * statistics.median(mine[0] for mine, _ in t)
+            results[threads, name, phase] = {"wall": w, "cpu": c, "wall_ms": ms, "regions": counts[name, phase],
+                                             "regions_official": counts[reference, phase], "load": load}
+            print(f"{name:>24} {phase:>17} {ms:8.1f}   {w[0]:5.3f} [{w[1]:.3f}-{w[2]:.3f}] "
+                  f"({w[3]:.3f}-{w[4]:.3f})   {c[0]:5.3f} [{c[1]:.3f}-{c[2]:.3f}]"
+                  + (f"   {counts[name, phase]:5d}" if regions else ""))
     torch.set_num_threads(default)
     return results
 

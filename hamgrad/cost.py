@@ -55,9 +55,9 @@ a profile starts and stops; :func:`peak_memory` keeps them off stderr (anything 
 (``time.process_time``; the wall times are kept too, ``*_wall_seconds``). Other jobs on a shared machine still bend
 both (cache, memory bandwidth, clock, and with several threads the waits of one on another), so
 :func:`compare_contexts` runs every module's training step and inference forward once per *round*, in a new random
-order each round, and reports each module's time as a ratio to the reference module's time (the NMF ham) *in the same
-round*: the median over the rounds and the spread (min–max, quartiles). A module's ``*_seconds`` is the median of its
-own calls.
+order each round, each call beside a call of the reference module (the NMF ham; the two in a random order), and
+reports each module's time as its ratio to that reference call: the median over the rounds and the spread (min–max,
+quartiles). A module's ``*_seconds`` is the median of its own calls.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ PAPER_TABLE3 = {
 #: The setting Table 3 fixes; :func:`to_markdown` sets the measured rows beside the paper's at this setting.
 TABLE3_SETTING = {"height": 128, "width": 128, "batch": 1, "channels": 512, "d": 512, "rank": 64, "steps": (6, 7)}
 
-#: The module every other is divided by, round by round: the NMF ham (Table 3's "Ham (NMF)").
+#: The module every other is timed beside and divided by: the NMF ham (Table 3's "Ham (NMF)").
 REFERENCE = "nmf"
 
 #: ``sdpa_backend`` values: ``None`` lets torch choose; ``"math"`` forces the composite kernel that materialises the
@@ -159,6 +159,8 @@ class ContextCost:
         memory_kind: ``"cuda_max_allocated"`` or ``"cpu_allocator_peak"``.
         train_times, infer_times: each timed call, one per round (``time_kind``: ``"cpu_process_time"`` or
             ``"cuda_wall"``); train_seconds, infer_seconds: their medians.
+        train_reference_times, infer_reference_times: the reference module's time beside each of those calls
+            (:func:`compare_contexts`; empty without a reference).
         train_wall_seconds, infer_wall_seconds: median wall times; repeats: the number of rounds.
         device, dtype: where it ran.
     """
@@ -191,6 +193,8 @@ class ContextCost:
     dtype: str
     train_times: list = field(default_factory=list)
     infer_times: list = field(default_factory=list)
+    train_reference_times: list = field(default_factory=list)
+    infer_reference_times: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data."""
@@ -366,26 +370,43 @@ def _timed(fn, device) -> tuple[float, float]:
     return (time.process_time() - start_cpu if device.type == "cpu" else wall), wall
 
 
-def _interleaved(cases: list, rounds: int, device, seed: int) -> list:
-    """Each case's training step and inference forward, once per round, every round in a new random order.
+def _interleaved(cases: list, rounds: int, device, seed: int, reference: int | None = None) -> list:
+    """Each case's training step and inference forward, once per round, every round in a new random order. With a
+    ``reference`` (an index into ``cases``), every other call is timed beside a call of the reference's same phase,
+    the two in a random order, so that each ratio compares two calls made moments apart.
 
     Returns:
-        per case ``{"train": [times], "infer": [...], "train_wall": [...], "infer_wall": [...]}``, round by round.
+        per case ``{"train": [times], "infer": [...], "train_wall": [...], "infer_wall": [...], "train_ref": [...],
+        "infer_ref": [...]}``, round by round; ``*_ref`` holds the reference's time beside each call (the reference's
+        own time for the reference; empty without one).
     """
-    times = [{"train": [], "infer": [], "train_wall": [], "infer_wall": []} for _ in cases]
+    keys = ("train", "infer", "train_wall", "infer_wall", "train_ref", "infer_ref")
+    times = [{k: [] for k in keys} for _ in cases]
     calls = [(i, phase) for i in range(len(cases)) for phase in ("train", "infer")]
     order = random.Random(seed)
     for _ in range(rounds):
         order.shuffle(calls)
         for i, phase in calls:
-            t, wall = _timed(getattr(cases[i], phase), device)
+            if reference is None or i == reference:
+                t, wall = _timed(getattr(cases[i], phase), device)
+                t_ref = t
+            elif order.random() < 0.5:
+                t_ref, _ = _timed(getattr(cases[reference], phase), device)
+                t, wall = _timed(getattr(cases[i], phase), device)
+            else:
+                t, wall = _timed(getattr(cases[i], phase), device)
+                t_ref, _ = _timed(getattr(cases[reference], phase), device)
             times[i][phase].append(t)
             times[i][f"{phase}_wall"].append(wall)
+            if reference is not None:
+                times[i][f"{phase}_ref"].append(t_ref)
     return times
 
 
-def _measure(cases: list, rounds: int, device, seed: int, progress: bool = False) -> list:
-    """:class:`ContextCost` of each case: counts first, then the interleaved timed rounds."""
+def _measure(cases: list, rounds: int, device, seed: int, progress: bool = False,
+             reference: int | None = None) -> list:
+    """:class:`ContextCost` of each case: counts first, then the interleaved timed rounds (see :func:`_interleaved`
+    for ``reference``)."""
     counts = []
     for case in cases:
         counts.append(case.counts())
@@ -394,7 +415,7 @@ def _measure(cases: list, rounds: int, device, seed: int, progress: bool = False
             print(f"{case.label:>12} {case.setting['height']:>4}×{case.setting['width']:<4} counted: "
                   f"{c['macs'] / 1e9:8.2f} GMACs, train {c['train_bytes'] / 2**20:8.1f} MB, infer "
                   f"{c['infer_bytes'] / 2**20:8.1f} MB", flush=True)
-    times = _interleaved(cases, rounds, device, seed)
+    times = _interleaved(cases, rounds, device, seed, reference)
     rows = []
     for case, c, t in zip(cases, counts, times):
         rows.append(ContextCost(
@@ -402,7 +423,8 @@ def _measure(cases: list, rounds: int, device, seed: int, progress: bool = False
             train_seconds=statistics.median(t["train"]), infer_seconds=statistics.median(t["infer"]),
             time_kind="cpu_process_time" if device.type == "cpu" else "cuda_wall",
             train_wall_seconds=statistics.median(t["train_wall"]), infer_wall_seconds=statistics.median(t["infer_wall"]),
-            repeats=rounds, device=str(device), dtype=case.dtype, train_times=t["train"], infer_times=t["infer"]))
+            repeats=rounds, device=str(device), dtype=case.dtype, train_times=t["train"], infer_times=t["infer"],
+            train_reference_times=t["train_ref"], infer_reference_times=t["infer_ref"]))
         if progress:
             r = rows[-1]
             print(f"{r.label:>12} {r.height:>4}×{r.width:<4} train {1e3 * r.train_seconds:9.1f} ms   infer "
@@ -502,8 +524,9 @@ _PAPER_KEYS = {"params": "params_m", "macs": "gmacs", "train_bytes": "train_mb",
 
 
 def _ratios(rows: list, reference: str) -> list:
-    """Every row over the reference row of its size: the counts as one ratio, the times round by round (median and
-    spread), the paper's ratio beside each where both rows are in Table 3."""
+    """Every row over the reference row of its size: the counts as one ratio, the times call by call against the
+    reference's call beside it (median and spread over the rounds), the paper's ratio beside each where both rows
+    are in Table 3 and the size is Table 3's."""
     out = []
     for ref in (r for r in rows if r["label"] == reference):
         for r in (r for r in rows if (r["height"], r["width"]) == (ref["height"], ref["width"])):
@@ -514,8 +537,8 @@ def _ratios(rows: list, reference: str) -> list:
                         "width": r["width"],
                         **{k: r[k] / ref[k] if ref[k] else math.nan
                            for k in ("params", "macs", "infer_macs", "train_macs", "train_bytes", "infer_bytes")},
-                        **{k: _spread([a / b for a, b in zip(r[t], ref[t])])
-                           for k, t in (("train_seconds", "train_times"), ("infer_seconds", "infer_times"))},
+                        **{k: _spread([a / b for a, b in zip(r[f"{phase}_times"], r[f"{phase}_reference_times"])])
+                           for k, phase in (("train_seconds", "train"), ("infer_seconds", "infer"))},
                         "paper": paper})
     return out
 
@@ -526,7 +549,9 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
     module's ratios to the reference module and log-log slopes.
 
     At each side every module is built and counted first; then each round calls every module's training step and
-    inference forward once, in a new random order, so that whatever else the machine does falls on all of them alike.
+    inference forward once, in a new random order, each of them beside a call of the reference module's (the two in
+    a random order): a time ratio compares two calls made moments apart, so that whatever else the machine does falls
+    on both alike.
 
     Args:
         names: row names (see :func:`context_cost`).
@@ -568,7 +593,8 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
     for side in sides:
         cases = [_Case(name, side, side, device=device, seed=seed, sdpa_backend=backend, **options)
                  for name in names for backend in (sdpa_backends if name == "sa" else (None,))]
-        rows += [row.to_dict() for row in _measure(cases, repeats, device, seed, progress)]
+        ref = next((i for i, case in enumerate(cases) if case.label == reference), None)
+        rows += [row.to_dict() for row in _measure(cases, repeats, device, seed, progress, ref)]
         del cases
     load.append(_load())
     return {"rows": rows, "ratios": _ratios(rows, reference), "reference": reference,
@@ -621,9 +647,9 @@ def to_markdown(result: dict) -> str:
                      f"{r['train_bytes'] / 2**20:.1f} | {r['infer_bytes'] / 2**20:.1f} | "
                      f"{1e3 * r['train_seconds']:.1f} | {1e3 * r['infer_seconds']:.1f} |")
     if result["ratios"]:
-        lines += ["", f"Each module over {result['reference']} at the same size; times: the median of the per-round "
-                      f"ratios [min–max over the rounds]; in parentheses, at Table 3's setting, the paper's ratio (its "
-                      f"GPU).", "",
+        lines += ["", f"Each module over {result['reference']} at the same size; times: the median over the rounds of "
+                      f"the ratio to the {result['reference']} call beside it [min–max]; in parentheses, at Table 3's "
+                      f"setting, the paper's ratio (its GPU).", "",
                   "| module | H×W | params | MACs | train memory | infer memory | train time | infer time |",
                   "|---|---|---|---|---|---|---|---|"]
         for q in result["ratios"]:

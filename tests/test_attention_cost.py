@@ -196,22 +196,48 @@ def test_rounds_call_every_case_once_each_in_a_new_order():
     assert all(sorted(r) == sorted((c, p) for c in "abc" for p in ("train", "infer")) for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1     # shuffled, not one fixed order
     assert all(len(t[k]) == 4 for t in times for k in ("train", "infer", "train_wall", "infer_wall"))
+    assert all(t["train_ref"] == [] for t in times)
+
+
+def test_each_call_is_timed_beside_a_reference_call():
+    log = []
+    cases = [_Recorder(name, log) for name in "abr"]
+    times = cost._interleaved(cases, 6, torch.device("cpu"), seed=0, reference=2)
+    assert len(log) == 6 * (4 * 2 + 2)            # a, b: each phase with a reference call beside it; r alone
+    assert sum(name == "r" for name, _ in log) == 6 * (4 + 2)
+    orders = set()
+    i = 0
+    while i < len(log):                           # read the log back as single reference calls and pairs
+        name, phase = log[i]
+        if name == "r" and (i + 1 == len(log) or log[i + 1] != (log[i + 1][0], phase) or log[i + 1][0] == "r"):
+            i += 1
+            continue
+        pair = log[i:i + 2]
+        assert {n for n, _ in pair} in ({"r", "a"}, {"r", "b"}) and pair[0][1] == pair[1][1] == phase, pair
+        orders.add(pair[0][0] == "r")
+        i += 2
+    assert orders == {True, False}                # the reference goes first in some pairs, second in others
+    assert all(len(t["train_ref"]) == len(t["train"]) == 6 for t in times)
+    assert times[2]["train_ref"] == times[2]["train"]
 
 
 def _row(name, label=None, side=128, **values):
     row = {"name": name, "label": label or name, "height": side, "width": side, "n": side * side, "batch": 1,
            "channels": 512, "d": 512, "rank": 64, "steps": [6, 7], "grad": "one-step-coef", "params": 1,
            "macs": 1, "infer_macs": 1, "train_macs": 1, "train_bytes": 1, "infer_bytes": 1, "train_seconds": 1.0,
-           "infer_seconds": 1.0, "train_times": [1.0], "infer_times": [1.0], "memory_kind": "cpu_allocator_peak",
+           "infer_seconds": 1.0, "train_times": [1.0], "infer_times": [1.0], "train_reference_times": [1.0],
+           "infer_reference_times": [1.0], "memory_kind": "cpu_allocator_peak",
            "time_kind": "cpu_process_time", "device": "cpu", "dtype": "float32", "repeats": 1}
     row.update(values)
     return row
 
 
-def test_ratios_are_per_round_and_carry_the_paper_at_its_setting():
-    """A time ratio is the median of the per-round ratios (not the ratio of the medians: 1.0 here, not 2.0)."""
+def test_ratios_are_per_call_and_carry_the_paper_at_its_setting():
+    """A time ratio is the median over the rounds of a call's time over the reference call's beside it (not the
+    ratio of the medians: 1.0 here, not 2.0 / 2.0 = 1.0 by chance nor 2.0 / 1.0)."""
     rows = [_row("nmf", train_times=[1.0, 2.0, 4.0], infer_times=[1.0, 1.0, 1.0], macs=10),
-            _row("sa", train_times=[2.0, 2.0, 2.0], infer_times=[3.0, 2.0, 1.0], macs=166),
+            _row("sa", train_times=[2.0, 2.0, 2.0], train_reference_times=[1.0, 2.0, 4.0],
+                 infer_times=[3.0, 2.0, 1.0], infer_reference_times=[1.0, 1.0, 1.0], macs=166),
             _row("sa", side=64, train_times=[1.0], infer_times=[1.0]), _row("nmf", side=64)]
     ratios = cost._ratios(rows, "nmf")
     sa = next(q for q in ratios if q["label"] == "sa" and q["height"] == 128)
@@ -264,7 +290,8 @@ def test_cost_command(tmp_path, capsys):
     assert "| sa / nmf | 16×16 |" in printed and "| a2 / nmf | 8×8 |" in printed
     result = json.loads((tmp_path / "context_cost.json").read_text())
     assert [(r["label"], r["n"]) for r in result["rows"]] == [(m, s * s) for s in (8, 16) for m in ("sa", "a2", "nmf")]
-    assert all(len(r["train_times"]) == 2 and r["grad"] == "one-step-coef" for r in result["rows"])
+    assert all(len(r["train_times"]) == len(r["train_reference_times"]) == 2 and r["grad"] == "one-step-coef"
+               for r in result["rows"])
     assert set(result["slopes"]) == {"sa", "a2", "nmf"}
     assert (tmp_path / "context_cost.png").stat().st_size > 0
     assert (tmp_path / "context_cost.md").read_text() == cost.to_markdown(result)

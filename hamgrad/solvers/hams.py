@@ -1,9 +1,12 @@
 """The three hams of the paper, exactly as docs/theory.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
-``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape: measured in
-``benchmarks/bench_core.py`` (one thread and two), this layout is faster than computing ``(XᵀD)ᵀ`` with codes stored
-as ``(n, r)`` like the official code, whose backward also returns ``∂/∂X`` transposed (one more d × n copy).
+``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape, whose backward
+returns ``∂/∂X`` in X's layout (the official code's ``(n, r)`` codes and ``XᵀD`` products return it transposed: one
+more d × n copy). NMF computes no product twice where the official code does: the initial codes' ``DᵀX`` serves the
+first code update, and the monitor's ``DᵀD`` the next code update (see ``_Kept``), with the same numbers.
+``benchmarks/bench_core.py`` times a solve against a transcription of the official code at one thread and at torch's
+default count.
 """
 
 from __future__ import annotations
