@@ -29,22 +29,28 @@ def _build_parser() -> argparse.ArgumentParser:
                                                               "those of the other size, which are otherwise refused)")
     figures.set_defaults(func=_cmd_figures)
 
-    ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
-                            description="Train and evaluate HamNet for every solver × gradient mode × K × seed "
-                                        "(plus the no-ham baseline and, with --contexts, other context modules in "
-                                        "the head), in this process or on Ray (--workers, --address); rerun the "
+    ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on the global-context shapes",
+                            description="Train and evaluate HamNet for every solver × gradient mode × block × K × "
+                                        "seed (plus the no-ham baseline and, with --contexts, other context modules "
+                                        "in the head), in this process or on Ray (--workers, --address); rerun the "
                                         "same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
-    ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
-                                                                 "(default one-step,bptt)")
+    ablate.add_argument("--grads", default="one-step-coef,one-step,bptt",
+                        help="comma-separated gradient modes (default one-step-coef,one-step,bptt; one-step-coef is "
+                             "the paper's one-step as the official code computes it)")
+    ablate.add_argument("--blocks", default="v2", help="comma-separated Hamburger blocks: v2 (the official HamNet's) "
+                                                       "and/or v1 (the paper's) (default v2)")
     ablate.add_argument("--seeds", type=int, help="seeds per combination (default 3; 1 with --quick)")
     ablate.add_argument("--steps", help="solver steps K in training, or a comma-separated list of K to sweep, e.g. "
-                                        "6,12,24 (evaluation uses K + 1; default 6)")
+                                        "6,12,24 (evaluation uses K for v2, K + 1 for v1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
     ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
-                                                       "(self-attention), a2 (double attention), gap (global pooling)")
+                                                       "(self-attention), da (dual attention), a2 (double "
+                                                       "attention), apc (adaptive pyramid context), dm (dynamic "
+                                                       "filters), acf (attentional class feature), gap (global "
+                                                       "pooling)")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
@@ -104,10 +110,13 @@ def _build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--channels", type=int, default=512, help="channels of the map (default 512)")
     cost.add_argument("--d", type=int, default=512, help="inner channels d (default 512)")
     cost.add_argument("--rank", type=int, default=64, help="rank r of the hams and of a2-r (default 64)")
-    cost.add_argument("--steps", type=int, default=6, help="ham steps K in training (inference K + 1; default 6)")
+    cost.add_argument("--steps", type=int, default=6,
+                      help="ham steps K in training (inference K + 1 in the v1 block, K in v2; default 6)")
     cost.add_argument("--grad", default="one-step-coef",
                       help="the hams' gradient mode (default one-step-coef: the official code's training path; "
                            "one-step reads out the state's D C)")
+    cost.add_argument("--block", default="v1", choices=("v1", "v2"),
+                      help="the hams' Hamburger block (default v1, Table 3's)")
     cost.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     cost.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (default 3)")
     cost.add_argument("--sa-math", action="store_true",
@@ -171,8 +180,8 @@ def _cmd_ablate(args) -> int:
 
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters}
     fields = {k: v for k, v in given.items() if v is not None}
-    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline,
-                  contexts=names(args.contexts))
+    fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
+                  baseline=not args.no_baseline, contexts=names(args.contexts))
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
     run_ablation(config, args.out, overwrite=args.overwrite, device=args.device, workers=args.workers,
                  address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
@@ -344,8 +353,8 @@ def _cmd_cost(args) -> int:
             sides, size, args.fit_from = (16, 32), dict(channels=64, d=64, rank=8, repeats=1), 16
         result = cost.compare_contexts(names, sides, fit_from=args.fit_from ** 2, progress=True,
                                        sdpa_backends=(None, "math") if args.sa_math else (None,), batch=args.batch,
-                                       steps=(args.steps, args.steps + 1), grad=args.grad, device=args.device,
-                                       **size)
+                                       steps=(args.steps, args.steps + (args.block == "v1")), grad=args.grad,
+                                       version=args.block, device=args.device, **size)
     except (ValueError, TypeError, RuntimeError) as err:
         message = f"--sizes must be comma-separated ints, got {args.sizes!r}" if "invalid literal" in str(err) else err
         print(f"hamgrad cost: error: {message}", file=sys.stderr)

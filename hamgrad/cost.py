@@ -8,7 +8,9 @@
     print(cost.to_markdown(result))
 
 **The setting** is Table 3's: one feature map of ``channels = 512``, ``d = 512``, ``r = 64``, ``K = 6`` steps in
-training and 7 in inference. A training step is the module's forward in training mode and the backward of a fixed
+training and 7 in inference, the hams in the paper's V1 block (Table 3's 0.50M parameters of Ham (NMF) are V1's two
+512 × 512 convs; V2's cheese would add 0.26M). A training step is the module's forward in training mode and the
+backward of a fixed
 random output gradient (the input requires a gradient, as inside a network); inference is the forward in evaluation
 mode under ``torch.no_grad()``.
 
@@ -81,6 +83,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 from ._checks import check_choice, check_device, check_int
 from ._files import atomic_write, write_text
 from .experiments import AblationConfig, load_results
+from .grad import PAPER_MODE, mode_label
 from .nn import CONTEXTS, build_context
 from .profiling import synchronize
 
@@ -106,7 +109,8 @@ PAPER_TABLE3 = {
 }
 
 #: The setting Table 3 fixes; :func:`to_markdown` sets the measured rows beside the paper's at this setting.
-TABLE3_SETTING = {"height": 128, "width": 128, "batch": 1, "channels": 512, "d": 512, "rank": 64, "steps": (6, 7)}
+TABLE3_SETTING = {"height": 128, "width": 128, "batch": 1, "channels": 512, "d": 512, "rank": 64, "steps": (6, 7),
+                  "version": "v1", "table3": True}
 
 #: The module every other is timed beside and divided by: the NMF ham (Table 3's "Ham (NMF)").
 REFERENCE = "nmf"
@@ -149,8 +153,9 @@ class ContextCost:
     Attributes:
         name, label: the row's name (see :func:`context_cost`) and a label (``"sa (math)"`` for a forced SDPA
             backend, ``"a2 (r=64)"`` for ``"a2-r"``).
-        height, width, batch, channels, d, rank, steps, grad: the setting (``steps`` = (train, eval) K and ``grad``
-            the gradient mode: hams only).
+        height, width, batch, channels, d, rank, steps, grad, version: the setting (``steps`` = (train, eval) K,
+            ``grad`` the gradient mode and ``version`` the Hamburger block: hams only).
+        table3: whether the rows Table 3 configures its own way were built so (see :func:`context_cost`).
         n: positions ``height · width``.
         params: number of parameters.
         macs: MACs of the forward of a training step (Table 3's MACs); infer_macs: of the inference forward;
@@ -176,6 +181,8 @@ class ContextCost:
     rank: int
     steps: tuple
     grad: str
+    version: str
+    table3: bool
     params: int
     macs: int
     infer_macs: int
@@ -305,27 +312,32 @@ def _sdpa_context(backend):
     return sdpa_kernel([kinds[backend]])
 
 
-def _build(name: str, channels: int, d: int, rank: int, steps, grad: str):
-    """The module of a cost row: ``"a2"`` is Table 3's A² (c_n = d), ``"a2-r"`` hamgrad's (c_n = rank), any other
-    name :func:`hamgrad.nn.build_context`'s."""
-    if name in ("a2", "a2-r"):
-        return build_context("a2", channels, d=d, rank=d if name == "a2" else rank)
-    return build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad)
+def _build(name: str, channels: int, d: int, rank: int, steps, grad: str, version: str, table3: bool):
+    """The module of a cost row: :func:`hamgrad.nn.build_context`'s, except, with ``table3``, the rows Table 3
+    configures its own way: ``"a2"`` with c_m = c_n = d and ``"apc"`` with d/2 channels per scale; ``"a2-r"`` is
+    A² with ``rank`` maps (``build_context("a2")``)."""
+    if name == "a2-r" or (name == "a2" and not table3):
+        return build_context("a2", channels, d=d, rank=rank)
+    if table3 and name == "a2":
+        return build_context("a2", channels, d=d, rank=d)
+    if table3 and name == "apc":
+        return build_context("apc", channels, d=max(d // 2, 1))
+    return build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad, version=version)
 
 
 class _Case:
     """One module on one input, ready for its training step, its inference forward and the counts."""
 
-    def __init__(self, name, height, width, *, batch, channels, d, rank, steps, grad, device, dtype, seed,
-                 sdpa_backend):
+    def __init__(self, name, height, width, *, batch, channels, d, rank, steps, grad, version, table3, device, dtype,
+                 seed, sdpa_backend):
         self.name, self.backend, self.device = name, sdpa_backend, device
         self.setting = dict(height=height, width=width, n=height * width, batch=batch, channels=channels, d=d,
-                            rank=rank, steps=tuple(steps), grad=grad)
+                            rank=rank, steps=tuple(steps), grad=grad, version=version, table3=table3)
         self.label = f"a2 (r={rank})" if name == "a2-r" else name
         if sdpa_backend is not None:
             self.label += f" ({sdpa_backend})"
         torch.manual_seed(seed)
-        self.module = _build(name, channels, d, rank, steps, grad).to(device=device, dtype=dtype)
+        self.module = _build(name, channels, d, rank, steps, grad, version, table3).to(device=device, dtype=dtype)
         self.g = torch.Generator(device=device).manual_seed(seed)
         self.x = torch.randn(batch, channels, height, width, generator=self.g, device=device, dtype=dtype,
                              requires_grad=True)
@@ -441,8 +453,9 @@ def _check_args(height, width, batch, repeats, sdpa_backend, dtype):
 
 
 def context_cost(name: str, height: int, width: int | None = None, *, batch: int = 1, channels: int = 512,
-                 d: int = 512, rank: int = 64, steps=(6, 7), grad: str = "one-step-coef", device="cpu",
-                 dtype=torch.float32, repeats: int = 3, seed: int = 0, sdpa_backend: str | None = None) -> ContextCost:
+                 d: int = 512, rank: int = 64, steps=(6, 7), grad: str = PAPER_MODE, version: str = "v1",
+                 table3: bool = True, device="cpu", dtype=torch.float32, repeats: int = 3, seed: int = 0,
+                 sdpa_backend: str | None = None) -> ContextCost:
     """Parameters, MACs, memory and time of one context module (see the module docstring for what each counts).
 
     Args:
@@ -456,8 +469,12 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         d: its inner channels (Table 3: 512).
         rank: r for the hams and ``"a2-r"`` (Table 3: 64).
         steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)).
-        grad: the hams' gradient mode (see :func:`hamgrad.solve`); the default ``"one-step-coef"`` is the official
-            code's training path.
+        grad: the hams' gradient mode (see :func:`hamgrad.solve`); the default, :data:`hamgrad.PAPER_MODE`
+            (``"one-step-coef"``), is the official code's training path.
+        version: the hams' Hamburger block, ``"v1"`` (Table 3's) or ``"v2"``.
+        table3: build the rows Table 3 configures its own way as it does (``"a2"``: c_m = c_n = d; ``"apc"``: d/2
+            channels per pyramid scale, where its MACs are the paper's); ``False`` builds
+            :func:`hamgrad.nn.build_context`'s module for every name.
         device: where to measure.
         dtype: the floating dtype to measure in.
         repeats: timed calls of the training step and of the inference forward (after three untimed calls that
@@ -476,7 +493,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     _check_args(height, width, batch, repeats, sdpa_backend, dtype)
     device = check_device(device)
     case = _Case(name, height, width, batch=batch, channels=channels, d=d, rank=rank, steps=steps, grad=grad,
-                 device=device, dtype=dtype, seed=seed, sdpa_backend=sdpa_backend)
+                 version=version, table3=table3, device=device, dtype=dtype, seed=seed, sdpa_backend=sdpa_backend)
     return _measure([case], repeats, device, seed)[0]
 
 
@@ -562,8 +579,8 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
             :func:`context_cost`); e.g. ``(None, "math")`` adds the materialised attention matrix.
         reference: the row every other is divided by (a label among the rows; default the NMF ham). Without it
             there are no ratios.
-        kwargs: the other arguments of :func:`context_cost` (batch, channels, d, rank, steps, grad, device, dtype,
-            repeats = the number of rounds, seed).
+        kwargs: the other arguments of :func:`context_cost` (batch, channels, d, rank, steps, grad, version, table3,
+            device, dtype, repeats = the number of rounds, seed).
 
     Returns:
         plain data: ``rows`` (:meth:`ContextCost.to_dict` each, with every round's times), ``ratios`` (each row over
@@ -578,8 +595,8 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
     names, sides = tuple(names), tuple(sides)
     if not names or not sides:
         raise ValueError(f"names and sides must be non-empty, got names={names}, sides={sides}")
-    options = dict(batch=1, channels=512, d=512, rank=64, steps=(6, 7), grad="one-step-coef", device="cpu",
-                   dtype=torch.float32, repeats=3, seed=0)
+    options = dict(batch=1, channels=512, d=512, rank=64, steps=(6, 7), grad=PAPER_MODE, version="v1", table3=True,
+                   device="cpu", dtype=torch.float32, repeats=3, seed=0)
     unknown = set(kwargs) - set(options)
     if unknown:
         raise TypeError(f"compare_contexts got unexpected arguments {sorted(unknown)}; expected {sorted(options)}")
@@ -633,12 +650,12 @@ def to_markdown(result: dict) -> str:
     first = rows[0]
     load = result.get("load")
     lines = [f"Context modules on a ({first['batch']}, {first['channels']}, H, W) map, d = {first['d']}, "
-             f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval, hams' gradient "
-             f"{first['grad']}; MACs of the training forward (Table 3's count) and of inference; {first['device']}, "
-             f"{first['dtype']}, {result.get('threads', '?')} threads; memory: {first['memory_kind']}; time: "
-             f"{first['time_kind']}, median of {first['repeats']} interleaved rounds"
-             + (f"; load average {load[0][0]:.2f} at the start, {load[-1][0]:.2f} at the end" if load and load[0]
-                else ""), "",
+             f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval, hams in the "
+             f"{first['version'].upper()} block with gradient {first['grad']}; MACs of the training forward (Table "
+             f"3's count) and of inference; {first['device']}, {first['dtype']}, {result.get('threads', '?')} threads; "
+             f"memory: {first['memory_kind']}; time: {first['time_kind']}, median of {first['repeats']} interleaved "
+             f"rounds" + (f"; load average {load[0][0]:.2f} at the start, {load[-1][0]:.2f} at the end"
+                          if load and load[0] else ""), "",
              "| module | H×W | params (M = 2²⁰) | params (10⁶) | MACs train (G) | MACs infer (G) | train MB | infer MB | "
              "train ms | infer ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -716,9 +733,9 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
     beside its cost as the head of that sweep's HamNet.
 
     The cost is :func:`context_cost` of the module alone on the sweep's head input (``batch_size`` × the encoder's
-    channels × (image_size / output_stride)², with the sweep's d, r, K and gradient mode; A² with the sweep's r
-    attention maps, the cost row ``"a2-r"``), measured here and now;
-    the no-context baseline costs 0. ``run_seconds`` is the mean wall time of a whole training run from the sweep's
+    channels × (image_size / output_stride)², with the sweep's d, r, K, gradient mode and block, each module as the
+    sweep built it), measured here and now; the no-context baseline costs 0. ``run_seconds`` is the mean wall time of
+    a whole training run from the sweep's
     results (encoder included, on whatever else the machine was doing then).
 
     Args:
@@ -728,7 +745,8 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
 
     Returns:
         plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
-        them: ``label``, ``name``, ``grad``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
+        them: ``label`` (the module, and for a ham its mode, the paper's marked, and block), ``name``, ``grad``,
+        ``block``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
         ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``.
 
@@ -747,20 +765,22 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
     side = config.image_size // config.output_stride
     groups: dict = {}
     for r in results:
-        groups.setdefault((r["solver"], r["grad"]), []).append(r)
+        groups.setdefault((r["solver"], r["grad"], r["block"]), []).append(r)
     rows = []
-    for (name, grad), group in groups.items():
+    k = config.step_values[0]
+    for (name, grad, block), group in groups.items():
         miou = [r["miou"] for r in group]
-        row = {"label": name if grad is None else f"{name} ({grad})", "name": name, "grad": grad,
-               "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
+        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block})", "name": name,
+               "grad": grad, "block": block, "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
                "miou_std": statistics.pstdev(miou),
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
         if name == "none":
             row.update(params=0, macs=0, train_macs=0, train_bytes=0, infer_bytes=0, train_seconds=0.0,
                        infer_seconds=0.0, memory_kind=None, time_kind=None)
         else:
-            c = context_cost("a2-r" if name == "a2" else name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
-                             steps=(config.steps, config.resolved_eval_steps), grad=grad or "one-step",
+            steps = (k, k) if block is None else (k, config.eval_steps_for(k, block))  # (K: hams only)
+            c = context_cost(name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
+                             steps=steps, grad=grad or PAPER_MODE, version=block or "v2", table3=False,
                              device=device, repeats=repeats)
             row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
