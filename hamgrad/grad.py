@@ -43,6 +43,7 @@ from ._krylov import LinearSolveResult, as_matvec, fixed_point_solve, gmres
 from .fixed_point import FixedPoint, as_state, evaluate_at, flatten_state, state_residual, unflatten_state
 from .linalg import IdentityOperator, LinearOperator
 from .solvers import compute_dtype
+from .solvers.base import Solver
 
 __all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
            "GRAD_MODES", "PAPER_MODE", "mode_label", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
@@ -354,7 +355,9 @@ def _validate(fp: FixedPoint, x, steps, grad, h0, generator, monitor, tol, max_i
     if mode == "one-step-coef" and not callable(getattr(solver, "coef_readout", None)):
         raise ValueError("grad='one-step-coef' needs a solver with coef_readout(x, h) (the official code's last "
                          "code update, read out); a FixedPoint over a user's F supports the other modes")
-    if solver is not None and callable(getattr(solver, "check_input", None)):
+    if h0 is None and isinstance(solver, Solver):
+        check_float_tensor(x, "x")  # the rest of check_input is done once, by Solver.init below
+    elif solver is not None and callable(getattr(solver, "check_input", None)):
         solver.check_input(x)
     else:
         check_float_tensor(x, "x")
@@ -425,9 +428,8 @@ def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, 
         parts = [total, per_sample.reshape(-1)]
         if objective:
             parts.append(torch.stack(objective))
-        if y is not None:  # per sample: all zero iff max and min are 0 (NaN propagates)
-            yd = y.detach()
-            parts.append((yd.amax(dim=(-2, -1)).abs() + yd.amin(dim=(-2, -1)).abs()).reshape(-1))
+        if y is not None:  # per sample ‖y‖ (one pass): 0 marks a sample to look at (all zero, or underflow)
+            parts.append(torch.linalg.vector_norm(y.detach(), dim=(-2, -1)).reshape(-1))
         values = torch.cat([p.to(total.dtype) for p in parts]).tolist()  # the solve's one host sync
     k, n = len(residuals), per_sample.numel()
     info.residuals = values[:k]
@@ -439,9 +441,9 @@ def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, 
     if bad:
         warnings.warn(f"the state became NaN or Inf at step {bad[0] + 1} of {k}: the output is not finite (check "
                       "the input's scale and the solver's hyperparameters)", RuntimeWarning, stacklevel=3)
-    elif y is not None and not all(rest):  # rare: look at those samples' inputs (an all-zero input is no fault)
-        xs = x.detach().reshape(-1, *x.shape[-2:])
-        zero = [i for i, v in enumerate(rest) if not v and bool(xs[i].ne(0).any())]
+    elif y is not None and not all(rest):  # rare: look at those samples (an all-zero input is no fault)
+        xs, ys = (t.detach().reshape(-1, *t.shape[-2:]) for t in (x, y))
+        zero = [i for i, v in enumerate(rest) if not v and not bool(ys[i].ne(0).any()) and bool(xs[i].ne(0).any())]
         if zero:
             warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened) while their input is "
                           "not: eps too large for the input's scale, or the input too small for its dtype?",
