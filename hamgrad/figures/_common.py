@@ -49,7 +49,8 @@ def trajectories(quick: bool):
 
 # ---------------------------------------------------------------------- figures 4–6: the ablation sweep
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline.
+    """The sweep behind figures 4–6 and the probes figure: every ham × {one-step, BPTT} plus the baseline, probed
+    every 25 iterations (every 5 at the quick size).
 
     Args:
         quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
@@ -58,8 +59,8 @@ def ablation_config(quick: bool) -> AblationConfig:
         The :class:`hamgrad.experiments.AblationConfig`.
     """
     if quick:
-        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
-    return AblationConfig(seeds=2, iters=300)
+        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10, probe_every=5)
+    return AblationConfig(seeds=2, iters=300, probe_every=25)
 
 
 def ablation_dir(quick: bool, folder) -> Path:
