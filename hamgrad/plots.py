@@ -48,6 +48,7 @@ from contextlib import contextmanager
 import numpy as np
 import seaborn as sns
 from matplotlib.colors import ListedColormap
+from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
@@ -410,6 +411,7 @@ def probes(source) -> Figure:
                 if key != "cosine":
                     _log_if_spread(ax, [v for r in runs if r["solver"] == solver for v in (
                         r["rho"] if key == "rho" else r["encoder"][key] + r["lower_bread"][key])], decades=1.0)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel("training step (updates before the probed batch)" if row == 2 else "")
             axes[row, 0].set_ylabel(name)
         axes[0, 0].plot([], [], color="0.3", ls="-", label="encoder")
