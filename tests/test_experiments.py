@@ -445,6 +445,27 @@ def test_resumed_run_keeps_its_probes(tmp_path, counted_steps):
     assert without_time(cut["probes"]) == without_time(whole["probes"])
 
 
+def test_checkpoint_from_before_probes_is_resumed(tmp_path, counted_steps):
+    # a checkpoint written before AblationConfig had probe_every (its config JSON lacks the field, it holds no
+    # probes) is this config's with the default, as config.json is read: resumed, probes from there on
+    config = _tiny(grads=("one-step",), baseline=False)
+    counted_steps["raise_at"] = 8
+    with pytest.raises(Interrupt):
+        run_ablation(config, tmp_path, progress=False)
+    path = tmp_path / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt"
+    old = torch.load(path, weights_only=True)
+    old["config"] = json.dumps({k: v for k, v in json.loads(old["config"]).items() if k != "probe_every"})
+    del old["probes"]
+    torch.save(old, path)
+    (tmp_path / "config.json").write_text(old["config"])
+    counted_steps.update(calls=0, raise_at=None)
+    run_ablation(config, tmp_path, progress=False)
+    assert counted_steps["calls"] == 5
+    row = load_results(tmp_path)[0]
+    assert row["resumed_from"] == 5 and row["probes"]["step"] == []  # probe_every 50: none after step 5 of 10
+    assert isinstance(load_model(tmp_path, row["run_id"]), hg.nn.HamNet)
+
+
 def test_cli_probe_every(tmp_path):
     for flag, expected in (("3", 3), ("0", None)):
         out = tmp_path / flag

@@ -112,20 +112,23 @@ def test_sample_radii_on_known_blocks():
     assert steps == 2 and radii.shape == (5,) and bool(torch.isfinite(residuals).all())
 
 
-def test_probe_leaves_the_model_as_it_was():
-    images, labels = _batch()
-    model = _model("vq", "one-step")
+def test_probe_leaves_the_model_as_it_was(device):
+    images, labels = (t.to(device) for t in _batch())
+    model = _model("vq", "one-step").to(device)
     buffers = [b.clone() for b in model.buffers()]
     weights = [p.clone() for p in model.parameters()]
     torch.manual_seed(7)
     rng = torch.get_rng_state()
+    device_rng = None if device == "cpu" else torch.get_device_module(device).get_rng_state()
     probe(model, images, labels)
     assert torch.equal(torch.get_rng_state(), rng)
+    if device_rng is not None:  # the ham's initial state is drawn from the device's generator there
+        assert torch.equal(torch.get_device_module(device).get_rng_state(), device_rng)
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers))
     assert all(torch.equal(a, b) and a.grad is None for a, b in zip(model.parameters(), weights))
     assert model.hamburger.grad == "one-step" and model.training
     # an explicit generator: its state is put back, the global one is untouched
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(device).manual_seed(3)
     state = gen.get_state()
     a = probe(model, images, labels, generator=gen)
     assert torch.equal(gen.get_state(), state) and torch.equal(torch.get_rng_state(), rng)

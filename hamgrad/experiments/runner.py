@@ -326,6 +326,15 @@ def _save_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, model, o
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def _same_config(text, config: AblationConfig) -> bool:
+    """Whether a checkpoint's config JSON is ``config``, read as ``config.json`` is: a field it lacks (a checkpoint
+    written before the field existed) takes its default."""
+    try:
+        return AblationConfig.from_json(text) == config
+    except (TypeError, ValueError):
+        return False
+
+
 def _load_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, device) -> dict:
     """The checkpoint of run ``spec`` at ``path``; one that cannot be read, or that another run or another config
     wrote, is refused with a ValueError naming the file (never resumed)."""
@@ -335,7 +344,7 @@ def _load_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, device) 
         raise ValueError(f"checkpoint {path} cannot be read (truncated or not a hamgrad checkpoint: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}); delete it to restart run "
                          f"{spec.run_id}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("run_id") != spec.run_id or ckpt.get("config") != config.to_json():
+    if not isinstance(ckpt, dict) or ckpt.get("run_id") != spec.run_id or not _same_config(ckpt.get("config"), config):
         owner = ckpt.get("run_id") if isinstance(ckpt, dict) else None
         raise ValueError(f"checkpoint {path} was not written by run {spec.run_id} of this sweep's config (it names "
                          f"run {owner!r}{'' if owner is None else ' of another config' if owner == spec.run_id else ''}"
@@ -384,7 +393,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         rng = _device_rng(device)
         if rng is not None and ckpt["rng_device"] is not None:
             rng.set_rng_state(ckpt["rng_device"].cpu(), device)
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}  # a checkpoint from before probes has none
         bar.update(state["step"])
     resumed_from = state["step"]
 
