@@ -7,9 +7,9 @@ shared and noisy).
 1. Overhead: for each ham, one run of the default size (``AblationConfig``: batch 16, 64×64 images, d = 64, r = 8,
    K = 6; ``--iters`` replaces its 500 iterations, a multiple of ``--probe-every`` keeps the probes' share) with probes
    every ``--probe-every`` iterations (default: the config's) and the same run without, alternately, in this process,
-   on one torch thread. Printed: the process CPU time of each run (training and evaluation; the other jobs on the
-   machine do not inflate it) and its ratio, the wall-clock training time and its ratio, and the probes' own share of
-   the probed run's training time.
+   on one torch thread. Printed: the process CPU time of each run (training and evaluation) and its ratio, the
+   wall-clock training time and its ratio, and the probes' own CPU time as a share of the rest of the probed run's
+   (measured inside that run, so both parts see the same load: the steadiest of the three on a shared machine).
 2. Accuracy of ρ(J_K): on the first ``--images`` images of a training batch, the probe's estimate (Arnoldi, at most
    ``RHO_ITERS`` steps, stopping at relative residual ``RHO_TOL``) against the largest eigenvalue modulus of each
    image's dense ``∂F/∂h`` (``jacrev`` and ``torch.linalg.eigvals`` in float64), at the initial weights and at the
@@ -26,9 +26,20 @@ import time
 import torch
 from torch.func import jacrev
 
-from hamgrad.experiments import AblationConfig, build_model, load_model, load_results, probe, run_ablation
+from hamgrad.experiments import AblationConfig, build_model, load_model, load_results, probe, run_ablation, runner
 from hamgrad.experiments.probes import RHO_ITERS, RHO_TOL
 from hamgrad.experiments.runner import _data
+
+_PROBE_CPU = [0.0]
+
+
+def _cpu_timed_probe(*args, **kwargs):
+    """The runner's probe, its process CPU time added to ``_PROBE_CPU``."""
+    start = time.process_time()
+    try:
+        return probe(*args, **kwargs)
+    finally:
+        _PROBE_CPU[0] += time.process_time() - start
 from hamgrad.fixed_point import flatten_state, unflatten_state
 
 
@@ -79,7 +90,8 @@ def main() -> None:
     iters = {} if args.iters is None else {"iters": args.iters}
     print(f"{os.cpu_count()} CPU cores (shared), load {os.getloadavg()[0]:.2f}; one torch thread; "
           f"probes every {args.probe_every} iterations; Arnoldi: at most {RHO_ITERS} steps, tolerance {RHO_TOL:g}")
-    totals = {"probed": 0.0, "plain": 0.0}
+    totals = {"probed": 0.0, "plain": 0.0, "probes": 0.0}
+    runner.probe = _cpu_timed_probe
     with tempfile.TemporaryDirectory() as tmp:
         _timed_run(AblationConfig.quick(solvers=("nmf",), grads=(args.grad,), iters=2, baseline=False),
                    f"{tmp}/warm-up")  # torch's first calls, untimed
@@ -88,16 +100,20 @@ def main() -> None:
             probed_cfg = AblationConfig(**kw, probe_every=args.probe_every)
             plain_cfg = AblationConfig(**kw, probe_every=None)
             cpu_plain, plain = _timed_run(plain_cfg, f"{tmp}/{solver}-plain")
+            _PROBE_CPU[0] = 0.0
             cpu_probed, probed = _timed_run(probed_cfg, f"{tmp}/{solver}-probed")
+            cpu_probes = _PROBE_CPU[0]
             totals["probed"] += cpu_probed
             totals["plain"] += cpu_plain
+            totals["probes"] += cpu_probes
             p = probed["probes"]
-            print(f"[1] {solver} {args.grad}, {probed_cfg.iters} iterations, {len(p['step'])} probes: CPU "
-                  f"{cpu_probed:.1f} s vs {cpu_plain:.1f} s = {cpu_probed / cpu_plain:.3f}x; wall (training) "
+            print(f"[1] {solver} {args.grad}, {probed_cfg.iters} iterations, {len(p['step'])} probes "
+                  f"(Arnoldi steps {p['rho_steps']}):\n"
+                  f"    CPU {cpu_probed:.1f} s vs {cpu_plain:.1f} s = {cpu_probed / cpu_plain:.3f}x; wall (training) "
                   f"{probed['train_seconds']:.1f} s vs {plain['train_seconds']:.1f} s = "
-                  f"{probed['train_seconds'] / plain['train_seconds']:.3f}x; the probes: {p['seconds']:.1f} s, "
-                  f"{100 * p['seconds'] / probed['train_seconds']:.1f}% of the probed run's training, "
-                  f"{1e3 * p['seconds'] / len(p['step']):.0f} ms each (Arnoldi steps {p['rho_steps']})")
+                  f"{probed['train_seconds'] / plain['train_seconds']:.3f}x; inside the probed run, the probes' CPU "
+                  f"{cpu_probes:.1f} s = {100 * cpu_probes / (cpu_probed - cpu_probes):.1f}% of the rest "
+                  f"({1e3 * cpu_probes / len(p['step']):.0f} ms each)")
             if args.images:
                 config = probed_cfg
                 images, labels = _data(config)
@@ -106,8 +122,10 @@ def main() -> None:
                 torch.manual_seed(spec.seed)
                 _accuracy(build_model(config, spec), images, labels, "initial weights")
                 _accuracy(load_model(f"{tmp}/{solver}-probed", spec.run_id), images, labels, "trained weights")
+    rest = totals["probed"] - totals["probes"]
     print(f"[1] all hams: CPU {totals['probed']:.1f} s vs {totals['plain']:.1f} s = "
-          f"{totals['probed'] / totals['plain']:.3f}x; load now {os.getloadavg()[0]:.2f}")
+          f"{totals['probed'] / totals['plain']:.3f}x; the probes' CPU {100 * totals['probes'] / rest:.1f}% of the "
+          f"rest of the probed runs; load now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
