@@ -1,5 +1,5 @@
-"""Ablations: the resumable one-step vs BPTT sweep over HamNet, its configuration, metrics, summary table and gradient
-probes."""
+"""Ablations: the resumable gradient-mode sweep over HamNet (ham × mode × block × K × seed), its configuration,
+metrics, summary table and gradient probes."""
 
 from .config import AblationConfig, RunSpec
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
