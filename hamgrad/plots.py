@@ -354,8 +354,8 @@ def probes(source) -> Figure:
     """The gradient-probe figure of a sweep: along training, the cosine and the norm ratio ``‖g_mode‖ / ‖g_bptt‖``
     of each gradient mode's gradient to BPTT's on the same batch from the same initial state (encoder solid, lower
     bread dashed), and ρ(J_K), the spectral radius of the ham's step Jacobian at the last iterate (largest over the
-    batch); one column per ham, one colour per mode (and K when K is a sweep axis), mean over seeds with their
-    range shaded. BPTT's own runs are 1 in the first two rows by definition and drawn only in the third.
+    batch); one column per ham, one colour per mode (and block and K when they are sweep axes), mean over seeds with
+    their range shaded. BPTT's own runs are 1 in the first two rows by definition and drawn only in the third.
 
     Args:
         source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
@@ -382,8 +382,12 @@ def probes(source) -> Figure:
                             f"{type(source).__name__}")
     runs = source["runs"]
     solvers = list(dict.fromkeys(r["solver"] for r in runs))
-    several_k = len({r["steps"] for r in runs}) > 1
-    lines = list(dict.fromkeys((r["grad"], r["steps"]) for r in runs))
+
+    def line(r):  # one line per mode, block and K
+        return r["grad"], r.get("block"), r["steps"]
+
+    lines = list(dict.fromkeys(line(r) for r in runs))
+    several_blocks, several_k = (len({key[i] for key in lines}) > 1 for i in (1, 2))
     colors = dict(zip(lines, _palette(len(lines))))
     rows = (("cosine", "cosine(g_mode, g_bptt)"), ("norm_ratio", "‖g_mode‖ / ‖g_bptt‖"),
             ("rho", "ρ(J_K), largest over the batch"))
@@ -392,11 +396,11 @@ def probes(source) -> Figure:
                             "Gradient probes during training: each mode against BPTT on the training batch")
         for col, solver in enumerate(solvers):
             axes[0, col].set_title(solver.upper())
-            for (grad, k), color in colors.items():
-                group = [r for r in runs if (r["solver"], r["grad"], r["steps"]) == (solver, grad, k)]
+            for (grad, block, k), color in colors.items():
+                group = [r for r in runs if r["solver"] == solver and line(r) == (grad, block, k)]
                 if not group:
                     continue
-                label = f"{grad}, K = {k}" if several_k else grad
+                label = ", ".join([grad] + [str(block).upper()] * several_blocks + [f"K = {k}"] * several_k)
                 for row, (key, _) in enumerate(rows):
                     ax = axes[row, col]
                     parts = [("rho", "-")] if key == "rho" else [] if grad == "bptt" else \

@@ -417,8 +417,8 @@ def _weights(out, run_id):
 
 def test_probes_do_not_change_the_training_run(tmp_path):
     # a probe before every update against none: the same losses, mIoU and final weights and buffers, bit for bit
-    kw = dict(solvers=("nmf", "vq", "cd"), grads=("one-step", "bptt"), contexts=("gap",), iters=4, log_every=1,
-              checkpoint_every=2)
+    kw = dict(solvers=("nmf", "vq", "cd"), grads=("one-step-coef", "one-step", "bptt"), blocks=("v1", "v2"),
+              contexts=("gap",), iters=4, log_every=1, checkpoint_every=2)
     run_ablation(AblationConfig.quick(**kw, probe_every=1), tmp_path / "probed", progress=False)
     run_ablation(AblationConfig.quick(**kw, probe_every=None), tmp_path / "plain", progress=False)
     probed, plain = load_results(tmp_path / "probed"), load_results(tmp_path / "plain")
@@ -453,7 +453,7 @@ def test_resumed_run_keeps_its_probes(tmp_path, counted_steps):
     counted_steps.update(calls=0, raise_at=8)  # killed after the checkpoint at step 5 (probes at 0, 2, 4 taken)
     with pytest.raises(Interrupt):
         run_ablation(config, tmp_path / "cut", progress=False)
-    ckpt = torch.load(tmp_path / "cut" / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "cut" / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 5 and ckpt["probes"]["step"] == [0, 2, 4]
     run_ablation(config, tmp_path / "cut", progress=False)
     whole, cut = load_results(tmp_path / "whole")[0], load_results(tmp_path / "cut")[0]
@@ -469,7 +469,7 @@ def test_checkpoint_from_before_probes_is_resumed(tmp_path, counted_steps):
     counted_steps["raise_at"] = 8
     with pytest.raises(Interrupt):
         run_ablation(config, tmp_path, progress=False)
-    path = tmp_path / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt"
+    path = tmp_path / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt"
     old = torch.load(path, weights_only=True)
     old["config"] = json.dumps({k: v for k, v in json.loads(old["config"]).items() if k != "probe_every"})
     del old["probes"]

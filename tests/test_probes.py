@@ -18,9 +18,9 @@ from hamgrad.linalg import LinearOperator
 CONFIG = AblationConfig.quick(train_samples=8, val_samples=4)
 
 
-def _model(solver: str, grad: str, seed: int = 0):
+def _model(solver: str, grad: str, block: str = "v2", seed: int = 0):
     """The untrained HamNet of a quick run (its weights drawn after ``torch.manual_seed(seed)``), in training mode."""
-    spec = next(s for s in AblationConfig.quick(solvers=(solver,), grads=(grad,)).runs() if s.solver)
+    spec = next(s for s in AblationConfig.quick(solvers=(solver,), grads=(grad,), blocks=(block,)).runs() if s.solver)
     torch.manual_seed(seed)
     return build_model(CONFIG, spec).train()
 
@@ -30,10 +30,10 @@ def _batch():
     return images[:4], labels[:4].long()
 
 
-def _reference_gradients(solver: str, grad: str, images, labels, rng_state) -> dict:
+def _reference_gradients(solver: str, grad: str, block: str, images, labels, rng_state) -> dict:
     """The flat gradients of the encoder and the lower bread of a fresh model built with ``grad``, by
     ``loss.backward()``, with the global RNG (the ham's initial state) at ``rng_state``."""
-    model = _model(solver, grad)
+    model = _model(solver, grad, block)
     torch.set_rng_state(rng_state)
     F.cross_entropy(model(images), labels).backward()
     return {"encoder": np.concatenate([p.grad.double().numpy().ravel() for p in model.encoder.parameters()]),
@@ -41,16 +41,17 @@ def _reference_gradients(solver: str, grad: str, images, labels, rng_state) -> d
                                            for p in model.hamburger.lower_bread.parameters()])}
 
 
-@pytest.mark.parametrize("solver, grad", [("nmf", "one-step"), ("vq", "one-step"), ("cd", "one-step"),
-                                          ("nmf", "one-step-coef"), ("cd", "truncated:2")])
-def test_probe_against_autograd_on_fresh_copies(solver, grad):
+@pytest.mark.parametrize("solver, grad, block", [
+    ("nmf", "one-step-coef", "v2"), ("vq", "one-step-coef", "v2"), ("cd", "one-step-coef", "v2"),  # the paper's rule
+    ("nmf", "one-step", "v2"), ("vq", "one-step", "v1"), ("cd", "truncated:2", "v1")])
+def test_probe_against_autograd_on_fresh_copies(solver, grad, block):
     images, labels = _batch()
-    model = _model(solver, grad)
+    model = _model(solver, grad, block)
     torch.manual_seed(123)
     rng = torch.get_rng_state()
     record = probe(model, images, labels)
-    mode = _reference_gradients(solver, grad, images, labels, rng)
-    bptt = _reference_gradients(solver, "bptt", images, labels, rng)
+    mode = _reference_gradients(solver, grad, block, images, labels, rng)
+    bptt = _reference_gradients(solver, "bptt", block, images, labels, rng)
     for group in ("encoder", "lower_bread"):
         g, ref = mode[group], bptt[group]
         got = record[group]
@@ -61,10 +62,10 @@ def test_probe_against_autograd_on_fresh_copies(solver, grad):
         assert got["cosine"] < 1 - 1e-4  # the modes differ: the comparison is not of a gradient with itself
 
 
-@pytest.mark.parametrize("solver", ["nmf", "vq", "cd"])
-def test_rho_against_dense_eigenvalues(solver):
+@pytest.mark.parametrize("solver, block", [("nmf", "v2"), ("vq", "v2"), ("cd", "v2"), ("nmf", "v1")])
+def test_rho_against_dense_eigenvalues(solver, block):
     images, labels = _batch()
-    model = _model(solver, "one-step")
+    model = _model(solver, "one-step-coef", block)
     torch.manual_seed(5)
     rng = torch.get_rng_state()
     record = probe(model, images, labels)
@@ -114,7 +115,7 @@ def test_sample_radii_on_known_blocks():
 
 def test_probe_leaves_the_model_as_it_was(device):
     images, labels = (t.to(device) for t in _batch())
-    model = _model("vq", "one-step").to(device)
+    model = _model("vq", "one-step-coef").to(device)
     buffers = [b.clone() for b in model.buffers()]
     weights = [p.clone() for p in model.parameters()]
     torch.manual_seed(7)
@@ -126,7 +127,7 @@ def test_probe_leaves_the_model_as_it_was(device):
         assert torch.equal(torch.get_device_module(device).get_rng_state(), device_rng)
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers))
     assert all(torch.equal(a, b) and a.grad is None for a, b in zip(model.parameters(), weights))
-    assert model.hamburger.grad == "one-step" and model.training
+    assert model.hamburger.grad == "one-step-coef" and model.training
     # an explicit generator: its state is put back, the global one is untouched
     gen = torch.Generator(device).manual_seed(3)
     state = gen.get_state()
@@ -141,7 +142,7 @@ def test_probe_refusals():
     for model in (build_model(CONFIG, AblationConfig.quick().runs()[0]), build_model(CONFIG, spec)):
         with pytest.raises(ValueError, match="model has no ham"):
             probe(model, images, labels)
-    model = _model("nmf", "one-step")
+    model = _model("nmf", "one-step-coef")
     with pytest.raises(ValueError, match="rho_iters must be >= 1"):
         probe(model, images, labels, rho_iters=0)
     with pytest.raises(ValueError, match="rho_tol must be a finite number > 0"):

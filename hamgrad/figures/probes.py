@@ -19,12 +19,12 @@ def from_rows(rows) -> dict:
 
     Args:
         rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``run_id``, ``solver``, ``grad``,
-            ``steps``, ``seed`` and ``probes``); failed runs and rows without probes (``probe_every=None``, or
-            written before probes existed) are left out.
+            ``block``, ``steps``, ``seed`` and ``probes``); failed runs and rows without probes
+            (``probe_every=None``, or written before probes existed) are left out.
 
     Returns:
-        ``{"runs": [{"run_id", "solver", "grad", "steps", "seed", "every", "step", "encoder", "lower_bread", "rho",
-        "rho_mean", "rho_residual", "rho_steps"}], "skipped": [{"run_id", "reason"}]}``: ``encoder`` and
+        ``{"runs": [{"run_id", "solver", "grad", "block", "steps", "seed", "every", "step", "encoder", "lower_bread",
+        "rho", "rho_mean", "rho_residual", "rho_steps"}], "skipped": [{"run_id", "reason"}]}``: ``encoder`` and
         ``lower_bread`` map ``mode_norm``, ``bptt_norm``, ``cosine`` and ``norm_ratio`` to one value per probed step
         (``None`` where undefined); ``skipped`` lists the runs without a ham.
 
@@ -42,8 +42,8 @@ def from_rows(rows) -> dict:
         if "skipped" in p:
             skipped.append({"run_id": r["run_id"], "reason": p["skipped"]})
             continue
-        runs.append({**{k: r.get(k) for k in ("run_id", "solver", "grad", "steps", "seed")}, "every": p["every"],
-                     **{k: p[k] for k in _SERIES}})
+        runs.append({**{k: r.get(k) for k in ("run_id", "solver", "grad", "block", "steps", "seed")},
+                     "every": p["every"], **{k: p[k] for k in _SERIES}})
     if not runs:
         raise ValueError("rows hold no gradient probes: run the sweep with probes (AblationConfig.probe_every, "
                          "hamgrad ablate --probe-every N) and at least one ham")
