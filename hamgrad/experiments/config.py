@@ -98,9 +98,9 @@ class AblationConfig:
         checkpoint_every: iterations between checkpoints; a multiple of ``log_every``.
         probe_every: every this many iterations (from iteration 0, before its update), a run with a ham probes
             the training batch (:func:`hamgrad.experiments.probe`): its own gradient mode against BPTT on the
-            encoder and the lower bread, and ρ(J_K). ``None`` or 0: no probes. The default, 50, costs about 5% of
-            a run's time at the default size (``benchmarks/bench_probes.py``) and gives 10 points over 500
-            iterations.
+            encoder and the lower bread, and ρ(J_K). ``None`` or 0: no probes. The default, 50, gives 10
+            points over 500 iterations for 6–8% of a run's CPU time at the default size
+            (``benchmarks/bench_probes.py``).
     Data (:class:`hamgrad.data.GlobalContextShapes`; the first ``train_samples`` items train, the next
     ``val_samples`` evaluate):
         image_size, num_families, num_shapes (an int or an inclusive ``(low, high)``), noise, train_samples,
