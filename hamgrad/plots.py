@@ -307,6 +307,18 @@ def ratio(before, after, *, p: float = 2) -> Figure:
     return accumulative_ratio(result)
 
 
+def _sweep_figure_data(source, key: str, figure):
+    """A figure's plain data from a sweep folder (``figure.read``), its rows (``figure.from_rows``) or the plain data
+    itself (a dict holding ``key``)."""
+    if isinstance(source, dict) and key in source:
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return figure.read(source)
+    if isinstance(source, (list, tuple)):
+        return figure.from_rows(source)
+    raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got {type(source).__name__}")
+
+
 def sweep(source) -> Figure:
     """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver, block and gradient mode, and
     the training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
@@ -323,16 +335,9 @@ def sweep(source) -> Figure:
         ValueError: when the sweep has no finished run, holds a damaged file (naming it), or rows are not sweep rows.
         TypeError: for a source of another type.
     """
-    if not (isinstance(source, dict) and "table" in source):
-        from .figures import ablation as figure  # the table is built where figure 4 builds it
+    from .figures import ablation as figure  # the table is built where figure 4 builds it
 
-        if isinstance(source, (str, os.PathLike)):
-            source = figure.read(source)
-        elif isinstance(source, (list, tuple)):
-            source = figure.from_rows(source)
-        else:
-            raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
-                            f"{type(source).__name__}")
+    source = _sweep_figure_data(source, "table", figure)
     ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
 
@@ -370,17 +375,9 @@ def probes(source) -> Figure:
             not sweep rows.
         TypeError: for a source of another type.
     """
-    if not (isinstance(source, dict) and "runs" in source):
-        from .figures import probes as figure  # the series are gathered where the registered figure gathers them
+    from .figures import probes as figure  # the series are gathered where the registered figure gathers them
 
-        if isinstance(source, (str, os.PathLike)):
-            source = figure.read(source)
-        elif isinstance(source, (list, tuple)):
-            source = figure.from_rows(source)
-        else:
-            raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
-                            f"{type(source).__name__}")
-    runs = source["runs"]
+    runs = _sweep_figure_data(source, "runs", figure)["runs"]
     solvers = list(dict.fromkeys(r["solver"] for r in runs))
 
     def line(r):  # one line per mode, block and K

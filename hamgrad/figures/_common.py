@@ -83,6 +83,16 @@ def finished(rows, what: str) -> list:
     return rows
 
 
+def read_sweep(folder) -> tuple[Path, list]:
+    """A sweep folder and its finished rows, read as they are (nothing is trained or resumed).
+
+    Raises:
+        ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
+    """
+    folder = Path(folder)
+    return folder, finished(load_results(folder), f"the sweep folder {str(folder)!r}")
+
+
 def sweep(quick: bool, folder, progress: bool) -> tuple[Path, list]:
     """The sweep's folder and finished rows. The built-in sweep is run or resumed (finished runs are kept); a folder
     holding a sweep of another config (one you ran with ``hamgrad ablate``) is read as it is."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..experiments import load_results, read_config
+from ..experiments import read_config
 from . import _common
 from ._registry import register
 
@@ -51,20 +51,16 @@ def from_rows(rows) -> dict:
 
 
 def read(folder) -> dict:
-    """The figure's numbers from the sweep in ``folder`` as it is (nothing is trained or resumed).
-
-    Args:
-        folder: a sweep folder written by :func:`hamgrad.experiments.run_ablation` or ``hamgrad ablate``.
+    """The figure's numbers from the sweep in ``folder`` as it is (nothing is trained or resumed), as
+    :func:`hamgrad.figures.ablation.read` reads it.
 
     Returns:
-        :func:`from_rows` of its finished rows, with ``sweep`` (the folder) and ``config`` (its
-        :class:`hamgrad.experiments.AblationConfig` as a dict).
+        :func:`from_rows` of its finished rows, with ``sweep`` (the folder) and ``config`` (its config as a dict).
 
     Raises:
         ValueError: when the folder holds no finished run with probes, or a damaged sweep file (naming it).
     """
-    folder = Path(folder)
-    return _result(folder, _common.finished(load_results(folder), f"the sweep folder {str(folder)!r}"))
+    return _result(*_common.read_sweep(folder))
 
 
 def _result(folder: Path, rows: list) -> dict:
@@ -76,8 +72,8 @@ def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict
     probes) is run or resumed in ``ablation_dir``; a folder holding a sweep of another config is read as it is.
 
     Args:
-        quick: the CI size of the built-in sweep, and its default folder ``runs/paper-ablation-quick``.
-        ablation_dir: the sweep's folder (default ``runs/paper-ablation[-quick]``).
+        quick: the CI size, as for :func:`hamgrad.figures.ablation.compute` (as are the other two).
+        ablation_dir: the sweep's folder.
         progress: show progress bars while training.
 
     Returns:
