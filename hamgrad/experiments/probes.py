@@ -12,10 +12,10 @@ A probe of a :class:`hamgrad.nn.HamNet` with a ham, on one training batch (:func
   the tensors' device), stopping once every image's relative residual is at most ``rho_tol`` (1e-3) or after
   ``rho_iters`` (20) steps. The record keeps the largest (``rho``), the mean over the images (``rho_mean``), the
   relative residual ``‖J v − θ v‖ / |θ|`` of the Ritz pair behind ``rho`` (``rho_residual``: ``θ`` is an exact
-  eigenvalue of ``J + E`` with ``‖E‖₂`` that residual times ``|θ|``) and the steps taken (``rho_steps``). Measured
-  against dense eigenvalues at the default size (``benchmarks/bench_probes.py``): within 5e-5 relative for every ham
-  at initial and trained weights, and 4e-3 where NMF's top eigenvalues form a tight cluster and the 20 steps leave a
-  residual of 1e-2.
+  eigenvalue of ``J + E`` with ``‖E‖₂`` that residual times ``|θ|``) and the steps taken (``rho_steps``). Against
+  dense eigenvalues at the default size (``benchmarks/bench_probes.py``, initial and trained weights, every ham):
+  within 5e-5 relative; on a batch where NMF's top eigenvalues at initialisation form a tight cluster, the 20 steps
+  stopped at residual 1e-2 and were 4e-3 off.
 
 A probe leaves the model as it found it: it draws the ham's initial state from the random generator the training
 step uses and then puts that generator's state back (so the training step draws the same state), restores the
