@@ -45,6 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                         "6,12,24 (evaluation uses K for v2, K + 1 for v1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
+    ablate.add_argument("--probe-every", type=int, help="every N iterations, compare each ham run's gradient with "
+                                                        "BPTT's on its training batch (encoder, lower bread) and "
+                                                        "estimate rho(J_K); stored in the run's row (default 50; 0: "
+                                                        "no probes)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
     ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
                                                        "(self-attention), da (dual attention), a2 (double "
@@ -178,7 +182,8 @@ def _cmd_ablate(args) -> int:
             raise ValueError(f"--steps must be an int or comma-separated ints such as 6,12,24, got {text!r}") from None
         return ks[0] if len(ks) == 1 and "," not in text else ks
 
-    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters}
+    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
+             "probe_every": args.probe_every}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts))

@@ -6,14 +6,15 @@ Layout of ``out_dir``::
     ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
     results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
     summary.md, summary.json     the Table-1-style summary
-    runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states and training curve of each run
+    runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
 
 Resuming: ``results.jsonl`` is the record of finished runs; a run listed there with ``status="ok"`` is never trained
 again. Its rows are checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the
 config ignored, each with a warning). Any other run restarts from its latest checkpoint (saved every
 ``checkpoint_every`` iterations and when training ends; resumed only by the run and config that wrote it), restoring
-the model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
-curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary
+the model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator, the
+curve and the gradient probes taken so far (:mod:`hamgrad.experiments.probes`), so a resumed run follows the same
+trajectory, and records the same probes, as an uninterrupted one. Every file is written to a temporary
 name unique to its writer and moved into place with ``os.replace``, so a sweep killed at any moment leaves either the
 old or the new file. Only the driver writes the results and summary; on Ray, workers write their runs' checkpoints.
 """
@@ -43,11 +44,14 @@ from .._files import atomic_write, write_text
 from ..grad import ConvergenceWarning
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .probes import _device_rng, append, new_series, probe
 from .summary import Summary, summarize
 
 __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_model", "CSV_COLUMNS"]
 
-#: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
+#: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class, the training ``curve`` and the
+#: gradient ``probes``: see :func:`hamgrad.experiments.probes.new_series`; ``None`` with ``probe_every=None``, and
+#: ``{"every", "skipped"}`` with the reason for a run without a ham).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
 #: training step the run last resumed from (0: trained from the start); ``unconverged_backward`` counts the implicit
 #: backward solves that did not converge (their gradients are NaN) and ``skipped_steps`` the training steps whose
@@ -327,10 +331,6 @@ def _train_step(model: HamNet, optimizer: torch.optim.Optimizer, images: torch.T
     return loss.detach(), unconverged
 
 
-def _device_rng(device: torch.device):
-    return None if device.type == "cpu" else torch.get_device_module(device.type)
-
-
 def _save_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, model, optimizer, state: dict,
                      batches: torch.Generator, device) -> None:
     rng = _device_rng(device)
@@ -400,7 +400,7 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(spec.seed)
     state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []},
-             "skipped_steps": 0, "unconverged_backward": 0}
+             "skipped_steps": 0, "unconverged_backward": 0, "probes": _probe_series(config, spec)}
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, config, spec, device)
         model.load_state_dict(ckpt["model"])
@@ -410,19 +410,24 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         rng = _device_rng(device)
         if rng is not None and ckpt["rng_device"] is not None:
             rng.set_rng_state(ckpt["rng_device"].cpu(), device)
-        state = {k: ckpt.get(k, v) for k, v in state.items()}  # (checkpoints before the skip counts had none)
+        state = {k: ckpt.get(k, v) for k, v in state.items()}  # older checkpoints lack the skip counts or probes
         bar.update(state["step"])
     resumed_from = state["step"]
 
     model.train()
+    probing = state["probes"] is not None and "skipped" not in state["probes"]
     running = torch.zeros((), device=device)
     since_log, start = 0, time.perf_counter()
     while state["step"] < config.iters and not state["diverged"]:
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, state["step"])
         idx = torch.randint(n_train, (config.batch_size,), generator=batches)
-        batch_loss, unconverged = _train_step(model, optimizer, images[idx].to(device),
-                                              labels[idx].to(device).long())
+        x, y = images[idx].to(device), labels[idx].to(device).long()
+        if probing and state["step"] % config.probe_every == 0:  # before the update: the model stays as it was
+            probe_start = time.perf_counter()
+            append(state["probes"], state["step"], probe(model, x, y))
+            state["probes"]["seconds"] += time.perf_counter() - probe_start
+        batch_loss, unconverged = _train_step(model, optimizer, x, y)
         running += batch_loss
         state["unconverged_backward"] += unconverged
         state["skipped_steps"] += bool(unconverged)
@@ -455,8 +460,18 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(time.perf_counter() - start, 3),
         "resumed_from": resumed_from,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-        "curve": state["curve"],
+        "curve": state["curve"], "probes": state["probes"],
     }
+
+
+def _probe_series(config: AblationConfig, spec: RunSpec) -> dict | None:
+    """The run's empty probe series: ``None`` without probes, the reason for a run without a ham."""
+    if config.probe_every is None:
+        return None
+    if spec.solver is None:
+        what = f"the context module {spec.context!r}" if spec.context else "the no-ham baseline"
+        return {"every": config.probe_every, "skipped": f"{what} has no ham to probe"}
+    return new_series(config.probe_every)
 
 
 def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, device="cpu",
