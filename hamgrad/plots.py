@@ -11,6 +11,7 @@ objects of the analysis API (one or several; a ``dict`` maps labels to results) 
     hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
     hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
     hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
+    hamgrad.plots.probes("runs/mine")                  # its gradient probes along training
 
 Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
 *before* step t+1, t = 0 … K, so ``∂hᵗ/∂h⁰ = J_{t−1}⋯J_0`` and ``∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1} B_s``.
@@ -27,7 +28,9 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
 - accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``;
 - sweep (ablation): ``{"table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves": [{"solver",
   "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.figures.ablation.from_rows` builds
-  it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1).
+  it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1);
+- probes: ``{"runs": [{"solver", "grad", "block", "steps", "seed", "step", "encoder", "lower_bread", "rho", ...}]}``,
+  the series of :func:`hamgrad.figures.probes.from_rows`.
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
@@ -46,6 +49,7 @@ from contextlib import contextmanager
 import numpy as np
 import seaborn as sns
 from matplotlib.colors import ListedColormap
+from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure
 
 from .grad import mode_label
@@ -104,7 +108,7 @@ def _log_if_spread(ax, values, axis: str = "y", decades: float = 1.5) -> None:
 
 
 # ---------------------------------------------------------------------- figures of any solver, from result objects
-__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio", "sweep"]
+__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio", "sweep", "probes"]
 
 
 def _plain(result):
@@ -263,7 +267,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         label: what was compared, shown in the title.
 
     Returns:
-        A :class:`matplotlib.figure.Figure`.
+        A :class:`matplotlib.figure.Figure`; a reference whose backward solve did not converge is marked in the title
+        ("NOT CONVERGED", with its residual), as every cosine against it is ``nan``.
 
     Raises:
         TypeError: for inputs that are not gradient comparisons.
@@ -277,6 +282,10 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
     if len(refs) != 1:
         raise ValueError(f"comparisons must share one reference, got {sorted(refs)}")
     (ref_mode, ref_steps), = refs
+    unconverged = [c["reference"] for c in cmps if c["reference"].get("converged") is False]
+    note = "" if not unconverged else (
+        f", NOT CONVERGED: its backward residual {max(r['backward_residual'] for r in unconverged):.3g} > tol, "
+        "its gradient is NaN")
     rows = [row for c in cmps for row in c["modes"]]
     ks = sorted({row["steps"] for row in rows})
     modes = {}
@@ -286,7 +295,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         i, m = ks.index(row["steps"]), modes[row["mode"]]
         m["cosine"][i], m["norm_ratio"][i] = row["cosine_x"], row["norm_ratio_x"]
         m["seconds"][i], m["peak_mb"][i] = row["seconds"], row["peak_bytes"] / 2 ** 20
-    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps})", "label": label,
+    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps}{note})",
+                               "label": label,
                                "memory_kind": cmps[0]["reference"]["memory_kind"]})
 
 
@@ -317,6 +327,18 @@ def ratio(before, after, *, p: float = 2) -> Figure:
     return accumulative_ratio(result)
 
 
+def _sweep_figure_data(source, key: str, figure):
+    """A figure's plain data from a sweep folder (``figure.read``), its rows (``figure.from_rows``) or the plain data
+    itself (a dict holding ``key``)."""
+    if isinstance(source, dict) and key in source:
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return figure.read(source)
+    if isinstance(source, (list, tuple)):
+        return figure.from_rows(source)
+    raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got {type(source).__name__}")
+
+
 def sweep(source) -> Figure:
     """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver, block and gradient mode, and
     the training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
@@ -333,18 +355,94 @@ def sweep(source) -> Figure:
         ValueError: when the sweep has no finished run, holds a damaged file (naming it), or rows are not sweep rows.
         TypeError: for a source of another type.
     """
-    if not (isinstance(source, dict) and "table" in source):
-        from .figures import ablation as figure  # the table is built where figure 4 builds it
+    from .figures import ablation as figure  # the table is built where figure 4 builds it
 
-        if isinstance(source, (str, os.PathLike)):
-            source = figure.read(source)
-        elif isinstance(source, (list, tuple)):
-            source = figure.from_rows(source)
-        else:
-            raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
-                            f"{type(source).__name__}")
+    source = _sweep_figure_data(source, "table", figure)
     ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
+
+
+def _seed_band(runs: list, value) -> tuple:
+    """``(steps, mean, low, high)`` over the runs (seeds) of ``value(run)``, a list per probed step: each step's
+    mean, minimum and maximum over the runs that probed it (``None`` values left out; ``nan`` where none is left)."""
+    by_step: dict = {}
+    for run in runs:
+        for step, v in zip(run["step"], value(run)):
+            by_step.setdefault(step, []).append(np.nan if v is None else v)
+    steps = sorted(by_step)
+    stats = [(np.nanmean(v), np.nanmin(v), np.nanmax(v)) if not np.all(np.isnan(v)) else (np.nan,) * 3
+             for v in (np.asarray(by_step[t], dtype=float) for t in steps)]
+    return (np.asarray(steps), *np.asarray(stats, dtype=float).reshape(-1, 3).T)
+
+
+def probes(source) -> Figure:
+    """The gradient-probe figure of a sweep: along training, the cosine and the norm ratio ``‖g_mode‖ / ‖g_bptt‖``
+    of each gradient mode's gradient to BPTT's on the same batch from the same initial state (encoder solid, lower
+    bread dashed), and ρ(J_K), the spectral radius of the ham's step Jacobian at the last iterate (largest over the
+    batch); one column per ham, one colour per mode (and block and K when they are sweep axes), mean over seeds with
+    their range shaded. BPTT's own runs are 1 in the first two rows by definition and drawn only in the third.
+
+    Args:
+        source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
+            read as it is, nothing is trained), its rows (:func:`hamgrad.experiments.load_results`), or the figure's
+            plain data (``{"runs": [...]}``, :func:`hamgrad.figures.probes.from_rows`; drawn as it is).
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: when the sweep has no finished run with probes, holds a damaged file (naming it), or rows are
+            not sweep rows.
+        TypeError: for a source of another type.
+    """
+    from .figures import probes as figure  # the series are gathered where the registered figure gathers them
+
+    runs = _sweep_figure_data(source, "runs", figure)["runs"]
+    solvers = list(dict.fromkeys(r["solver"] for r in runs))
+
+    def line(r):  # one line per mode, block and K
+        return r["grad"], r.get("block"), r["steps"]
+
+    lines = list(dict.fromkeys(line(r) for r in runs))
+    several_blocks, several_k = (len({key[i] for key in lines}) > 1 for i in (1, 2))
+    colors = dict(zip(lines, _palette(len(lines))))
+    rows = (("cosine", "cosine(g_mode, g_bptt)"), ("norm_ratio", "‖g_mode‖ / ‖g_bptt‖"),
+            ("rho", "ρ(J_K), largest over the batch"))
+    with _styled():
+        fig, axes = _figure(3, len(solvers), 3.8 * len(solvers), 9.0,
+                            "Gradient probes during training: each mode against BPTT on the training batch")
+        for col, solver in enumerate(solvers):
+            axes[0, col].set_title(solver.upper())
+            for (grad, block, k), color in colors.items():
+                group = [r for r in runs if r["solver"] == solver and line(r) == (grad, block, k)]
+                if not group:
+                    continue
+                label = ", ".join([grad] + [str(block).upper()] * several_blocks + [f"K = {k}"] * several_k)
+                for row, (key, _) in enumerate(rows):
+                    ax = axes[row, col]
+                    parts = [("rho", "-")] if key == "rho" else [] if grad == "bptt" else \
+                        [("encoder", "-"), ("lower_bread", "--")]
+                    for part, ls in parts:
+                        steps, mean, low, high = _seed_band(
+                            group, (lambda r: r["rho"]) if key == "rho" else (lambda r, p=part: r[p][key]))
+                        ax.plot(steps, mean, color=color, ls=ls, marker="o", ms=3,
+                                label=label if part in ("encoder", "rho") else None)
+                        if len(group) > 1:
+                            ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+        for row, (key, name) in enumerate(rows):
+            for solver, ax in zip(solvers, axes[row]):
+                ax.axhline(1.0, color="0.4", lw=1, ls=":")
+                if key != "cosine":
+                    _log_if_spread(ax, [v for r in runs if r["solver"] == solver for v in (
+                        r["rho"] if key == "rho" else r["encoder"][key] + r["lower_bread"][key])], decades=1.0)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel("training step (updates before the probed batch)" if row == 2 else "")
+            axes[row, 0].set_ylabel(name)
+        axes[0, 0].plot([], [], color="0.3", ls="-", label="encoder")
+        axes[0, 0].plot([], [], color="0.3", ls="--", label="lower bread")
+        axes[0, 0].legend(fontsize=7)
+        axes[2, 0].legend(fontsize=7)
+    return fig
 
 
 def jacobian_spectrum(result: dict) -> Figure:

@@ -50,8 +50,9 @@ def trajectories(quick: bool):
 
 # ---------------------------------------------------------------------- figures 4–6: the ablation sweep
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step-coef (the paper's), one-step, BPTT} in the V2 block, plus
-    the baseline (:class:`hamgrad.experiments.AblationConfig`'s defaults).
+    """The sweep behind figures 4–6 and the probes figure: every ham × {one-step-coef (the paper's), one-step, BPTT}
+    in the V2 block, plus the baseline (:class:`hamgrad.experiments.AblationConfig`'s defaults), probed every 25
+    iterations (every 5 at the quick size).
 
     Args:
         quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
@@ -60,8 +61,8 @@ def ablation_config(quick: bool) -> AblationConfig:
         The :class:`hamgrad.experiments.AblationConfig`.
     """
     if quick:
-        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
-    return AblationConfig(seeds=2, iters=300)
+        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10, probe_every=5)
+    return AblationConfig(seeds=2, iters=300, probe_every=25)
 
 
 def ablation_dir(quick: bool, folder) -> Path:
@@ -80,6 +81,16 @@ def finished(rows, what: str) -> list:
     if not rows:
         raise ValueError(f"{what} holds no finished runs")
     return rows
+
+
+def read_sweep(folder) -> tuple[Path, list]:
+    """A sweep folder and its finished rows, read as they are (nothing is trained or resumed).
+
+    Raises:
+        ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
+    """
+    folder = Path(folder)
+    return folder, finished(load_results(folder), f"the sweep folder {str(folder)!r}")
 
 
 def sweep(quick: bool, folder, progress: bool) -> tuple[Path, list]:

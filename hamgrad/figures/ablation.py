@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import plots
-from ..experiments import load_results, read_config
+from ..experiments import read_config
 from . import _common
 from ._registry import register
 
@@ -66,8 +66,7 @@ def read(folder) -> dict:
     Raises:
         ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
     """
-    folder = Path(folder)
-    return _result(folder, _common.finished(load_results(folder), f"the sweep folder {str(folder)!r}"))
+    return _result(*_common.read_sweep(folder))
 
 
 def _result(folder: Path, rows: list) -> dict:
