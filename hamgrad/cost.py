@@ -1,11 +1,11 @@
 """What a context module costs: parameters, MACs, memory and time, in training and in inference (the paper's Table 3).
 
-::
-
-    from hamgrad import cost
-    row = cost.context_cost("sa", 64)                          # one module on one (1, 512, 64, 64) map
-    result = cost.compare_contexts(("sa", "nmf"), sides=(16, 32, 64))   # rows, SA/ham ratios, log-log slopes
-    print(cost.to_markdown(result))
+```python
+from hamgrad import cost
+row = cost.context_cost("sa", 64)                          # one module on one (1, 512, 64, 64) map
+result = cost.compare_contexts(("sa", "nmf"), sides=(16, 32, 64))   # rows, SA/ham ratios, log-log slopes
+print(cost.to_markdown(result))
+```
 
 The setting is Table 3's: one feature map of ``channels = 512``, ``d = 512``, ``r = 64``, ``K = 6`` steps in
 training and 7 in inference. A training step is the module's forward in training mode and the backward of a fixed

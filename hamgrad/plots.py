@@ -3,14 +3,16 @@ saves as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute not
 
 Figures of your own solver: :func:`flow`, :func:`spectrum`, :func:`agreement` and :func:`ratio` take the result
 objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures, and
-:func:`sweep` draws the ablation figure of a sweep of your own::
+:func:`sweep` draws the ablation figure of a sweep of your own:
 
-    flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
-    hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
-    hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
-    hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
-    hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
-    hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
+```python
+flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
+hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
+hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
+hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
+hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
+hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
+```
 
 Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
 *before* step t+1, t = 0 … K, so ``∂hᵗ/∂h⁰ = J_{t−1}⋯J_0`` and ``∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1} B_s``.

@@ -1,10 +1,12 @@
 """Context modules beside the Hamburger, with its interface: ``(B, channels, H, W) → (B, channels, H, W)``.
 
-Every module here has the Hamburger's breads and residual, so parameter counts and costs compare::
+Every module here has the Hamburger's breads and residual, so parameter counts and costs compare:
 
-    z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
-    y   = mix(z)                                                            the global mixing, (B, d, n)
-    out = ReLU(x + BatchNorm(conv1x1_{d→channels}(y)))                     upper bread and residual
+```text
+z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
+y   = mix(z)                                                            the global mixing, (B, d, n)
+out = ReLU(x + BatchNorm(conv1x1_{d→channels}(y)))                     upper bread and residual
+```
 
 The mixing:
 

@@ -1,10 +1,10 @@
 """The Hamburger block (the paper's V1): lower bread, ham (a matrix decomposition), upper bread, residual.
 
-::
-
-    z   = ReLU?(conv1x1_{channels→d}(x))            lower bread (ReLU for non-negative solvers such as NMF)
-    X̄   = hg.solve(solver, z as (B, d, H·W), K, grad) the ham: K solver steps, gradient mode ``grad``
-    out = ReLU(x + norm(conv1x1_{d→channels}(X̄)))    upper bread (BatchNorm) and residual
+```text
+z   = ReLU?(conv1x1_{channels→d}(x))            lower bread (ReLU for non-negative solvers such as NMF)
+X̄   = hg.solve(solver, z as (B, d, H·W), K, grad) the ham: K solver steps, gradient mode grad
+out = ReLU(x + norm(conv1x1_{d→channels}(X̄)))    upper bread (BatchNorm) and residual
+```
 
 ``K`` is ``steps[0]`` in training mode and ``steps[1]`` in evaluation mode (the paper uses 6 and 7).
 """
@@ -76,11 +76,13 @@ class Hamburger(nn.Module):
     initial state of the solver is drawn from ``generator`` (a ``torch.Generator`` on ``x.device``) or, by default,
     from torch's global generator, so ``torch.manual_seed`` makes a training run reproducible.
 
-    Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots)::
+    Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots):
 
-        with ham.capture() as cap:
-            model(images)
-        cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+    ```python
+    with ham.capture() as cap:
+        model(images)
+    cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+    ```
 
     Raises:
         TypeError: when ``channels``, ``d``, ``rank`` or a number of steps is not an int, or ``solver_kwargs`` is not
