@@ -5,45 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .. import plots
 from ..experiments import load_results, read_config
+from ..experiments.summary import ablation_table as from_rows  # figure 4's table; plots.sweep builds it the same way
 from . import _common
 from ._registry import register
-
-_ROW_KEYS = ("solver", "grad", "seed", "miou", "curve")
-
-
-def from_rows(rows) -> dict:
-    """The figure's table and curves from a sweep's rows (failed runs left out).
-
-    Args:
-        rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``solver``, ``grad``, ``steps``,
-            ``seed``, ``miou`` and ``curve``).
-
-    Returns:
-        ``{"metric": "mIoU", "table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver",
-        "grad", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per solver × mode × K (K is
-        ``None`` for the no-ham baseline).
-
-    Raises:
-        ValueError: when a row lacks one of those keys, or no run finished.
-    """
-    for r in rows:
-        missing = [k for k in _ROW_KEYS if not isinstance(r, dict) or k not in r]
-        if missing:
-            raise ValueError(f"rows must be sweep rows (hamgrad.experiments.load_results), got one without "
-                             f"{missing}")
-    rows = _common.finished(rows, "rows")
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["solver"], r["grad"], r.get("steps") if r["grad"] else None), []).append(100 * r["miou"])
-    table = [{"solver": s, "grad": g, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
-             for (s, g, k), v in groups.items()]
-    curves = [{"solver": r["solver"], "grad": r["grad"], "steps": r.get("steps"), "seed": r["seed"],
-               "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
-    return {"metric": "mIoU", "table": table, "curves": curves}
 
 
 def read(folder) -> dict:
@@ -53,18 +19,18 @@ def read(folder) -> dict:
         folder: a sweep folder written by :func:`hamgrad.experiments.run_ablation` or ``hamgrad ablate``.
 
     Returns:
-        :func:`from_rows` of its finished rows, with ``sweep`` (the folder) and ``config`` (its
-        :class:`hamgrad.experiments.AblationConfig` as a dict).
+        :func:`hamgrad.experiments.summary.ablation_table` of its finished rows, with ``sweep`` (the folder) and
+        ``config`` (its :class:`hamgrad.experiments.AblationConfig` as a dict).
 
     Raises:
         ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
     """
     folder = Path(folder)
-    return _result(folder, _common.finished(load_results(folder), f"the sweep folder {str(folder)!r}"))
+    return _result(folder, load_results(folder), f"the sweep folder {str(folder)!r}")
 
 
-def _result(folder: Path, rows: list) -> dict:
-    result = from_rows(rows)
+def _result(folder: Path, rows: list, what: str = "rows") -> dict:
+    result = from_rows(rows, what)
     return {"metric": result["metric"], "sweep": str(folder), "table": result["table"], "curves": result["curves"],
             "config": read_config(folder).to_dict()}
 
