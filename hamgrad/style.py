@@ -78,7 +78,7 @@ MODE_STYLES = {
 NO_MODE = {"linestyle": "-", "fillstyle": "none", "hatch": "", "markersize": 5.5}
 
 #: Colours and markers, in order, for the labels the table does not know (a user's solvers).
-EXTRA_COLORS = ("#CC6677", "#44AA99", "#882255", "#999933", "#117733", "#88CCEE", "#DDCC77")
+EXTRA_COLORS = ("#CC3311", "#882255", "#DDCC77", "#BB5566", "#44AA99", "#999933", "#117733")
 EXTRA_MARKERS = ("D", "h", "p", "*", "<", ">", "d")
 
 #: Colours of data categories (the classes of a label map): Tol's pale set, apart from the solvers' colours.
