@@ -44,7 +44,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
     ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
-                                                       "(self-attention), a2 (double attention), gap (global pooling)")
+                                                       "(self-attention), da (dual attention), a2 (double "
+                                                       "attention), apc (adaptive pyramid context), dm (dynamic "
+                                                       "filters), acf (attentional class feature), gap (global "
+                                                       "pooling)")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",

@@ -3,16 +3,18 @@ figures of a user's own solver (:mod:`hamgrad.plots` draws them all through this
 
 - **Colour = what was solved**: a fixed colour per solver or context module, and per temperature for the
   temperature-controlled hams (soft VQ from light to dark blue as ``1/T`` grows, CD likewise in green).
-- **Marker shape = the solver's family** (NMF ○, VQ □, CD △, SA ✚, A² ✖, GAP ▽, the contractive reference ◇),
+- **Marker shape = the solver's family** (NMF ○, VQ □, CD △, SA ✚, A² ✖, GAP ▽, DA ★, APC ⬠, DM ⬡, ACF ◊, the
+  contractive reference ◇),
   so that two curves that coincide stay visible (the shapes differ) and a reader who cannot tell the colours apart
   can tell the shapes.
 - **Line style, marker fill and bar hatch = the gradient mode**: one-step solid and filled, BPTT dashed and open,
   truncated:k dotted and half-filled, the official one-step-coef dash-dotted, implicit dash-dot-dotted. A curve of no
   gradient mode (a forward quantity, a context module's cost) is solid with open markers.
 
-The colours are Paul Tol's colour-blind-safe qualitative sets (the orange is Okabe–Ito's): within each set of
-entries that share a figure, every two colours differ by CIELAB ΔE ≥ 20 for normal, protanope and deuteranope
-vision (``tests/test_style.py`` checks it). Labels the table does not know (a user's ``"ISTA"``) get the
+The colours are Paul Tol's colour-blind-safe qualitative sets (the orange is Okabe–Ito's): within the sets of
+entries that share a figure (figures 1–2; figure 4 with the context figures' hams, SA, A² and GAP), every two
+colours differ by CIELAB ΔE ≥ 20 for normal, protanope and deuteranope vision, and by ΔE ≥ 12 once DA, APC, DM and
+ACF join the context figures, whose markers differ as well (``tests/test_style.py`` checks it). Labels the table does not know (a user's ``"ISTA"``) get the
 :data:`EXTRA_COLORS` and :data:`EXTRA_MARKERS` in order, skipping colours already used in the figure.
 
 ```python
@@ -47,6 +49,10 @@ SOLVER_COLORS = {
     "sa": "#AA4499",           # purple
     "a2": "#663333",           # brown
     "gap": "#999999",          # grey
+    "da": "#882255",           # wine
+    "apc": "#DDCC77",          # sand
+    "dm": "#CC3311",           # red
+    "acf": "#BB5566",          # rose
     "none": "#000000",         # black
     "contractive": "#000000",  # black
 }
@@ -62,7 +68,8 @@ TEMPERATURE_COLORS = {
 DEFAULT_INV_T = {"vq": 100.0, "cd": 100.0}
 
 #: Marker of each solver family.
-MARKERS = {"nmf": "o", "vq": "s", "cd": "^", "sa": "P", "a2": "X", "gap": "v", "none": "", "contractive": "D"}
+MARKERS = {"nmf": "o", "vq": "s", "cd": "^", "sa": "P", "a2": "X", "gap": "v", "da": "*", "apc": "p", "dm": "h",
+           "acf": "d", "none": "", "contractive": "D"}
 
 #: Line style, marker fill, bar hatch and marker size of each gradient mode (``truncated:k`` for every k). The sizes
 #: fall from the filled to the open markers, so that modes that coincide at a point show as concentric markers.
@@ -78,8 +85,8 @@ MODE_STYLES = {
 NO_MODE = {"linestyle": "-", "fillstyle": "none", "hatch": "", "markersize": 5.5}
 
 #: Colours and markers, in order, for the labels the table does not know (a user's solvers).
-EXTRA_COLORS = ("#CC3311", "#882255", "#DDCC77", "#BB5566", "#44AA99", "#999933", "#117733")
-EXTRA_MARKERS = ("D", "h", "p", "*", "<", ">", "d")
+EXTRA_COLORS = ("#999933", "#EE6677", "#AA3377", "#44AA99", "#117733", "#997700", "#555555")
+EXTRA_MARKERS = ("D", "<", ">", "8", "H", "1", "2")
 
 #: Colours of data categories (the classes of a label map): Tol's pale set, apart from the solvers' colours.
 CATEGORY_COLORS = ("#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB99", "#BBCC33", "#AAAA00")
@@ -88,8 +95,9 @@ CATEGORY_COLORS = ("#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB
 REFERENCE_COLOR = "#555555"
 
 _FAMILIES = {"nmf": "nmf", "vq": "vq", "softvq": "vq", "soft vq": "vq", "cd": "cd", "sa": "sa", "a2": "a2",
-             "a²": "a2", "gap": "gap", "none": "none", "contractive": "contractive"}
-_FAMILY = re.compile(r"^\s*(soft\s*vq|contractive|nmf|vq|cd|sa|a2|a²|gap|none)(?![a-z0-9])", re.I)
+             "a²": "a2", "gap": "gap", "da": "da", "apc": "apc", "dm": "dm", "acf": "acf", "none": "none",
+             "contractive": "contractive"}
+_FAMILY = re.compile(r"^\s*(soft\s*vq|contractive|nmf|vq|cd|sa|a2|a²|gap|da|apc|dm|acf|none)(?![a-z0-9])", re.I)
 _INV_T = re.compile(r"(?:1\s*/\s*T|inv_t)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
 _VARIANT = re.compile(r"\s\(([^()]*)\)\s*$")
 

