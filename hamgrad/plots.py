@@ -28,9 +28,9 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
   "memory_kind"}``, one list entry per K;
 - accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p", "labels"}`` (``p`` and ``labels``
   optional);
-- sweep (ablation): ``{"table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver", "grad",
-  "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.experiments.summary.ablation_table` builds it from
-  rows).
+- sweep (ablation): ``{"table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves": [{"solver",
+  "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.experiments.summary.ablation_table`
+  builds it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1).
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
@@ -55,6 +55,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from . import style
+from .grad import mode_label
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
            "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
@@ -111,12 +112,6 @@ def _handle(st: dict, label: str, line: bool = True) -> Line2D:
     """A legend entry drawn in a style."""
     return Line2D([], [], color=st["color"], marker=st["marker"] or None, fillstyle=st["fillstyle"],
                   markersize=st["markersize"], linestyle=st["linestyle"] if line else "none", label=label)
-
-
-def _mode_handles(modes, color: str = style.REFERENCE_COLOR, marker: str = "o") -> list:
-    """Legend entries of gradient modes (their line style, marker fill and size) in one colour."""
-    return [Line2D([], [], color=color, marker=marker, label=m, **{
-        k: v for k, v in style.mode_style(m).items() if k != "hatch"}) for m in modes]
 
 
 def _end_labels(ax, lines, min_gap: float = 0.07) -> None:
@@ -384,8 +379,8 @@ def ratio(before, after=None, *, labels=("before", "after"), p: float | None = N
 
 
 def sweep(source) -> Figure:
-    """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver and gradient mode, and the
-    training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
+    """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver, block and gradient mode, and
+    the training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
 
     Args:
         source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
@@ -410,7 +405,7 @@ def sweep(source) -> Figure:
         else:
             raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
                             f"{type(source).__name__}")
-    ks = {row.get("steps") for row in source["table"] if row["solver"] != "none"}
+    ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
 
 
@@ -543,10 +538,11 @@ def gradient_agreement(result: dict) -> Figure:
             s = {**base, **style.mode_style(mode)}
             one_minus = 1.0 - np.asarray(vals["cosine"], dtype=float)
             floored |= bool(np.any(one_minus < floor))
-            _line(axes[0, 0], ks, np.maximum(one_minus, floor), s, label=mode)
-            _line(axes[0, 1], ks, np.asarray(vals["norm_ratio"], dtype=float) - 1.0, s, label=mode)
-            _line(axes[1, 0], ks, vals["seconds"], s, label=mode)
-            _line(axes[1, 1], ks, vals["peak_mb"], s, label=mode)
+            name = mode_label(mode)
+            _line(axes[0, 0], ks, np.maximum(one_minus, floor), s, label=name)
+            _line(axes[0, 1], ks, np.asarray(vals["norm_ratio"], dtype=float) - 1.0, s, label=name)
+            _line(axes[1, 0], ks, vals["seconds"], s, label=name)
+            _line(axes[1, 1], ks, vals["peak_mb"], s, label=name)
         axes[0, 0].set_yscale("log")
         axes[0, 0].set_ylabel("1 − cosine similarity to the reference"
                               + (" (floored at 2.2e-16)" if floored else ""))
@@ -563,7 +559,7 @@ def gradient_agreement(result: dict) -> Figure:
             _integer_ticks(ax)
         for ax in axes[0]:
             _end_labels(ax, ax.get_lines()[:len(modes)])
-        _legend(fig, [_handle({**base, **style.mode_style(m)}, m) for m in modes],
+        _legend(fig, [_handle({**base, **style.mode_style(m)}, mode_label(m)) for m in modes],
                 ncol=len(modes), title=f"gradient mode ({result['label']})")
     return fig
 
@@ -573,49 +569,67 @@ def _tint(color, amount: float = 0.75):
     return tuple(1 - amount * (1 - np.asarray(to_rgb(color))))
 
 
+def _hams(table: list) -> tuple:
+    """The ``(solver, block)`` pairs of a figure-4 table's ham rows, and their axis label: the solver, and the block
+    too when the table has several. A row without ``block`` (a figure drawn before the block was an axis) is V1's."""
+    hams = list(dict.fromkeys((r["solver"], r.get("block") or "v1") for r in table if r["grad"] is not None))
+    several = len({b for _, b in hams}) > 1
+    return hams, lambda ham: f"{ham[0].upper()} {ham[1].upper()}" if several else ham[0].upper()
+
+
+def _blocks_title(hams: list) -> str:
+    return "/".join(sorted({b.upper() for _, b in hams}))
+
+
+def _ham_of(row: dict) -> tuple:
+    return row["solver"], row.get("block") or "v1"
+
+
 def ablation(result: dict) -> Figure:
-    """Figure 4: the Table-1 analogue (mean mIoU per solver and gradient mode as bars, colour = solver, hatch =
-    mode, the best run marked, the no-ham baseline as a line) and the training-loss curves of every run, one panel
-    per solver (line style = mode).
+    """Figure 4: the Table-1 analogue (mean mIoU per solver, Hamburger block and gradient mode as bars, colour =
+    solver, hatch = mode, the best run marked, the no-ham baseline as a line) and the training-loss curves of every
+    run, one panel per solver and block (line style = mode). Modes are named as the tables name them, the paper's
+    one-step (``one-step-coef``) marked "(paper)".
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     table, curves = result["table"], result["curves"]
-    grads = sorted({row["grad"] for row in table if row["solver"] != "none"}, key=_mode_order)
-    solvers = [s for s in dict.fromkeys(row["solver"] for row in table) if s != "none"]
-    st = style.styles(solvers)
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
+    hams, name = _hams(table)
+    st = style.styles(s for s, _ in hams)
     baseline = [r for r in table if r["solver"] == "none"]
     with style.theme():
-        fig = _figure(11, 7.6, "One-step vs BPTT: HamNet ablation on the global-context shapes")
-        gs = fig.add_gridspec(2, max(len(solvers), 1), height_ratios=(1.15, 1))
+        fig = _figure(max(11, 2.6 * len(hams)), 7.6, f"Gradient modes in HamNet (Hamburger {_blocks_title(hams)}) "
+                                                     f"on the global-context shapes")
+        gs = fig.add_gridspec(2, max(len(hams), 1), height_ratios=(1.15, 1))
         ax0 = fig.add_subplot(gs[0, :])
         width = 0.8 / max(len(grads), 1)
+        colors = [st[s]["color"] for s, _ in hams]
         for i, g in enumerate(grads):
-            rows = {r["solver"]: r for r in table if r["grad"] == g}
-            xs = [j + (i - (len(grads) - 1) / 2) * width for j in range(len(solvers))]
-            means = [rows[s]["mean"] if s in rows else np.nan for s in solvers]
-            best = [rows[s]["best"] if s in rows else np.nan for s in solvers]
+            rows = {_ham_of(r): r for r in table if r["grad"] == g}
+            xs = [j + (i - (len(grads) - 1) / 2) * width for j in range(len(hams))]
+            means = [rows[h]["mean"] if h in rows else np.nan for h in hams]
+            best = [rows[h]["best"] if h in rows else np.nan for h in hams]
             hatch = style.mode_style(g)["hatch"]
-            colors = [st[s]["color"] for s in solvers]
             ax0.bar(xs, means, width=width * 0.92, color=[_tint(c) if hatch else c for c in colors],
-                    edgecolor=colors, hatch=hatch, linewidth=1.2, label=f"{g} (mean)")
+                    edgecolor=colors, hatch=hatch, linewidth=1.2, label=f"{mode_label(g)} (mean)")
             ax0.scatter(xs, best, marker="_", s=260, linewidths=2, color="k", zorder=3)
         for r in baseline:
             ax0.axhline(r["mean"], color=style.SOLVER_COLORS["none"], lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean)")
-        ax0.set_xticks(range(len(solvers)), [s.upper() for s in solvers])
+        ax0.set_xticks(range(len(hams)), [name(h) for h in hams])
         ax0.set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
         loss_axes = []
-        for j, solver in enumerate(solvers):
+        for j, ham in enumerate(hams):
             ax = fig.add_subplot(gs[1, j], sharey=loss_axes[0] if loss_axes else None)
             loss_axes.append(ax)
             for c in curves:
-                if c["solver"] == solver:
-                    ax.plot(c["step"], c["loss"], color=st[solver]["color"], lw=1.2, alpha=0.9,
+                if c["grad"] is not None and _ham_of(c) == ham:
+                    ax.plot(c["step"], c["loss"], color=st[ham[0]]["color"], lw=1.2, alpha=0.9,
                             ls=style.mode_style(c["grad"])["linestyle"])
                 elif c["solver"] == "none":
                     ax.plot(c["step"], c["loss"], color=style.SOLVER_COLORS["none"], lw=1, ls=(0, (1, 1.5)))
-            ax.set_title(solver.upper())
+            ax.set_title(name(ham))
             ax.set_xlabel("training step")
             _integer_ticks(ax)
         if loss_axes:
@@ -624,9 +638,9 @@ def ablation(result: dict) -> Figure:
         handles = []
         for g in grads:
             ms = style.mode_style(g)
-            handles.append(Patch(facecolor=_tint("0.45") if ms["hatch"] else "0.45", edgecolor="0.45", hatch=ms["hatch"],
-                                 label=f"{g}: mean (bar)"))
-            handles.append(Line2D([], [], color="0.45", ls=ms["linestyle"], label=f"{g}: training loss"))
+            handles.append(Patch(facecolor=_tint("0.45") if ms["hatch"] else "0.45", edgecolor="0.45",
+                                 hatch=ms["hatch"], label=f"{mode_label(g)}: mean (bar)"))
+            handles.append(Line2D([], [], color="0.45", ls=ms["linestyle"], label=f"{mode_label(g)}: training loss"))
         handles.append(Line2D([], [], color="k", marker="_", markersize=14, mew=2, ls="none", label="best run"))
         if baseline:
             handles.append(Line2D([], [], color="k", lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean; loss)"))
@@ -634,35 +648,29 @@ def ablation(result: dict) -> Figure:
     return fig
 
 
-def _mode_order(mode) -> int:
-    """Modes in the order of :data:`hamgrad.style.MODE_STYLES` (one-step first)."""
-    names = list(style.MODE_STYLES)
-    name = str(mode).split(":")[0]
-    return names.index(name) if name in names else len(names)
-
-
 def ablation_steps(result: dict) -> Figure:
-    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver, one line
-    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dotted line.
+    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver and
+    Hamburger block, one line per gradient mode (mean over seeds, the best marked; the paper's one-step marked
+    "(paper)"), the no-ham baseline as a dotted line.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     table = result["table"]
-    grads = sorted(dict.fromkeys(row["grad"] for row in table if row["solver"] != "none"), key=_mode_order)
-    solvers = list(dict.fromkeys(row["solver"] for row in table if row["solver"] != "none"))
-    ks = sorted({row["steps"] for row in table if row["solver"] != "none"})
-    st = style.styles(solvers)
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
+    hams, name = _hams(table)
+    ks = sorted({row["steps"] for row in table if row["grad"] is not None})
+    st = style.styles(s for s, _ in hams)
     with style.theme():
-        fig = _figure(max(3.6 * len(solvers), 6.4), 4.4,
-                      "One-step vs BPTT against the solver steps K (HamNet on the global-context shapes)")
-        axes = np.atleast_1d(fig.subplots(1, len(solvers), sharey=True))
-        for ax, solver in zip(axes, solvers):
+        fig = _figure(max(3.6 * len(hams), 6.4), 4.4, f"Gradient modes against the solver steps K (HamNet, Hamburger "
+                                                      f"{_blocks_title(hams)}, on the global-context shapes)")
+        axes = np.atleast_1d(fig.subplots(1, len(hams), sharey=True))
+        for ax, ham in zip(axes, hams):
             for g in grads:
-                rows = sorted((r for r in table if (r["solver"], r["grad"]) == (solver, g)), key=lambda r: r["steps"])
-                s = {**st[solver], **style.mode_style(g)}
+                rows = sorted((r for r in table if r["grad"] == g and _ham_of(r) == ham), key=lambda r: r["steps"])
+                s = {**st[ham[0]], **style.mode_style(g)}
                 x = [r["steps"] for r in rows]
-                _line(ax, x, [r["mean"] for r in rows], s, label=f"{g} (mean)")
+                _line(ax, x, [r["mean"] for r in rows], s, label=f"{mode_label(g)} (mean)")
                 ax.scatter(x, [r["best"] for r in rows], color=s["color"], marker="_", s=150, zorder=3)
             for r in table:
                 if r["solver"] == "none":
@@ -671,15 +679,16 @@ def ablation_steps(result: dict) -> Figure:
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
-            ax.set_title(solver.upper())
-            ax.set_xlabel("solver steps K in training (evaluation K + 1)")
+            ax.set_title(name(ham))
+            ax.set_xlabel("solver steps K in training")
         axes[0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
-        handles = _mode_handles(grads)
+        handles = [Line2D([], [], color=style.REFERENCE_COLOR, marker="o", label=mode_label(m), **{
+            k: v for k, v in style.mode_style(m).items() if k != "hatch"}) for m in grads]
         handles.append(Line2D([], [], color=style.REFERENCE_COLOR, marker="_", markersize=12, ls="none",
                               label="best run"))
         if any(r["solver"] == "none" for r in table):
             handles.append(Line2D([], [], color="k", lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean)"))
-        _legend(fig, handles, ncol=len(handles), title="mean over seeds, per gradient mode")
+        _legend(fig, handles, ncol=min(len(handles), 5), title="mean over seeds, per gradient mode")
     return fig
 
 

@@ -99,7 +99,8 @@ _FAMILIES = {"nmf": "nmf", "vq": "vq", "softvq": "vq", "soft vq": "vq", "cd": "c
              "contractive": "contractive"}
 _FAMILY = re.compile(r"^\s*(soft\s*vq|contractive|nmf|vq|cd|sa|a2|a²|gap|da|apc|dm|acf|none)(?![a-z0-9])", re.I)
 _INV_T = re.compile(r"(?:1\s*/\s*T|inv_t)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
-_VARIANT = re.compile(r"\s\(([^()]*)\)\s*$")
+_TAIL = re.compile(r"\s\((.*)\)\s*$")  # the parenthesised tail: "nmf (one-step-coef (paper), v2)"
+_BLOCK = re.compile(r"v[0-9]+", re.I)
 
 
 def _mode_name(mode: str | None) -> str | None:
@@ -115,13 +116,13 @@ def parse_label(label: str) -> dict:
 
     Args:
         label: a curve's label, e.g. ``"VQ, 1/T = 10"``, ``"soft VQ, 1/T = 2, d=64"``, ``"nmf (one-step)"``,
-            ``"sa (math)"``, ``"nmf_one-step_seed0"`` or a user's ``"ISTA"``.
+            ``"nmf (one-step-coef (paper), v2)"``, ``"sa (math)"``, ``"nmf_one-step_seed0"`` or a user's ``"ISTA"``.
 
     Returns:
         A dict: ``family`` one of the keys of :data:`MARKERS` (``None`` for a label the table does not know),
         ``inv_t`` the temperature ``1/T`` for VQ and CD (the default when the label names none, else ``None``),
         ``mode`` a gradient mode named in parentheses or after an underscore (else ``None``), ``variant`` another
-        parenthesised word such as ``"math"`` (else ``None``).
+        parenthesised word such as ``"math"`` (else ``None``; a block such as ``v2`` is neither).
     """
     text = str(label)
     m = _FAMILY.match(text.replace("_", " "))
@@ -131,10 +132,14 @@ def parse_label(label: str) -> dict:
         t = _INV_T.search(text)
         inv_t = float(t.group(1)) if t else DEFAULT_INV_T[family]
     mode = variant = None
-    v = _VARIANT.search(text)
-    if v:
-        mode = _mode_name(v.group(1))
-        variant = None if mode else v.group(1).strip()
+    tail = _TAIL.search(text)
+    if tail:
+        for part in re.split(r",\s*", tail.group(1)):
+            part = re.sub(r"\s*\(paper\)$", "", part.strip())
+            if _mode_name(part):
+                mode = _mode_name(part)
+            elif part and not _BLOCK.fullmatch(part):
+                variant = part
     elif "_" in text:
         parts = text.split("_")
         mode = next((_mode_name(p) for p in parts[1:] if _mode_name(p)), None)

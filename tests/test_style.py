@@ -201,11 +201,12 @@ def test_each_gradient_mode_has_one_line_style_in_every_figure():
         styles.setdefault(mode, {}).setdefault(str(linestyle), set()).add(where)
 
     for line in plots.gradient_agreement(_agreement_data()).axes[0].get_lines()[:4]:
-        add(line.get_label().split(":")[0], line.get_linestyle(), "agreement")
+        add(line.get_label().split(":")[0].removesuffix(" (paper)"), line.get_linestyle(), "agreement")
     for ax in plots.ablation_steps(_ablation_data(steps=(1, 2, 4))).axes:
         for line in ax.get_lines():
             if line.get_label().endswith("(mean)") and not line.get_label().startswith("no ham"):
-                add(line.get_label().removesuffix(" (mean)"), line.get_linestyle(), "ablation_steps")
+                add(line.get_label().removesuffix(" (mean)").removesuffix(" (paper)"), line.get_linestyle(),
+                    "ablation_steps")
     data = _ablation_data()
     fig = plots.ablation(data)
     for ax in fig.axes[1:]:
@@ -214,7 +215,8 @@ def test_each_gradient_mode_has_one_line_style_in_every_figure():
         for c, line in zip(curves, ax.get_lines()):
             if c["grad"] is not None:
                 add(c["grad"], line.get_linestyle(), "ablation loss")
-    hatches = {c.get_label().removesuffix(" (mean)"): c.patches[0].get_hatch() for c in fig.axes[0].containers}
+    hatches = {c.get_label().removesuffix(" (mean)").removesuffix(" (paper)"): c.patches[0].get_hatch()
+               for c in fig.axes[0].containers}
     assert set(styles) == {"one-step", "bptt", "truncated", "one-step-coef"}
     for mode, found in styles.items():
         assert len(found) == 1, f"{mode} is drawn in the line styles {found}"
@@ -297,6 +299,8 @@ def test_styles_of_a_users_labels():
     assert style.parse_label("VQ, 1/T = 2.5") == {"family": "vq", "inv_t": 2.5, "mode": None, "variant": None}
     assert style.parse_label("nmf_truncated:2_seed0")["mode"] == "truncated"
     assert style.parse_label("sa (math)")["variant"] == "math"
+    assert style.parse_label("nmf (one-step-coef (paper), v2)") == {"family": "nmf", "inv_t": None,
+                                                                    "mode": "one-step-coef", "variant": None}
     assert style.parse_label("contractive F: tanh(Wh)")["variant"] is None
     # temperatures between the anchors sit between their colours; the default 1/T of a bare "vq" is 100
     mid = np.asarray(to_rgb(style.solver_style("VQ, 1/T = 3.1623")["color"]))

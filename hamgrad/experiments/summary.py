@@ -1,11 +1,14 @@
-"""The Table-1-style summary of a sweep: best (mean) over seeds per solver and gradient mode (and per solver steps K
-when K is a sweep axis), plus the baseline and the runs that failed."""
+"""The Table-1-style summary of a sweep: best (mean) over seeds per solver, Hamburger block and gradient mode (and per
+solver steps K when K is a sweep axis), plus the baseline and the runs that failed. Columns and rows name each mode,
+and the paper's one-step (``one-step-coef``, the official code's rule) is marked "(paper)"."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+
+from ..grad import PAPER_MODE, mode_label
 
 __all__ = ["Summary", "SummaryCell", "summarize", "finished_rows", "ablation_table"]
 
@@ -15,9 +18,9 @@ _ROW_KEYS = ("solver", "grad", "seed", "miou", "curve")
 
 @dataclass
 class SummaryCell:
-    """One solver × gradient mode × solver steps K (``solver="none"``, ``grad=None``, ``steps=None`` for the
-    baseline; ``solver`` a context module's name, ``grad=None`` and ``steps=None`` for a context run) over its
-    finished seeds.
+    """One solver × gradient mode × solver steps K × Hamburger block (``solver="none"``, ``grad=None``,
+    ``steps=None``, ``block=None`` for the baseline; ``solver`` a context module's name and the rest ``None`` for a
+    context run) over its finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
     [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf.
@@ -30,14 +33,15 @@ class SummaryCell:
     pixel_acc: dict
     diverged: int
     steps: int | None = None
+    block: str | None = None
 
 
 @dataclass
 class Summary:
     """The cells of a sweep in the order their first run finished, and the runs recorded as failed (``run_id`` and
-    ``error``). ``to_markdown()`` renders Table 1 for mIoU and for pixel accuracy: with one K, rows are solvers and
-    columns gradient modes; with several, rows are solver × mode and columns K (the metric against K per mode).
-    Entries are best (mean) over seeds in percent; the no-ham baseline follows each table on its own line."""
+    ``error``). ``to_markdown()`` renders Table 1 for mIoU and for pixel accuracy: with one K, rows are solver × block
+    and columns gradient modes; with several, rows are solver × block × mode and columns K (the metric against K per
+    mode). Entries are best (mean) over seeds in percent; the no-ham baseline follows each table on its own line."""
 
     grads: list
     cells: list = field(default_factory=list)
@@ -54,22 +58,24 @@ class Summary:
     def to_markdown(self) -> str:
         lines = []
         ks = self.steps
-        solvers = list(dict.fromkeys(c.solver for c in self.cells if c.grad is not None))
+        hams = list(dict.fromkeys((c.solver, c.block) for c in self.cells if c.grad is not None))
         for key, title in _METRICS.items():
             if len(ks) <= 1:
                 at = f", K = {ks[0]}" if ks else ""
                 lines += [f"{title}{at}, best (mean) over seeds", "",
-                          "| ham | " + " | ".join(self.grads) + " |", "|---" * (len(self.grads) + 1) + "|"]
-                for solver in solvers:
-                    entries = [self._entry(solver, g, ks[0] if ks else None, key) for g in self.grads]
-                    lines.append(f"| {solver} | " + " | ".join(entries) + " |")
+                          "| ham | block | " + " | ".join(map(mode_label, self.grads)) + " |",
+                          "|---" * (len(self.grads) + 2) + "|"]
+                for solver, block in hams:
+                    entries = [self._entry(solver, g, ks[0] if ks else None, key, block) for g in self.grads]
+                    lines.append(f"| {solver} | {block} | " + " | ".join(entries) + " |")
             else:
                 lines += [f"{title} against solver steps K, best (mean) over seeds", "",
-                          "| ham | mode | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|"]
-                for solver in solvers:
+                          "| ham | block | mode | " + " | ".join(f"K = {k}" for k in ks) + " |",
+                          "|---" * (len(ks) + 3) + "|"]
+                for solver, block in hams:
                     for g in self.grads:
-                        entries = [self._entry(solver, g, k, key) for k in ks]
-                        lines.append(f"| {solver} | {g} | " + " | ".join(entries) + " |")
+                        entries = [self._entry(solver, g, k, key, block) for k in ks]
+                        lines.append(f"| {solver} | {block} | {mode_label(g)} | " + " | ".join(entries) + " |")
             lines.append("")
             if any(c.grad is None and c.solver == "none" for c in self.cells):
                 lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, None, key)}", ""]
@@ -79,8 +85,13 @@ class Summary:
                           + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
         lines.append(f"seeds per entry: {', '.join(map(str, seeds)) or '0'}")
-        diverged = [f"{c.solver}/{c.grad}" + (f"/K{c.steps}" if len(ks) > 1 else "") + f": {c.diverged}"
-                    for c in self.cells if c.diverged]
+        if PAPER_MODE in self.grads:
+            lines.append(f"{mode_label(PAPER_MODE)}: the paper's one-step gradient as the official Hamburger code "
+                         f"computes it (K steps without graph, then one code update with the bases held constant)")
+        diverged = []
+        for c in (c for c in self.cells if c.diverged):
+            name = [c.solver, str(c.grad)] + ([c.block] if c.block else []) + ([f"K{c.steps}"] if len(ks) > 1 else [])
+            diverged.append(f"{'/'.join(name)}: {c.diverged}")
         if diverged:
             lines.append("diverged runs (loss NaN/Inf): " + ", ".join(diverged))
         if self.failed:
@@ -88,9 +99,9 @@ class Summary:
             lines += [f"- {f['run_id']}: {f['error']}" for f in self.failed]
         return "\n".join(lines) + "\n"
 
-    def _entry(self, solver: str, grad: str | None, steps: int | None, key: str) -> str:
+    def _entry(self, solver: str, grad: str | None, steps: int | None, key: str, block: str | None = None) -> str:
         for c in self.cells:
-            if c.solver == solver and c.grad == grad and (grad is None or c.steps == steps):
+            if c.solver == solver and c.grad == grad and (grad is None or (c.steps, c.block) == (steps, block)):
                 stats = getattr(c, key)
                 return f"{100 * stats['best']:.1f} ({100 * stats['mean']:.1f})"
         return "–"
@@ -104,11 +115,12 @@ def _stats(values: list) -> dict:
 
 
 def summarize(rows: list, grads: list | tuple) -> Summary:
-    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode and K.
+    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode, K and block.
 
     Args:
         rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged`` (and
-            ``steps``, ``status``; rows with ``status == "failed"`` are listed in ``failed``, not in the cells).
+            ``steps``, ``block``, ``status``; a ham row without ``block`` is a V1 row; rows with
+            ``status == "failed"`` are listed in ``failed``, not in the cells).
         grads: the table's columns, in order.
 
     Returns:
@@ -120,11 +132,13 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
         if row.get("status", "ok") == "failed":
             summary.failed.append({"run_id": row["run_id"], "error": row.get("error")})
         else:
-            steps = row.get("steps") if row["grad"] is not None else None
-            groups.setdefault((row["solver"], row["grad"], steps), []).append(row)
-    for (solver, grad, steps), group in groups.items():
+            ham = row["grad"] is not None
+            key = (row["solver"], row["grad"], row.get("steps") if ham else None,
+                   row.get("block", "v1") if ham else None)
+            groups.setdefault(key, []).append(row)
+    for (solver, grad, steps, block), group in groups.items():
         summary.cells.append(SummaryCell(
-            solver=solver, grad=grad, steps=steps, seeds=sorted(r["seed"] for r in group),
+            solver=solver, grad=grad, steps=steps, block=block, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
             diverged=sum(bool(r["diverged"]) for r in group)))
     return summary
@@ -149,19 +163,26 @@ def finished_rows(rows, what: str) -> list:
     return rows
 
 
+def _cell(row: dict) -> tuple:
+    """``(solver, grad, block, steps)`` of a row; block and K only for a ham (a ham row without a block is V1's)."""
+    ham = row["grad"] is not None
+    return (row["solver"], row["grad"], row.get("block", "v1") if ham else None, row.get("steps") if ham else None)
+
+
 def ablation_table(rows, what: str = "rows") -> dict:
     """The ablation figure's numbers (figure 4, :func:`hamgrad.plots.sweep`) from a sweep's rows, failed runs left
-    out: mean and best mIoU per solver, gradient mode and solver steps K, and every run's training curve.
+    out: mean and best mIoU per solver, gradient mode, Hamburger block and solver steps K, and every run's training
+    curve.
 
     Args:
         rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``solver``, ``grad``, ``steps``,
-            ``seed``, ``miou`` and ``curve``).
+            ``block``, ``seed``, ``miou`` and ``curve``; a ham row without ``block`` is a V1 row).
         what: what the rows are, named when none finished.
 
     Returns:
-        ``{"metric": "mIoU", "table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver",
-        "grad", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per solver × mode × K (K is
-        ``None`` for the no-ham baseline and the context modules).
+        ``{"metric": "mIoU", "table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves":
+        [{"solver", "grad", "block", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per
+        solver × mode × block × K (block and K are ``None`` for the no-ham baseline and the context modules).
 
     Raises:
         ValueError: when a row lacks one of those keys, or no run finished.
@@ -174,9 +195,9 @@ def ablation_table(rows, what: str = "rows") -> dict:
     rows = finished_rows(rows, what)
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["solver"], r["grad"], r.get("steps") if r["grad"] else None), []).append(100 * r["miou"])
-    table = [{"solver": s, "grad": g, "steps": k, "best": max(v), "mean": statistics.fmean(v), "n": len(v)}
-             for (s, g, k), v in groups.items()]
-    curves = [{"solver": r["solver"], "grad": r["grad"], "steps": r.get("steps"), "seed": r["seed"],
+        groups.setdefault(_cell(r), []).append(100 * r["miou"])
+    table = [{"solver": s, "grad": g, "block": b, "steps": k, "best": max(v), "mean": statistics.fmean(v),
+              "n": len(v)} for (s, g, b, k), v in groups.items()]
+    curves = [{**dict(zip(("solver", "grad", "block", "steps"), _cell(r))), "seed": r["seed"],
                "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
     return {"metric": "mIoU", "table": table, "curves": curves}

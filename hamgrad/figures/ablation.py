@@ -1,5 +1,6 @@
-"""Figure 4: the one-step vs BPTT ablation of HamNet (the Table-1 analogue and the training curves, or mIoU against
-the solver steps K when K is an axis of the sweep), from a sweep of :func:`hamgrad.experiments.run_ablation`."""
+"""Figure 4: the gradient-mode ablation of HamNet (the Table-1 analogue and the training curves, or mIoU against the
+solver steps K when K is an axis of the sweep), per ham, mode and Hamburger block, from a sweep of
+:func:`hamgrad.experiments.run_ablation`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Attention modules beside the Hamburger, with its interface: ``(B, channels, H, W) → (B, channels, H, W)``, and the
 registry of every context module by name.
 
-Every module here has the Hamburger's breads and residual (the frame of :mod:`hamgrad.nn._block`), so parameter
-counts and costs compare:
+Every module here has the V1 Hamburger's breads and residual (the frame of :mod:`hamgrad.nn._block`;
+``Hamburger(version="v1")``), so parameter counts and costs compare with it:
 
 ```text
 z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
@@ -126,11 +126,12 @@ CONTEXTS = {"sa": SelfAttention, "a2": DoubleAttention, "gap": GlobalPool, "da":
             "apc": AdaptivePyramidContext, "dm": DynamicFilters, "acf": AttentionalClassFeature}
 
 
-def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, classes: int = 19, steps=(6, 7),
-                  grad: str = "one-step", solver_kwargs: dict | None = None) -> nn.Module:
+def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, classes: int = 19, steps=(6, 6),
+                  grad: str = "one-step-coef", version: str = "v2", solver_kwargs: dict | None = None) -> nn.Module:
     """A context module by name: ``"sa"``, ``"a2"``, ``"gap"``, ``"da"``, ``"apc"``, ``"dm"``, ``"acf"`` (see
     :data:`CONTEXTS`) or a registered solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...), which builds
-    ``Hamburger(channels, d, solver=name, rank, steps, grad, solver_kwargs)``.
+    ``Hamburger(channels, d, solver=name, rank, steps, grad, version, solver_kwargs)`` (the defaults are the
+    Hamburger's).
 
     Args:
         name: the module's name.
@@ -140,6 +141,7 @@ def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, cla
         classes: the coarse segmentation's classes of ACF (unused by the others).
         steps: the Hamburger's solver steps (used only for a solver name).
         grad: the Hamburger's gradient mode (used only for a solver name).
+        version: the Hamburger's block, ``"v1"`` or ``"v2"`` (used only for a solver name).
         solver_kwargs: the Hamburger's solver arguments (used only for a solver name).
 
     Returns:
@@ -154,6 +156,7 @@ def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, cla
             return cls(channels, d=d, rank=rank)
         return cls(channels, d=d, classes=classes) if cls is AttentionalClassFeature else cls(channels, d=d)
     if name in available_solvers():
-        return Hamburger(channels, d=d, solver=name, rank=rank, steps=steps, grad=grad, solver_kwargs=solver_kwargs)
+        return Hamburger(channels, d=d, solver=name, rank=rank, steps=steps, grad=grad, version=version,
+                         solver_kwargs=solver_kwargs)
     raise ValueError(f"unknown context module name={name!r}; expected one of {sorted(CONTEXTS)} or a registered "
                      f"solver {available_solvers()}")

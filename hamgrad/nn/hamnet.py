@@ -45,11 +45,14 @@ class HamNet(nn.Module):
         output_stride: 4 or 8 (2 or 3 stride-2 stages); the ham sees ``(H / output_stride) · (W / output_stride)``
             positions.
         ham: a solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...) or ``None`` for the baseline without the block.
-        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next four); ``d`` also
+        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next five); ``d`` also
             sizes the other context modules.
         rank: r, the number of bases of the ham (and of A²).
-        steps: ``(train, eval)`` numbers of solver steps K, or one int for both.
-        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES``.
+        steps: ``(train, eval)`` numbers of solver steps K, or one int for both (default 6 and 6, the official
+            settings.py's).
+        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES`` (default the paper's one-step,
+            ``"one-step-coef"``).
+        version: the Hamburger block, ``"v2"`` (the official HamNet's, with the cheese) or ``"v1"`` (the paper's).
         solver_kwargs: further keyword arguments of the solver (e.g. ``{"inv_t": 100.0}`` for ``"vq"``).
         context: another context module in the Hamburger's place, by name: ``"sa"`` (:class:`SelfAttention`),
             ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`), ``"da"`` (:class:`DualAttention`),
@@ -81,8 +84,8 @@ class HamNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, output_stride: int = 4,
-                 ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 7), grad: str = "one-step",
-                 solver_kwargs: dict | None = None, context: str | None = None):
+                 ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 6), grad: str = "one-step-coef",
+                 version: str = "v2", solver_kwargs: dict | None = None, context: str | None = None):
         super().__init__()
         check_steps(num_classes, "num_classes")
         check_steps(in_channels, "in_channels")
@@ -103,7 +106,8 @@ class HamNet(nn.Module):
             raise ValueError(f"give the head's module once: ham={ham!r} and context={context!r} were both given")
         name = ham if context is None else context
         block = None if name is None else build_context(name, c_in, d=d, rank=rank, classes=num_classes,
-                                                        steps=steps, grad=grad, solver_kwargs=solver_kwargs)
+                                                        steps=steps, grad=grad, version=version,
+                                                        solver_kwargs=solver_kwargs)
         # a Hamburger keeps its attribute name (and so the state-dict keys of existing checkpoints)
         self.hamburger = block if isinstance(block, Hamburger) else None
         self.context = None if isinstance(block, Hamburger) else block
