@@ -37,25 +37,46 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
-def check_float_tensor(x, name: str = "x", min_dim: int = 1) -> torch.Tensor:
-    """A floating-point tensor with at least ``min_dim`` dimensions."""
+def check_float_tensor(x, name: str = "x", min_dim: int = 1, meta: bool = False) -> torch.Tensor:
+    """A floating-point tensor with at least ``min_dim`` dimensions, with data (not on the meta device) unless
+    ``meta`` (shape-only uses: counting a module's operations)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
+    if x.is_meta and not meta:
+        raise ValueError(f"{name} is on the meta device (a tensor without data): hamgrad computes on real tensors, "
+                         "create it on a device such as 'cpu' or 'cuda'")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}")
     return x
 
 
-def check_finite(x: torch.Tensor, name: str = "x") -> tuple[float, float]:
-    """No NaN or Inf; returns ``(min, max)`` of ``x`` (one fused pass, one host sync)."""
+def check_finite(x: torch.Tensor, name: str = "x", why: str = "") -> tuple[float, float]:
+    """No NaN or Inf; returns ``(min, max)`` of ``x`` (one fused pass, one host sync). ``why`` is appended to the
+    error (what a non-finite value means there)."""
     if x.numel() == 0:
         return 0.0, 0.0
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf{why}")
     return lo, hi
+
+
+def check_differentiable(out, what: str) -> None:
+    """At least one tensor of ``out`` (computed in grad mode from inputs that require grad) carries an autograd
+    graph; else ``what`` detached its result, and every derivative of it would read as 0."""
+    if not any(t.requires_grad for t in out):
+        raise ValueError(f"{what} returned tensors with no autograd graph to its inputs (it detaches them, runs under "
+                         "torch.no_grad, or goes through .item()/NumPy), so every derivative of it would read as 0: "
+                         "compute it with differentiable torch operations")
+
+
+def stochastic_error(what: str) -> ValueError:
+    """The error for a function that draws random numbers: its Jacobian is not defined."""
+    return ValueError(f"{what} draws random numbers (two evaluations at the same point differ): its Jacobian is not "
+                      "defined, and products through it would mix different draws. Make it deterministic (draw the "
+                      "noise once outside and close over it, or put its modules in eval mode)")
 
 
 def check_int_range(value, name: str, low: int, high: int, what: str = "") -> int:
@@ -128,3 +149,31 @@ def check_device(device, here: bool = True) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device={device!r}: this machine has {count} {dev.type} device(s)")
     return dev
+
+
+def check_feature_map(x, channels: int, like: torch.Tensor, name: str = "x") -> None:
+    """The input of a context module: a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1``, on the device of
+    ``like`` (one of the module's parameters) and, unless autocast is on for that device, in its dtype. Costs no host
+    sync (what needs the values is :func:`check_mixing`); meta tensors pass (counting MACs runs modules on them)."""
+    check_float_tensor(x, name, meta=True)
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape (B, channels={channels}, H, W), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: an empty batch or feature map (B, H and W must be >= 1)")
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but the module is on {like.device}: move one to the other "
+                         f"(module.to({str(x.device)!r}) or x.to({str(like.device)!r}))")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {like.dtype}: cast one to the "
+                        f"other (x.to({like.dtype}) or module.to({x.dtype})), or run under torch.autocast")
+
+
+def check_mixing(x: torch.Tensor, y: torch.Tensor, what: str, name: str = "x") -> None:
+    """After a context module's mixing of a finite input ``x``: the mixed features ``y`` are finite, else ``what``
+    overflowed ``y``'s dtype (one host sync, before the upper bread). Nothing to check on the meta device."""
+    if y.is_meta:
+        return
+    if y.numel() and not all(math.isfinite(v) for v in torch.stack(torch.aminmax(y.detach())).tolist()):
+        raise ValueError(f"{what} overflowed {y.dtype} for {name} of shape {tuple(x.shape)} with max|{name}| = "
+                         f"{float(x.detach().abs().max()):.3g}: its output is not finite; rescale the input (or "
+                         "compute in float32 instead of under float16 autocast)")

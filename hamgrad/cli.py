@@ -45,6 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                         "6,12,24 (evaluation uses K for v2, K + 1 for v1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
+    ablate.add_argument("--probe-every", type=int, help="every N iterations, compare each ham run's gradient with "
+                                                        "BPTT's on its training batch (encoder, lower bread) and "
+                                                        "estimate rho(J_K); stored in the run's row (default 50; 0: "
+                                                        "no probes)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
     ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
                                                        "(self-attention), da (dual attention), a2 (double "
@@ -93,26 +97,38 @@ def _build_parser() -> argparse.ArgumentParser:
     spectrum.set_defaults(func=_cmd_spectrum)
 
     cost = sub.add_parser("cost", help="parameters, MACs, memory and time of context modules (the paper's Table 3)",
-                          description="Measure self-attention, A², the hams and global pooling on one "
-                                      "(batch, channels, S, S) map per side S: parameters, MACs (FlopCounterMode: "
-                                      "matrix products and convolutions only), peak memory and median time of a "
-                                      "training step and of inference; print the table, SA / ham ratios beside the "
-                                      "paper's, and log-log slopes against n = S² (see hamgrad.cost).")
+                          description="Measure the context modules (every registered one and the hams: the paper's "
+                                      "Table 3 and more) on one (batch, channels, S, S) map per side S: parameters "
+                                      "(in M = 2^20, the paper's unit, and in 10^6), MACs (FlopCounterMode: matrix "
+                                      "products and convolutions only) of the training forward and of inference, "
+                                      "peak memory, and the time of a training step and of inference in interleaved "
+                                      "rounds (a new random order each round); print the table, each module's "
+                                      "ratios to the NMF ham (times: median [min-max] of the per-round ratios), "
+                                      "Table 3 beside the paper's numbers at 128 x 128, and log-log slopes against "
+                                      "n = S^2. Conventions (see hamgrad.cost): the hams run the official training "
+                                      "path (--grad one-step-coef), the row a2 is Table 3's A^2 (c_m = c_n = d), "
+                                      "a2-r hamgrad's A^2 with r maps.")
     cost.add_argument("--contexts", default=",".join(_default_contexts()),
-                      help=f"comma-separated module names (default {','.join(_default_contexts())})")
+                      help=f"comma-separated row names (default {','.join(_default_contexts())})")
     cost.add_argument("--sizes", default="64,128", help="comma-separated square map sides (default 64,128)")
     cost.add_argument("--channels", type=int, default=512, help="channels of the map (default 512)")
     cost.add_argument("--d", type=int, default=512, help="inner channels d (default 512)")
-    cost.add_argument("--rank", type=int, default=64, help="rank r of the hams and A² (default 64)")
-    cost.add_argument("--steps", type=int, default=6, help="ham steps K in training (inference K + 1; default 6)")
+    cost.add_argument("--rank", type=int, default=64, help="rank r of the hams and of a2-r (default 64)")
+    cost.add_argument("--steps", type=int, default=6,
+                      help="ham steps K in training (inference K + 1 in the v1 block, K in v2; default 6)")
+    cost.add_argument("--grad", default="one-step-coef",
+                      help="the hams' gradient mode (default one-step-coef: the official code's training path; "
+                           "one-step reads out the state's D C)")
+    cost.add_argument("--block", default="v1", choices=("v1", "v2"),
+                      help="the hams' Hamburger block (default v1, Table 3's)")
     cost.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    cost.add_argument("--repeats", type=int, default=3, help="timed calls per median (default 3)")
+    cost.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (default 3)")
     cost.add_argument("--sa-math", action="store_true",
                       help="also measure self-attention with SDPA's math kernel (materialises the n x n matrix)")
     cost.add_argument("--fit-from", type=int, default=32, help="smallest side in the slope fit (default 32)")
     cost.add_argument("--device", default="cpu", help="torch device (default cpu)")
     cost.add_argument("--quick", action="store_true", help="a smoke-test size (overrides those flags): sides 16,32, "
-                                                           "64 channels, d 64, r 8, one repeat, slopes from side 16")
+                                                           "64 channels, d 64, r 8, one round, slopes from side 16")
     cost.add_argument("--out", help="folder for context_cost.json, .md and, with two or more sizes, the scaling "
                                     "figure context_cost.png")
     cost.set_defaults(func=_cmd_cost)
@@ -166,7 +182,8 @@ def _cmd_ablate(args) -> int:
             raise ValueError(f"--steps must be an int or comma-separated ints such as 6,12,24, got {text!r}") from None
         return ks[0] if len(ks) == 1 and "," not in text else ks
 
-    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters}
+    given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
+             "probe_every": args.probe_every}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts))
@@ -341,7 +358,8 @@ def _cmd_cost(args) -> int:
             sides, size, args.fit_from = (16, 32), dict(channels=64, d=64, rank=8, repeats=1), 16
         result = cost.compare_contexts(names, sides, fit_from=args.fit_from ** 2, progress=True,
                                        sdpa_backends=(None, "math") if args.sa_math else (None,), batch=args.batch,
-                                       steps=(args.steps, args.steps + 1), device=args.device, **size)
+                                       steps=(args.steps, args.steps + (args.block == "v1")), grad=args.grad,
+                                       version=args.block, device=args.device, **size)
     except (ValueError, TypeError, RuntimeError) as err:
         message = f"--sizes must be comma-separated ints, got {args.sizes!r}" if "invalid literal" in str(err) else err
         print(f"hamgrad cost: error: {message}", file=sys.stderr)

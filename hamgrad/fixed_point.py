@@ -7,15 +7,16 @@ own solver gets the gradient modes, Jacobian operators and spectra for free.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
-from ._checks import check_int, check_steps
+from ._checks import check_float_tensor, check_int, check_steps
 
 State = tuple  # tuple[torch.Tensor, ...]
 
-__all__ = ["FixedPoint", "State", "as_state", "flatten_state", "unflatten_state", "state_residual"]
+__all__ = ["FixedPoint", "State", "as_state", "evaluate_at", "flatten_state", "unflatten_state", "state_residual"]
 
 
 def as_state(h, name: str = "h") -> State:
@@ -25,11 +26,19 @@ def as_state(h, name: str = "h") -> State:
     if not isinstance(h, (tuple, list)) or len(h) == 0:
         raise TypeError(f"{name} must be a non-empty tuple of tensors, got {type(h).__name__}")
     for i, t in enumerate(h):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}[{i}] must have a floating dtype, got {t.dtype}")
+        check_float_tensor(t, f"{name}[{i}]", min_dim=0)
     return tuple(h)
+
+
+def evaluate_at(fn: Callable, h, x, what: str, name: str = "h"):
+    """``fn(h, x)``; an error raised inside ``fn`` (torch's own, e.g. a shape mismatch) is re-raised as a ValueError
+    that names the state ``name`` and the shapes and dtypes of ``h`` and ``x``."""
+    try:
+        return fn(h, x)
+    except (RuntimeError, TypeError, IndexError, ValueError) as err:
+        raise ValueError(f"{what} failed for {name} of shapes {[tuple(t.shape) for t in h]} "
+                         f"({', '.join(str(t.dtype) for t in h)}) and x of shape {tuple(x.shape)} ({x.dtype}): is "
+                         f"{name} a state of this model for this x? ({type(err).__name__}: {err})") from err
 
 
 def flatten_state(h: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -45,14 +54,27 @@ def unflatten_state(v: torch.Tensor, like: Sequence[torch.Tensor]) -> State:
     return tuple(p.reshape(t.shape) for p, t in zip(torch.split(v, sizes), like))
 
 
+def _distance(a: torch.Tensor, b: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """``‖a − b‖₂`` per sample (shape ``a.shape[:batch_dims]``). In float32/float64 one ``torch.cdist`` of the
+    flattened samples: a single pass over ``a`` and ``b`` that writes no difference tensor and runs on one thread
+    (with several torch threads on a busy machine, every op that splits over threads waits for the slowest of them:
+    the monitor of :func:`hamgrad.solve` takes this per step). Other dtypes subtract, then take the norm."""
+    batch = a.shape[:batch_dims]
+    if a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64) and a.numel() and a.dim() > batch_dims:
+        m = math.prod(batch)
+        dist = torch.cdist(a.reshape(m, 1, -1), b.reshape(m, 1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+        return dist.reshape(batch)
+    dims, diff = tuple(range(batch_dims, a.dim())), a - b
+    return torch.linalg.vector_norm(diff, dim=dims) if dims else diff.abs()
+
+
 def state_residual(h_new: Sequence[torch.Tensor], h_old: Sequence[torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
     """``‖h_new − h_old‖₂`` as a tensor (no host sync): over the whole (flattened) state for ``batch_dims=0`` (a 0-d
     tensor), else one value per sample, of shape ``h_new[0].shape[:batch_dims]`` (each sample's tensors flattened).
     """
     total = 0
     for a, b in zip(h_new, h_old):
-        dims, diff = tuple(range(batch_dims, a.dim())), a - b
-        total = total + (torch.linalg.vector_norm(diff, dim=dims).square() if dims else diff.square())
+        total = total + _distance(a, b, batch_dims).square()
     return torch.sqrt(total)
 
 

@@ -28,6 +28,7 @@ matrix is ``IdentityOperator(n) - J_Kᵀ`` on the state flattened in tuple order
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 import warnings
@@ -39,8 +40,10 @@ import torch
 from ._checks import (check_bool, check_choice, check_finite, check_float_tensor, check_generator, check_positive,
                       check_steps)
 from ._krylov import LinearSolveResult, as_matvec, fixed_point_solve, gmres
-from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, unflatten_state
+from .fixed_point import FixedPoint, as_state, evaluate_at, flatten_state, state_residual, unflatten_state
 from .linalg import IdentityOperator, LinearOperator
+from .solvers import compute_dtype
+from .solvers.base import Solver
 
 __all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
            "GRAD_MODES", "PAPER_MODE", "mode_label", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
@@ -170,6 +173,11 @@ class _Adjoint(torch.autograd.Function):
         return (None, *ctx.adjoint_solve(grads))
 
 
+def _full_precision(x: torch.Tensor):
+    """Autocast off on ``x``'s device: every model computes in its compute dtype (:func:`compute_dtype`)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _check_adjoint_args(tol, max_iter, adjoint, strict):
     if not callable(adjoint):
         check_choice(adjoint, "adjoint", ADJOINT_METHODS)
@@ -218,12 +226,21 @@ def _linear_solve(adjoint, M: LinearOperator, b: torch.Tensor, tol: float, max_i
     return res
 
 
-def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, adjoint, strict) -> tuple:
+def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, adjoint, strict,
+                     point_tol: float | None = None) -> tuple:
     """``h`` (detached, its value unchanged) with the implicit gradient attached, or ``h`` itself when nothing
-    upstream requires grad (then no graph is built). ``record`` receives one :class:`BackwardInfo` per backward."""
+    upstream requires grad (then no graph is built). ``record`` receives one :class:`BackwardInfo` per backward.
+
+    With ``point_tol`` (:func:`implicit_gradient`, where ``h`` comes from the caller), ``F(h, x)`` is first checked to
+    be ``h`` within that relative tolerance (a :class:`ConvergenceWarning`, or :class:`ConvergenceError` under
+    ``strict``), and an error F raises on ``h`` is re-raised naming ``h_star``."""
     if not torch.is_grad_enabled():
         return h
-    f = fp.step(h, x)  # h is detached: f's graph reaches x and F's parameters only (B*)
+    if point_tol is None:
+        f = fp.step(h, x)  # h is detached: f's graph reaches x and F's parameters only (B*)
+    else:
+        f = evaluate_at(fp.step, h, x, "F(h_star, x)", "h_star")
+        _check_fixed_point(f, h, point_tol, strict)
     if not any(t.requires_grad for t in f):
         return h
     h_out = tuple(hk + (fk - fk.detach()) for hk, fk in zip(h, f))  # value h*, derivative that of F(h*, x) in x
@@ -233,7 +250,7 @@ def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, a
 
     def adjoint_solve(grads):
         start = time.perf_counter()
-        with torch.enable_grad():
+        with torch.enable_grad(), _full_precision(x_const):
             JT = _StepVJP(fp, h, x_const)
             M = IdentityOperator(JT.shape[0], dtype=JT.dtype, device=JT.device) - JT  # the adjoint system's I − J*ᵀ
             b = flatten_state([torch.zeros_like(t) if g is None else g for g, t in zip(grads, h)])
@@ -241,20 +258,40 @@ def _attach_implicit(fp: FixedPoint, h: tuple, x, record: list, tol, max_iter, a
         method = adjoint if isinstance(adjoint, str) else getattr(adjoint, "__name__", type(adjoint).__name__)
         record.append(BackwardInfo(method, float(res.residual), int(res.iterations), bool(res.converged), tol,
                                    time.perf_counter() - start))
+        u = res.x.detach()
         if not res.converged:
             msg = (f"implicit backward ({method}) did not converge: relative residual {float(res.residual):.3g} > "
                    f"tol {tol:.1g} after {res.iterations} iterations (is F contractive at h^K? try more forward "
                    f"steps, adjoint='gmres' or a larger max_iter)")
             if strict:
                 raise ConvergenceError(msg)
-            warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-        return unflatten_state(res.x.detach(), h)
+            warnings.warn(msg + "; the gradient is NaN (an unconverged adjoint solve's last iterate is no gradient)",
+                          ConvergenceWarning, stacklevel=2)
+            u = torch.full_like(u, float("nan"))
+        return unflatten_state(u, h)
 
     return _Adjoint.apply(adjoint_solve, *h_out)
 
 
+def _check_fixed_point(f: tuple, h: tuple, point_tol: float, strict: bool) -> None:
+    """Warn (raise under ``strict``) when ``‖F(h) − h‖ / ‖h‖ > point_tol``: the implicit gradient is the derivative
+    of a fixed point, and ``h`` is not one."""
+    with torch.no_grad():
+        size = torch.sqrt(sum(t.square().sum() for t in h))
+        gap, size = torch.stack([state_residual(f, h), size.to(f[0].dtype)]).tolist()  # one host sync
+    rel = gap / size if size > 0 else (0.0 if gap == 0 else math.inf)
+    if not rel <= point_tol:
+        msg = (f"h_star is not a fixed point: ‖F(h_star, x) − h_star‖ / ‖h_star‖ = {rel:.3g} > point_tol "
+               f"{point_tol:.1g}, so the implicit gradient there is not the derivative of a solution (iterate F "
+               "further, or pass a larger point_tol)")
+        if strict:
+            raise ConvergenceError(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+
+
 def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: int = 200,
-                      adjoint: str | Callable = "fixed-point", strict: bool = False, record: list | None = None):
+                      adjoint: str | Callable = "fixed-point", strict: bool = False, record: list | None = None,
+                      point_tol: float | None = None):
     """Attach the implicit-function-theorem gradient to a fixed point ``h* = F(h*, x)`` found by any means.
 
     The returned state has ``h_star``'s values; backpropagating through it (e.g. through ``model``'s readout)
@@ -271,26 +308,40 @@ def implicit_gradient(model, h_star, x, *, tol: float | None = None, max_iter: i
         max_iter: as in :func:`solve`.
         adjoint: ``"fixed-point"``, ``"gmres"`` or a callable ``adjoint(matvec, b, tol, max_iter)`` given the
             product ``matvec(u) = u − J*ᵀ u`` with a flat 1-D vector, as in :func:`solve`.
-        strict: as in :func:`solve`.
+        strict: as in :func:`solve`; also makes a ``h_star`` that is not a fixed point raise.
         record: a list that receives one :class:`BackwardInfo` per backward call (optional).
+        point_tol: how far ``h_star`` may be from a fixed point: ``‖F(h_star, x) − h_star‖ / ‖h_star‖`` above it warns
+            :class:`ConvergenceWarning` (raises :class:`ConvergenceError` under ``strict``); default 1e-6 in float64,
+            1e-3 otherwise. Checked when the gradient is attached (one host sync).
 
     Returns:
         A tuple of tensors equal to ``h_star`` carrying the implicit gradient (no graph when nothing requires grad
-        or grad mode is off).
+        or grad mode is off), in the dtype the model computes in (float32 for float16/bfloat16 ``x``).
 
     Raises:
-        TypeError, ValueError: bad arguments (each error names the argument).
+        TypeError, ValueError: bad arguments (each error names the argument), including a ``h_star`` that F cannot
+            take (F's own error, re-raised naming ``h_star``'s and ``x``'s shapes).
+        ConvergenceError: under ``strict``, ``h_star`` is not a fixed point (at the call) or the adjoint solve did
+            not converge (at backward).
         RuntimeError: at backward with ``create_graph=True`` (second derivatives are not supported).
     """
     fp = as_fixed_point(model)
     _check_adjoint_args(tol, max_iter, adjoint, strict)
     check_float_tensor(x, "x")
+    if point_tol is not None:
+        check_positive(point_tol, "point_tol")
     h = tuple(t.detach() for t in as_state(h_star, "h_star"))
     if callable(getattr(fp.solver, "check_state", None)):
         fp.solver.check_state(x, h, "h_star")
     if record is not None and not isinstance(record, list):
         raise TypeError(f"record must be a list or None, got {type(record).__name__}")
-    return _attach_implicit(fp, h, x, [] if record is None else record, tol, max_iter, adjoint, strict)
+    xc = x.to(compute_dtype(x.dtype))
+    h = tuple(t.to(xc.dtype) for t in h)
+    if point_tol is None:
+        point_tol = 1e-6 if xc.dtype == torch.float64 else 1e-3
+    with _full_precision(xc):
+        return _attach_implicit(fp, h, xc, [] if record is None else record, tol, max_iter, adjoint, strict,
+                                point_tol)
 
 
 # ---------------------------------------------------------------------- solve = validate, loop, read out
@@ -304,21 +355,24 @@ def _validate(fp: FixedPoint, x, steps, grad, h0, generator, monitor, tol, max_i
     if mode == "one-step-coef" and not callable(getattr(solver, "coef_readout", None)):
         raise ValueError("grad='one-step-coef' needs a solver with coef_readout(x, h) (the official code's last "
                          "code update, read out); a FixedPoint over a user's F supports the other modes")
-    if solver is not None and callable(getattr(solver, "check_input", None)):
+    if h0 is None and isinstance(solver, Solver):
+        check_float_tensor(x, "x")  # the rest of check_input is done once, by Solver.init below
+    elif solver is not None and callable(getattr(solver, "check_input", None)):
         solver.check_input(x)
     else:
         check_float_tensor(x, "x")
         check_finite(x, "x")
     check_generator(generator, "generator", x.device)
     if h0 is None:
-        with torch.no_grad():
-            h = fp.init(x, generator=generator)
+        with torch.no_grad(), _full_precision(x):
+            h = fp.init(x.to(compute_dtype(x.dtype)), generator=generator)
     else:
         h = as_state(h0, "h0")
         if solver is not None and callable(getattr(solver, "check_state", None)):
             solver.check_state(x, h, "h0")
         for i, t in enumerate(h):
             check_finite(t.detach(), f"h0[{i}]")
+    h = tuple(t.to(compute_dtype(x.dtype)) for t in h)  # the state in the compute dtype (a no-op when it is)
     nb = fp.sample_dims(x)
     if any(t.dim() < nb or t.shape[:nb] != h[0].shape[:nb] for t in h):
         raise ValueError(f"{fp!r} has batch_dims={nb}: every state tensor must share its first {nb} dimensions, got "
@@ -374,9 +428,8 @@ def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, 
         parts = [total, per_sample.reshape(-1)]
         if objective:
             parts.append(torch.stack(objective))
-        if y is not None:  # per sample: all zero iff max and min are 0 (NaN propagates)
-            yd = y.detach()
-            parts.append((yd.amax(dim=(-2, -1)).abs() + yd.amin(dim=(-2, -1)).abs()).reshape(-1))
+        if y is not None:  # per sample ‖y‖ (one pass): 0 marks a sample to look at (all zero, or underflow)
+            parts.append(torch.linalg.vector_norm(y.detach(), dim=(-2, -1)).reshape(-1))
         values = torch.cat([p.to(total.dtype) for p in parts]).tolist()  # the solve's one host sync
     k, n = len(residuals), per_sample.numel()
     info.residuals = values[:k]
@@ -388,9 +441,9 @@ def _record(info: SolveInfo, residuals: list, objective: list, x: torch.Tensor, 
     if bad:
         warnings.warn(f"the state became NaN or Inf at step {bad[0] + 1} of {k}: the output is not finite (check "
                       "the input's scale and the solver's hyperparameters)", RuntimeWarning, stacklevel=3)
-    elif y is not None and not all(rest):  # rare: look at those samples' inputs (an all-zero input is no fault)
-        xs = x.detach().reshape(-1, *x.shape[-2:])
-        zero = [i for i, v in enumerate(rest) if not v and bool(xs[i].ne(0).any())]
+    elif y is not None and not all(rest):  # rare: look at those samples (an all-zero input is no fault)
+        xs, ys = (t.detach().reshape(-1, *t.shape[-2:]) for t in (x, y))
+        zero = [i for i, v in enumerate(rest) if not v and not bool(ys[i].ne(0).any()) and bool(xs[i].ne(0).any())]
         if zero:
             warnings.warn(f"the output is all zero for sample(s) {zero} of the batch (flattened) while their input is "
                           "not: eps too large for the input's scale, or the input too small for its dtype?",
@@ -447,14 +500,19 @@ def solve(model, x: torch.Tensor, steps: int, grad: str = "one-step", h0=None,
     fp = as_fixed_point(model)
     mode, graph_steps, h = _validate(fp, x, steps, grad, h0, generator, monitor, tol, max_iter, adjoint, strict)
     info = SolveInfo(mode=grad, steps=steps, graph_steps=graph_steps)
-    h, residuals, objective = _unroll(fp, x, h, steps, graph_steps, monitor)
-    info.state = tuple(t.detach() for t in h)
-    if mode == "one-step-coef":
-        y = fp.solver.coef_readout(x, h)
-    elif mode == "implicit":
-        y = fp.readout(_attach_implicit(fp, info.state, x, info.backward, tol, max_iter, adjoint, strict), x)
-    else:
-        y = fp.readout(h, x)
+    xc = x.to(compute_dtype(x.dtype))  # float32 for half precision (x itself otherwise)
+    with _full_precision(x):
+        h, residuals, objective = _unroll(fp, xc, h, steps, graph_steps, monitor)
+        info.state = tuple(t.detach() for t in h)
+        if mode == "one-step-coef":
+            y = fp.solver.coef_readout(xc, h)
+        elif mode == "implicit":
+            y = fp.readout(_attach_implicit(fp, info.state, xc, info.backward, tol, max_iter, adjoint, strict), xc)
+        else:
+            y = fp.readout(h, xc)
+    if xc is not x:  # returned in the input's half precision
+        y = y.to(x.dtype) if isinstance(y, torch.Tensor) else type(y)(
+            t.to(x.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in y)
     if monitor:
         _record(info, residuals, objective, x, y if fp.solver is not None and isinstance(y, torch.Tensor) else None)
     return y, info

@@ -3,7 +3,7 @@ saves as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute not
 
 Figures of your own solver: :func:`flow`, :func:`spectrum`, :func:`agreement` and :func:`ratio` take the result
 objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures, and
-:func:`sweep` draws the ablation figure of a sweep of your own:
+:func:`sweep` and :func:`probes` draw the ablation figure and the gradient probes of a sweep of your own:
 
 ```python
 flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
@@ -12,6 +12,7 @@ hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), 
 hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
 hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out), labels=("input", "output"))
 hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
+hamgrad.plots.probes("runs/mine")                  # its gradient probes along training
 ```
 
 Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
@@ -30,7 +31,9 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
   optional);
 - sweep (ablation): ``{"table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves": [{"solver",
   "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.experiments.summary.ablation_table`
-  builds it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1).
+  builds it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1);
+- probes: ``{"runs": [{"solver", "grad", "block", "steps", "seed", "step", "encoder", "lower_bread", "rho", ...}]}``,
+  the series of :func:`hamgrad.experiments.probes.probe_series`.
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
@@ -52,7 +55,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from . import style
 from .grad import mode_label
@@ -150,7 +153,7 @@ def _legend(fig, handles, where: str = "lower center", ncol: int | None = None, 
 
 
 # ---------------------------------------------------------------------- figures of any solver, from result objects
-__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio", "sweep"]
+__all__ += ["CONVENTION", "flow", "spectrum", "agreement", "ratio", "sweep", "probes"]
 
 
 def _plain(result):
@@ -311,7 +314,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
             colour).
 
     Returns:
-        A :class:`matplotlib.figure.Figure`.
+        A :class:`matplotlib.figure.Figure`; a reference whose backward solve did not converge is marked in the title
+        ("NOT CONVERGED", with its residual), as every cosine against it is ``nan``.
 
     Raises:
         TypeError: for inputs that are not gradient comparisons.
@@ -325,6 +329,10 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
     if len(refs) != 1:
         raise ValueError(f"comparisons must share one reference, got {sorted(refs)}")
     (ref_mode, ref_steps), = refs
+    unconverged = [c["reference"] for c in cmps if c["reference"].get("converged") is False]
+    note = "" if not unconverged else (
+        f", NOT CONVERGED: its backward residual {max(r['backward_residual'] for r in unconverged):.3g} > tol, "
+        "its gradient is NaN")
     rows = [row for c in cmps for row in c["modes"]]
     ks = sorted({row["steps"] for row in rows})
     modes = {}
@@ -334,8 +342,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         i, m = ks.index(row["steps"]), modes[row["mode"]]
         m["cosine"][i], m["norm_ratio"][i] = row["cosine_x"], row["norm_ratio_x"]
         m["seconds"][i], m["peak_mb"][i] = row["seconds"], row["peak_bytes"] / 2 ** 20
-    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps})", "label": label,
-                               "memory_kind": cmps[0]["reference"]["memory_kind"]})
+    return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps}{note})",
+                               "label": label, "memory_kind": cmps[0]["reference"]["memory_kind"]})
 
 
 def ratio(before, after=None, *, labels=("before", "after"), p: float | None = None) -> Figure:
@@ -378,6 +386,21 @@ def ratio(before, after=None, *, labels=("before", "after"), p: float | None = N
     return accumulative_ratio(result)
 
 
+def _sweep_figure_data(source, key: str, from_rows) -> dict:
+    """A sweep figure's plain data: ``source`` itself when it is that data (a dict holding ``key``), else
+    ``from_rows`` (the :mod:`hamgrad.experiments` function that builds it) of the rows of a sweep folder or of the
+    rows given."""
+    if isinstance(source, dict) and key in source:
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        from .experiments import load_results
+
+        return from_rows(load_results(source), f"the sweep folder {str(source)!r}")
+    if isinstance(source, (list, tuple)):
+        return from_rows(source)
+    raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got {type(source).__name__}")
+
+
 def sweep(source) -> Figure:
     """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver, block and gradient mode, and
     the training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
@@ -394,19 +417,106 @@ def sweep(source) -> Figure:
         ValueError: when the sweep has no finished run, holds a damaged file (naming it), or rows are not sweep rows.
         TypeError: for a source of another type.
     """
-    if not (isinstance(source, dict) and "table" in source):
-        from .experiments import load_results
-        from .experiments.summary import ablation_table
+    from .experiments.summary import ablation_table
 
-        if isinstance(source, (str, os.PathLike)):
-            source = ablation_table(load_results(source), f"the sweep folder {str(source)!r}")
-        elif isinstance(source, (list, tuple)):
-            source = ablation_table(source)
-        else:
-            raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
-                            f"{type(source).__name__}")
+    source = _sweep_figure_data(source, "table", ablation_table)
     ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
+
+
+def _seed_band(runs: list, value) -> tuple:
+    """``(steps, mean, low, high)`` over the runs (seeds) of ``value(run)``, a list per probed step: each step's
+    mean, minimum and maximum over the runs that probed it (``None`` values left out; ``nan`` where none is left)."""
+    by_step: dict = {}
+    for run in runs:
+        for step, v in zip(run["step"], value(run)):
+            by_step.setdefault(step, []).append(np.nan if v is None else v)
+    steps = sorted(by_step)
+    stats = [(np.nanmean(v), np.nanmin(v), np.nanmax(v)) if not np.all(np.isnan(v)) else (np.nan,) * 3
+             for v in (np.asarray(by_step[t], dtype=float) for t in steps)]
+    return (np.asarray(steps), *np.asarray(stats, dtype=float).reshape(-1, 3).T)
+
+
+#: The rows of the probes figure: (parameter group or ``None`` for ρ, quantity, y label).
+_PROBE_ROWS = (
+    ("encoder", "cosine", "encoder\n" + r"$\cos(g_{\mathrm{mode}},\, g_{\mathrm{BPTT}})$"),
+    ("lower_bread", "cosine", "lower bread\n" + r"$\cos(g_{\mathrm{mode}},\, g_{\mathrm{BPTT}})$"),
+    ("encoder", "norm_ratio", "encoder\n" + r"$\Vert g_{\mathrm{mode}}\Vert\, /\, \Vert g_{\mathrm{BPTT}}\Vert$"),
+    ("lower_bread", "norm_ratio",
+     "lower bread\n" + r"$\Vert g_{\mathrm{mode}}\Vert\, /\, \Vert g_{\mathrm{BPTT}}\Vert$"),
+    (None, "rho", r"$\rho(J_K)$" + "\nlargest over the batch"),
+)
+
+
+def probes(source) -> Figure:
+    """The gradient-probe figure of a sweep: along training, the cosine and the norm ratio ``‖g_mode‖ / ‖g_bptt‖``
+    of each gradient mode's gradient to BPTT's on the same batch from the same initial state, for the encoder and
+    for the lower bread (a row each), and ρ(J_K), the spectral radius of the ham's step Jacobian at the last iterate
+    (largest over the batch). One column per ham (and block and K when they are sweep axes), in the ham's colour;
+    line style and marker fill name the gradient mode (:mod:`hamgrad.style`); mean over seeds with their range
+    shaded. BPTT's own runs are 1 in the first four rows by definition and drawn only in the last.
+
+    Args:
+        source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
+            read as it is, nothing is trained), its rows (:func:`hamgrad.experiments.load_results`), or the figure's
+            plain data (``{"runs": [...]}``, :func:`hamgrad.experiments.probes.probe_series`; drawn as it is).
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: when the sweep has no finished run with probes, holds a damaged file (naming it), or rows are
+            not sweep rows.
+        TypeError: for a source of another type.
+    """
+    from .experiments.probes import probe_series
+
+    runs = _sweep_figure_data(source, "runs", probe_series)["runs"]
+
+    def column(r):  # one column per ham, block and K
+        return r["solver"], r.get("block") or "v1", r["steps"]
+
+    columns = list(dict.fromkeys(column(r) for r in runs))
+    grads = list(dict.fromkeys(r["grad"] for r in runs))
+    several_blocks, several_k = (len({c[i] for c in columns}) > 1 for i in (1, 2))
+    st = style.styles(c[0] for c in columns)
+    banded = any(sum(column(r) == c and r["grad"] == g for r in runs) > 1 for c in columns for g in grads)
+    with style.theme():
+        fig = _figure(max(3.4 * len(columns), 7.0), 10.5,
+                      f"Gradient probes during training (HamNet, Hamburger {_blocks_title([c[:2] for c in columns])})\n"
+                      f"each mode's gradient against BPTT's on the training batch, from the same initial state")
+        axes = np.asarray(fig.subplots(len(_PROBE_ROWS), len(columns), sharex="col", squeeze=False))
+        for j, col in enumerate(columns):
+            name = " ".join([col[0].upper()] + [col[1].upper()] * several_blocks + [f"K = {col[2]}"] * several_k)
+            axes[0, j].set_title(name)
+            for (group, key, _), ax in zip(_PROBE_ROWS, axes[:, j]):
+                values = []
+                for g in grads:
+                    runs_g = [r for r in runs if column(r) == col and r["grad"] == g]
+                    if not runs_g or (group is not None and g == "bptt"):
+                        continue
+                    steps, mean, low, high = _seed_band(
+                        runs_g, (lambda r: r["rho"]) if group is None else (lambda r: r[group][key]))
+                    s = {**st[col[0]], **style.mode_style(g)}
+                    _line(ax, steps, mean, s, label=mode_label(g))
+                    if len(runs_g) > 1:
+                        ax.fill_between(steps, low, high, color=s["color"], alpha=0.15, lw=0)
+                    values += [v for v in (mean, low, high) for v in v]
+                ax.axhline(1.0, color=style.REFERENCE_COLOR, lw=0.8, ls=":")
+                if key != "cosine":
+                    _log_if_spread(ax, values, decades=1.0)
+                _integer_ticks(ax)
+            axes[-1, j].set_xlabel("training step")
+        for (_, _, label), ax in zip(_PROBE_ROWS, axes[:, 0]):
+            ax.set_ylabel(label)
+        handles = [Line2D([], [], color=style.REFERENCE_COLOR, marker="o", label=mode_label(g), **{
+            k: v for k, v in style.mode_style(g).items() if k != "hatch"}) for g in grads]
+        if banded:
+            handles.append(Patch(facecolor=style.REFERENCE_COLOR, alpha=0.15, label="range over seeds"))
+        handles.append(Line2D([], [], color=style.REFERENCE_COLOR, lw=0.8, ls=":", label="1 (as BPTT; ρ = 1)"))
+        _legend(fig, handles, ncol=min(len(handles), 5),
+                title="mean over seeds, per gradient mode (colour: the ham)")
+    return fig
 
 
 # ---------------------------------------------------------------------- the paper's figures, from plain data

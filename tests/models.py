@@ -73,6 +73,36 @@ def bump(device="cpu", x_value=1.0) -> Model:
     return Model(fp, x, (torch.zeros(1, dtype=torch.float64, device=device),))
 
 
+
+def sinkhorn(device="cpu", n=5, m=4, eps=0.5, seed=0) -> Model:
+    """Balanced entropic optimal transport by Sinkhorn's scalings, a solver the project has no code for.
+
+    ``x`` is an ``n × m`` cost matrix, ``K = exp(−x / eps)``, the marginals ``a`` (length n) and ``b`` (length m) are
+    random and sum to 1. The state is ``(u, v)`` and ``F(u, v) = (a / (K v), b / (Kᵀ u'))`` with ``u' = a / (K v)``;
+    the readout is the plan ``P = diag(u) K diag(v)``. F commutes with ``(u, v) → (λu, v/λ)``, which leaves P
+    unchanged: at a fixed point ``J (u, −v) = (u, −v)`` exactly, an eigenvalue 1 that the readout does not see
+    (``∂P/∂h (u, −v) = 0``). ``h0`` is the fixed point after 2000 steps (float64). ``params`` holds a and b.
+    """
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    b = torch.rand(m, generator=g, dtype=torch.float64) + 0.5
+    a, b = (a / a.sum()).to(device), (b / b.sum()).to(device)
+    x = torch.rand(n, m, generator=g, dtype=torch.float64).to(device)
+
+    def F(h, x):
+        K = torch.exp(-x / eps)
+        u = a / (K @ h[1])
+        return u, b / (K.mT @ u)
+
+    fp = hg.FixedPoint(F, readout=lambda h, x: h[0][:, None] * torch.exp(-x / eps) * h[1][None, :],
+                       init=lambda x, generator=None: (torch.ones(n, dtype=x.dtype, device=x.device),
+                                                       torch.ones(m, dtype=x.dtype, device=x.device)),
+                       name="sinkhorn")
+    h = fp.init(x)
+    for _ in range(2000):
+        h = fp.step(h, x)
+    return Model(fp, x, h, dict(a=a, b=b))
+
 #: A user's solver module, as a user would write it: ISTA for the Lasso ``min_H ½‖A H − X‖² + lam‖H‖₁`` (column by
 #: column) as a registered solver class. ``A`` (d × rank, unit-norm columns) is drawn from ``seed`` on first use for
 #: each d and cached (so the step stays free of random calls under ``vmap``); step size ``t = step_factor / ‖A‖₂²``;

@@ -1,6 +1,7 @@
 """compare_gradients: identities (a mode against itself), implicit vs converged BPTT, module parameters."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -154,3 +155,33 @@ def test_errors_name_the_argument():
         compare_gradients(s, x, _loss(), steps=2, module="net")
     with pytest.raises(ValueError, match="reference_steps"):
         compare_gradients(s, x, _loss(), steps=2, reference_steps=0)
+
+
+def test_a_reference_that_did_not_converge_is_flagged_in_the_result_and_the_plot():
+    # the README's old example: NMF against reference="implicit", whose adjoint solve diverges (I − J* is singular
+    # for NMF, docs/theory.md §3): the one-step "cosine" of 0.0018 was measured against the last iterate
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    x = torch.rand(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(hg.ConvergenceWarning, match="the gradient is NaN"):
+        cmp = compare_gradients(hg.NMF(rank=4), x, lambda y: y.square().mean(), steps=6, modes=["one-step"],
+                                reference="implicit", reference_steps=50, generator=torch.Generator().manual_seed(1))
+    ref = cmp.reference
+    assert cmp.reference_converged is False and ref.converged is False and ref.backward_residual > 1e-5
+    assert math.isnan(cmp.modes[0].cosine_x) and cmp.modes[0].converged is None  # one-step solves nothing
+    d = json.loads(json.dumps(cmp.to_dict(), allow_nan=True))
+    assert d["reference_converged"] is False and d["reference"]["converged"] is False
+    fig = hg.plots.agreement(cmp, label="NMF")
+    assert "NOT CONVERGED" in fig.texts[0].get_text() + "".join(a.get_title() for a in fig.axes)
+
+
+def test_a_converged_reference_says_so(device):
+    m = contractive(device, cols=3)
+    cmp = compare_gradients(m.fp, m.x, _loss(), steps=40, modes=["one-step"], reference="implicit", h0=m.h0)
+    ref = cmp.reference
+    assert cmp.reference_converged and ref.converged is True and ref.backward_residual <= 1e-10
+    # the forward residual is ‖h^K − h^{K−1}‖ / ‖h^K‖ of the reference's own solve
+    traj = m.fp.unroll(m.x, m.h0, 40)
+    want = float((traj[-1][0] - traj[-2][0]).norm() / traj[-1][0].norm())
+    assert ref.forward_residual == pytest.approx(want, rel=1e-6)
+    assert cmp.to_dict()["reference_converged"] is True

@@ -12,7 +12,7 @@ from torch.func import jacrev
 import hamgrad as hg
 from hamgrad.analysis import gradient_flow, implicit_jacobian, jacobian, unrolled_jacobian
 from hamgrad.fixed_point import flatten_state, unflatten_state
-from models import bump, contractive, ista
+from models import bump, contractive, ista, sinkhorn
 
 
 def _norm2(A):
@@ -220,3 +220,42 @@ def test_analysis_entry_points_check_inputs_as_solve_does():
             call()
     with pytest.raises(ValueError, match=r"h0\[0\] contains NaN"):
         gradient_flow(contractive().fp, contractive().x, (torch.full((5,), math.nan, dtype=torch.float64),))
+
+
+def test_limit_reason_states_what_was_measured_at_an_exact_invariance():
+    # balanced Sinkhorn commutes with (u, v) -> (λu, v/λ), which the plan P does not see: at its fixed point J* has
+    # the eigenvalue 1 exactly, yet Σ J*ⁱ B* converges. The old reason claimed the series "does not converge".
+    m = sinkhorn()
+    h = m.h0
+    J, B = _dense_J_B(m.fp, h, m.x)
+    Gh, _ = _dense_G(m.fp, h, m.x)
+    v = torch.cat([h[0], -h[1]])
+    assert float((J @ v - v).norm()) < 1e-12 * float(v.norm()) and float((Gh @ v).norm()) < 1e-12  # the invariance
+    assert float(torch.linalg.eigvals(J).abs().max()) == pytest.approx(1.0, abs=1e-12)
+    partial, term = torch.zeros_like(B), B.clone()  # the Neumann series, summed densely: it converges
+    for i in range(400):
+        partial, term = partial + term, J @ term
+    assert _norm2(term) < 1e-12 and math.isfinite(_norm2(partial))
+    flow = gradient_flow(m.fp, m.x, h, steps=3, tol=1e-10)
+    assert flow.rho_last == pytest.approx(1.0, abs=1e-10)
+    assert flow.state_limit is None and flow.output_limit is None
+    assert "measured ρ(J_K) = 1, not below 1 by more than tol = 1e-10" in flow.limit_reason
+    assert "does not converge" not in flow.limit_reason
+
+
+@pytest.mark.parametrize("h_value", [1.0, 1e200])
+def test_gradient_flow_names_the_step_where_the_state_stopped_being_finite(h_value):
+    # h ← 2h² + x squares its magnitude each step until it overflows float64 (before: NaN/Inf numbers with no word,
+    # or torch.linalg.eig's own error)
+    fp = hg.FixedPoint(lambda h, x: (2.0 * h[0] ** 2 + x,))
+    x = torch.full((3,), 2.0, dtype=torch.float64)
+    h0 = (torch.full((3,), h_value, dtype=torch.float64),)
+    h, bad = h0[0], None  # the reference: the first step whose state is not finite, by a plain loop
+    for t in range(1, 13):
+        h = 2.0 * h ** 2 + x
+        if bad is None and not torch.isfinite(h).all():
+            bad = t
+    assert bad == (10 if h_value == 1.0 else 1)
+    with pytest.raises(ValueError, match=f"stopped being finite at step t = {bad} of K = 12: h\\^{bad} holds NaN "
+                                         "or Inf"):
+        gradient_flow(fp, x, h0, steps=12)

@@ -329,3 +329,78 @@ def test_half_precision_inputs_are_analysed_in_float32():
     J32 = unrolled_jacobian(s, x.half().float(), tuple(t.half().float() for t in h), steps=2)
     torch.testing.assert_close(J16.dense(), J32.dense())
     assert jacobian(s, tuple(t.bfloat16() for t in h), x.bfloat16()).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------- steps the analysis cannot linearise
+_HALF = 0.5 * torch.eye(3, dtype=torch.float64)  # the true J of F(h, x) = h/2 + x
+
+
+def _no_grad_step(h, x):
+    with torch.no_grad():
+        return (0.5 * h[0] + x,)
+
+
+@pytest.mark.parametrize("F", [lambda h, x: ((0.5 * h[0] + x).detach(),), _no_grad_step], ids=["detach", "no_grad"])
+def test_a_step_without_a_graph_is_refused_not_read_as_a_zero_jacobian(F):
+    # before: J = 0, ρ = 0, "converged", state_limit 0 — where the true J is 0.5·I
+    x, h = torch.ones(3, dtype=torch.float64), (torch.zeros(3, dtype=torch.float64),)
+    assert torch.equal(jacrev(lambda v: 0.5 * v + x)(h[0]), _HALF)  # what the step's Jacobian is
+    for analyse in (lambda: jacobian(F, h, x), lambda: jacobian(FixedPoint(F), h, x),
+                    lambda: unrolled_jacobian(FixedPoint(F), x, h, steps=2),
+                    lambda: hg.gradient_flow(FixedPoint(F), x, h, steps=3)):
+        with pytest.raises(ValueError, match="no autograd graph to its inputs"):
+            analyse()
+
+
+def test_a_stochastic_step_is_refused_by_name():
+    # before: method="dense" assembled a Jacobian from different draws and reported converged eigenvalues, and
+    # arnoldi/lanczos failed with torch.func's vmap message
+    private = torch.Generator().manual_seed(0)
+    steps = {"global RNG": lambda h, x: (0.5 * h[0] + x + 0.1 * torch.randn_like(h[0]),),
+             "own generator": lambda h, x: (0.5 * h[0] + x + 0.1 * torch.randn(h[0].shape, generator=private,
+                                                                               dtype=h[0].dtype),),
+             "dropout": lambda h, x: (torch.nn.functional.dropout(0.5 * h[0] + x, 0.5),)}
+    for n in (3, 40):  # dense, and ARPACK / Lanczos sizes
+        x, h = torch.ones(n, dtype=torch.float64), (torch.zeros(n, dtype=torch.float64),)
+        for label, F in steps.items():
+            for analyse in (lambda: hg.eigvals(jacobian(F, h, x), k=2, method="dense"),
+                            lambda: hg.svdvals(jacobian(F, h, x), k=2, method="lanczos"),
+                            lambda: hg.gradient_flow(FixedPoint(F), x, h, steps=2)):
+                with pytest.raises(ValueError, match=r"draws random numbers"):
+                    analyse()
+    deterministic = jacobian(lambda h, x: (0.5 * h[0] + x,), h, x)  # the same step without noise is fine
+    torch.testing.assert_close(deterministic.dense(), 0.5 * torch.eye(40, dtype=torch.float64))
+
+
+def test_meta_tensors_are_refused_by_name():
+    # before: "Tensor.item() cannot be called on meta tensors" (or an operator on the meta device)
+    x, h = torch.ones(3, device="meta"), (torch.zeros(3, device="meta"),)
+    fp = FixedPoint(lambda h, x: (0.5 * h[0] + x,), readout=lambda h, x: h[0])
+    for call in (lambda: hg.solve(hg.NMF(rank=2), torch.ones(2, 4, 4, device="meta"), steps=2),
+                 lambda: hg.solve(fp, x, steps=2, h0=h), lambda: jacobian(fp, h, x),
+                 lambda: jacobian(lambda h, x: (0.5 * h[0] + x,), h, x), lambda: hg.implicit_gradient(fp, h, x),
+                 lambda: hg.gradient_flow(fp, x, h, steps=2),
+                 lambda: hg.accumulative_ratio(torch.ones(2, 2, device="meta"))):
+        with pytest.raises(ValueError, match="is on the meta device"):
+            call()
+
+
+@pytest.mark.parametrize("model", ["function", "nmf"])
+def test_a_state_and_an_input_of_different_dtypes_are_analysed_in_x_s_dtype(model):
+    # before: a float32 state with a float64 x gave torch's "expected m1 and m2 to have the same dtype"
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 8, generator=g, dtype=torch.float64) + 0.2
+    if model == "nmf":
+        F = hg.NMF(rank=2)
+        h = F.init(x, generator=torch.Generator().manual_seed(1))
+        step = lambda h, x: F.step(x, h)  # noqa: E731
+    else:
+        W = torch.randn(4, 6, generator=g, dtype=torch.float64)
+        F = step = lambda h, x: (torch.tanh(0.5 * h[0] + W @ x),)  # noqa: E731
+        h = (torch.rand(4, 8, generator=g, dtype=torch.float64),)
+    h32 = tuple(t.float() for t in h)
+    J = jacobian(F, h32, x)
+    assert J.dtype == torch.float64
+    at = tuple(t.double() for t in h32)  # the analysis point: the float32 state in x's dtype
+    want = jacrev(lambda v: flatten_state(step(unflatten_state(v, at), x)))(flatten_state(at))
+    torch.testing.assert_close(J.dense(), want, rtol=1e-10, atol=1e-12)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hamgrad.nn import (ContextCapture, DoubleAttention, GlobalPool, Hamburger, HamNet, SelfAttention,
-                        build_context)
+from hamgrad.nn import (AdaptivePyramidContext, AttentionalClassFeature, ContextCapture, DoubleAttention,
+                        DualAttention, DynamicFilters, GlobalPool, Hamburger, HamNet, SelfAttention, build_context)
 
 
 def _breads(module, x):
@@ -159,3 +159,64 @@ def test_bad_input_is_named():
         SelfAttention(8, d=0)
     with pytest.raises(ValueError, match=r"x must have shape \(B, channels=8, H, W\)"):
         GlobalPool(8, d=4)(torch.randn(2, 7, 3, 3))
+
+
+# ---------------------------------------------------------------------- hostile input (issue 19)
+_MODULES = {"sa": lambda: SelfAttention(4, d=8), "a2": lambda: DoubleAttention(4, d=8, rank=2),
+            "gap": lambda: GlobalPool(4, d=8), "ham": lambda: Hamburger(4, d=8, rank=2),
+            "da": lambda: DualAttention(4, d=8), "apc": lambda: AdaptivePyramidContext(4, d=8),
+            "dm": lambda: DynamicFilters(4, d=8), "acf": lambda: AttentionalClassFeature(4, d=8, classes=3)}
+
+
+@pytest.mark.parametrize("name", list(_MODULES))
+def test_non_finite_input_is_refused_and_leaves_batchnorm_untouched(name):
+    # before: NaN/Inf input passed through every context module but the Hamburger silently
+    module = _MODULES[name]().train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}  # BatchNorm's statistics among them
+    assert any(k.endswith("running_mean") for k in before)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+        x[1, 2, 0, 1] = bad
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            module(x)
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # a refused input changes nothing
+
+
+def test_self_attention_refuses_input_whose_scores_overflow():
+    # before: finite input of magnitude 1e20 gave a non-finite output with no word, where the Hamburger refuses it
+    sa = SelfAttention(4, d=8).eval()
+    x = 1e20 * torch.rand(1, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # what the scores are: (1e20)² overflows float32, so the softmax would read NaN
+        z = sa.lower_bread(x).flatten(2)
+        q, k = z[:, :8], z[:, 8:16]
+        assert not torch.isfinite(q.transpose(1, 2) @ k).all()
+    with pytest.raises(ValueError, match=r"SelfAttention's attention .* overflowed torch.float32 .* max\|x\| = 9.5"):
+        sa(x)
+    with pytest.raises(ValueError, match="overflows torch.float32"):
+        Hamburger(4, d=8, rank=2)(x)
+    out = sa(1e3 * torch.rand(1, 4, 3, 3, generator=torch.Generator().manual_seed(0)))  # large, finite scores: fine
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(_MODULES))
+def test_dtype_integer_and_empty_inputs_are_named(name):
+    # before: torch's "Input type (c10::Half) and bias type (float) should be the same", "Calculated padded input
+    # size per channel: (0 x 3)"
+    module = _MODULES[name]()
+    with pytest.raises(TypeError, match=r"x has dtype torch.float16 but the module's parameters are torch.float32"):
+        module(torch.rand(1, 4, 3, 3).half())
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        module(torch.ones(1, 4, 3, 3, dtype=torch.long))
+    for shape in ((1, 4, 0, 3), (0, 4, 3, 3)):
+        with pytest.raises(ValueError, match=r"an empty batch or feature map"):
+            module(torch.ones(shape))
+    with pytest.raises(ValueError, match="x is on meta but the module is on cpu"):
+        module(torch.ones(1, 4, 3, 3, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast a float32 module takes bfloat16 input
+        assert torch.isfinite(module(torch.rand(1, 4, 3, 3).bfloat16()).float()).all()
+    module.to("meta")
+    if name == "ham":  # the solve needs values
+        with pytest.raises(ValueError, match="is on the meta device"):
+            module(torch.ones(1, 4, 3, 3, device="meta"))
+    else:  # shapes only, as hamgrad.cost counts MACs
+        assert module(torch.ones(1, 4, 3, 3, device="meta")).shape == (1, 4, 3, 3)

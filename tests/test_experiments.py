@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -399,6 +400,100 @@ def test_cli_out_without_permission(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == f"hamgrad ablate: error: [Errno 13] Permission denied: '{tmp_path}/ro/sweep'\n"
 
 
+# ---------------------------------------------------------------------- gradient probes during training
+def test_probe_every_config():
+    assert AblationConfig().probe_every == 50 and AblationConfig(probe_every=0).probe_every is None
+    assert AblationConfig(probe_every=0) == AblationConfig(probe_every=None)
+    config = AblationConfig(probe_every=7)
+    assert AblationConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match=r"probe_every \(0 or None: no probes\) must be >= 0, got -1"):
+        AblationConfig(probe_every=-1)
+    with pytest.raises(TypeError, match=r"probe_every \(0 or None: no probes\) must be an int >= 0, got 2.5"):
+        AblationConfig(probe_every=2.5)
+
+
+def _weights(out, run_id):
+    return load_model(out, run_id).state_dict()  # parameters and BatchNorm running statistics
+
+
+def test_probes_do_not_change_the_training_run(tmp_path):
+    # a probe before every update against none: the same losses, mIoU and final weights and buffers, bit for bit
+    kw = dict(solvers=("nmf", "vq", "cd"), grads=("one-step-coef", "one-step", "bptt"), blocks=("v1", "v2"),
+              contexts=("gap",), iters=4, log_every=1, checkpoint_every=2)
+    run_ablation(AblationConfig.quick(**kw, probe_every=1), tmp_path / "probed", progress=False)
+    run_ablation(AblationConfig.quick(**kw, probe_every=None), tmp_path / "plain", progress=False)
+    probed, plain = load_results(tmp_path / "probed"), load_results(tmp_path / "plain")
+    assert [r["run_id"] for r in probed] == [r["run_id"] for r in plain]
+    for a, b in zip(probed, plain):
+        for key in ("curve", "miou", "pixel_acc", "iou", "final_loss"):
+            assert a[key] == b[key], (a["run_id"], key)
+        wa, wb = _weights(tmp_path / "probed", a["run_id"]), _weights(tmp_path / "plain", b["run_id"])
+        for name in wa:
+            torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=f"{a['run_id']}: {name}")
+        assert b["probes"] is None
+        p = a["probes"]
+        if a["grad"] is None:  # the baseline and the context module: skipped, and the row says why
+            assert p == {"every": 1, "skipped": "the no-ham baseline has no ham to probe" if a["solver"] == "none"
+                         else "the context module 'gap' has no ham to probe"}
+            continue
+        assert p["every"] == 1 and p["step"] == [0, 1, 2, 3] and len(p["rho"]) == 4 and p["seconds"] > 0
+        for group in ("encoder", "lower_bread"):
+            assert all(-1 - 1e-9 <= c <= 1 + 1e-9 for c in p[group]["cosine"])
+            if a["grad"] == "bptt":  # the two passes start from the same initial state: the same gradient
+                assert p[group]["mode_norm"] == p[group]["bptt_norm"]
+            else:
+                assert p[group]["mode_norm"] != p[group]["bptt_norm"]
+    # the CSV stays scalar
+    with open(tmp_path / "probed" / "results.csv", newline="") as f:
+        assert next(csv.reader(f)) == list(runner.CSV_COLUMNS) and "probes" not in runner.CSV_COLUMNS
+
+
+def test_resumed_run_keeps_its_probes(tmp_path, counted_steps):
+    config = _tiny(grads=("one-step",), baseline=False, probe_every=2)
+    run_ablation(config, tmp_path / "whole", progress=False)
+    counted_steps.update(calls=0, raise_at=8)  # killed after the checkpoint at step 5 (probes at 0, 2, 4 taken)
+    with pytest.raises(Interrupt):
+        run_ablation(config, tmp_path / "cut", progress=False)
+    ckpt = torch.load(tmp_path / "cut" / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 5 and ckpt["probes"]["step"] == [0, 2, 4]
+    run_ablation(config, tmp_path / "cut", progress=False)
+    whole, cut = load_results(tmp_path / "whole")[0], load_results(tmp_path / "cut")[0]
+    assert cut["resumed_from"] == 5 and cut["probes"]["step"] == [0, 2, 4, 6, 8]
+    without_time = lambda p: {k: v for k, v in p.items() if k != "seconds"}
+    assert without_time(cut["probes"]) == without_time(whole["probes"])
+
+
+def test_checkpoint_from_before_probes_is_resumed(tmp_path, counted_steps):
+    # a checkpoint written before AblationConfig had probe_every (its config JSON lacks the field, it holds no
+    # probes) is this config's with the default, as config.json is read: resumed, probes from there on
+    config = _tiny(grads=("one-step",), baseline=False)
+    counted_steps["raise_at"] = 8
+    with pytest.raises(Interrupt):
+        run_ablation(config, tmp_path, progress=False)
+    path = tmp_path / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt"
+    old = torch.load(path, weights_only=True)
+    old["config"] = json.dumps({k: v for k, v in json.loads(old["config"]).items() if k != "probe_every"})
+    del old["probes"]
+    torch.save(old, path)
+    (tmp_path / "config.json").write_text(old["config"])
+    counted_steps.update(calls=0, raise_at=None)
+    run_ablation(config, tmp_path, progress=False)
+    assert counted_steps["calls"] == 5
+    row = load_results(tmp_path)[0]
+    assert row["resumed_from"] == 5 and row["probes"]["step"] == []  # probe_every 50: none after step 5 of 10
+    assert isinstance(load_model(tmp_path, row["run_id"]), hg.nn.HamNet)
+
+
+def test_cli_probe_every(tmp_path):
+    for flag, expected in (("3", 3), ("0", None)):
+        out = tmp_path / flag
+        assert cli_main(["ablate", "--quick", "--solvers", "nmf", "--grads", "one-step", "--no-baseline", "--iters",
+                         "4", "--probe-every", flag, "--out", str(out)]) == 0
+        assert json.loads((out / "config.json").read_text())["probe_every"] == expected
+        probes = load_results(out)[0]["probes"]
+        assert (probes is None) if expected is None else probes["step"] == [0, 3]
+
+
 # ---------------------------------------------------------------------- K as a sweep axis
 def test_steps_axis_config():
     config = AblationConfig(solvers=("nmf",), grads=("one-step", "truncated:2"), seeds=1, steps=[2, 6])
@@ -637,3 +732,47 @@ def test_sweep_from_before_the_block_axis_loads_summarises_and_resumes(tmp_path,
     for key in ("miou", "pixel_acc", "iou", "curve", "final_loss"):
         assert resumed[key] == expected[key], key  # what an uninterrupted run of the old code gave, bit for bit
     assert (out / "config.json").read_text() == config_text  # still the old file: it keeps meaning V1
+
+
+# ---------------------------------------------------------------------- an implicit backward that does not converge
+def test_a_training_step_whose_implicit_backward_did_not_converge_is_skipped():
+    # NMF after K = 6 steps is far from a fixed point: the adjoint iteration diverges, the backward's gradient is NaN,
+    # and the step is skipped (weights and optimizer state unchanged) instead of training on it
+    torch.manual_seed(0)
+    model = hg.nn.HamNet(num_classes=3, width=8, ham="nmf", d=16, rank=4, grad="implicit")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, (2, 32, 32), generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counted, not warned at every step
+        loss, unconverged = runner._train_step(model, optimizer, images, labels)
+    assert unconverged == 1 and math.isfinite(float(loss))
+    assert torch.isnan(model.hamburger.lower_bread.weight.grad).all()  # what the step would have trained on
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(("running_mean", "running_var",
+                                                                                   "num_batches_tracked")))
+    assert not optimizer.state  # AdamW never stepped
+    model.hamburger.grad = "one-step"  # a mode without an adjoint solve trains
+    loss, unconverged = runner._train_step(model, optimizer, images, labels)
+    assert unconverged == 0 and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_ablation_counts_and_records_unconverged_implicit_backward_solves(tmp_path):
+    # `hamgrad ablate --quick --solvers nmf,vq --grads implicit` trained every run on diverged adjoint solves while
+    # its rows said status ok
+    config = _tiny(solvers=("nmf",), grads=("implicit", "one-step"), iters=5, log_every=5, checkpoint_every=5,
+                   baseline=False)
+    summary = run_ablation(config, tmp_path, progress=False)
+    rows = {r["grad"]: r for r in load_results(tmp_path)}
+    implicit, one_step = rows["implicit"], rows["one-step"]
+    assert implicit["status"] == "ok" and implicit["unconverged_backward"] == implicit["skipped_steps"] > 0
+    assert one_step["unconverged_backward"] == one_step["skipped_steps"] == 0
+    with open(tmp_path / "results.csv", newline="") as f:
+        csv_rows = {r["grad"]: r for r in csv.DictReader(f)}
+    assert csv_rows["implicit"]["skipped_steps"] == str(implicit["skipped_steps"])
+    model = load_model(tmp_path, implicit["run_id"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    cell = next(c for c in summary.cells if c.grad == "implicit")
+    assert (cell.skipped_steps, cell.trained_steps) == (implicit["skipped_steps"], 5)
+    assert f"nmf/implicit/{implicit['block']}: {implicit['skipped_steps']} of 5" in summary.to_markdown()

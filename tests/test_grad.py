@@ -470,3 +470,104 @@ def test_zero_input_sample_gives_zero_output_without_warning():
         warnings.simplefilter("error")
         y, _ = hg.solve(hg.NMF(rank=2), x, steps=4)
     assert (y[1] == 0).all() and (y[0] != 0).any()
+
+
+# ---------------------------------------------------------------- nothing silent (issue 19)
+def test_a_diverged_implicit_backward_gives_nan_never_the_last_iterate():
+    # NMF at K = 6 is far from a fixed point: the adjoint iteration u <- g + J_Kᵀ u diverges (its last iterate gave
+    # a gradient of norm 2.4e10 where BPTT's is 0.023)
+    x = torch.rand(2, 16, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    s = hg.NMF(rank=4)
+    y, _ = hg.solve(s, x, steps=6, grad="bptt", generator=torch.Generator().manual_seed(1))
+    (g_bptt,) = torch.autograd.grad(y.square().mean(), x)
+    assert torch.isfinite(g_bptt).all() and float(g_bptt.norm()) < 1.0
+    y, info = hg.solve(s, x, steps=6, grad="implicit", generator=torch.Generator().manual_seed(1))
+    with pytest.warns(hg.ConvergenceWarning, match="did not converge.*the gradient is NaN"):
+        (g,) = torch.autograd.grad(y.square().mean(), x)
+    assert info.backward[0].converged is False and info.backward[0].residual > 1.0
+    assert torch.isnan(g).all()  # not a finite number from the last iterate
+    y, _ = hg.solve(s, x, steps=6, grad="implicit", generator=torch.Generator().manual_seed(1), strict=True)
+    with pytest.raises(hg.ConvergenceError, match="did not converge"):
+        torch.autograd.grad(y.square().mean(), x)
+
+
+def test_a_diverged_implicit_backward_makes_the_parameter_gradients_nan_too():
+    W = torch.nn.Parameter(3.0 * torch.eye(4, dtype=torch.float64))  # ρ(J) = 3 near h = 0
+    x = 1e-3 * torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fp = hg.FixedPoint(lambda h, x: (torch.tanh(W @ h[0] + x),), readout=lambda h, x: h[0])
+    y, _ = hg.solve(fp, x, steps=1, grad="implicit", h0=(torch.zeros(4, 2, dtype=torch.float64),), max_iter=30)
+    with pytest.warns(hg.ConvergenceWarning):
+        y.sum().backward()
+    assert torch.isnan(W.grad).all()
+
+
+def test_implicit_gradient_warns_at_a_point_that_is_not_a_fixed_point():
+    fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x,), readout=lambda h, x: h[0])  # h* = 2x
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # at the fixed point: no warning
+        h = hg.implicit_gradient(fp, (2 * x.detach(),), x)
+    (g,) = torch.autograd.grad(h[0].sum(), x)
+    torch.testing.assert_close(g, torch.full_like(g, 2.0))
+    off = (2 * x.detach() + 1.0,)  # ‖F(h) − h‖ = 0.5 ‖1‖, relative to ‖h‖ ≈ 0.16
+    with pytest.warns(hg.ConvergenceWarning, match=r"not a fixed point: ‖F\(h_star, x\) − h_star‖ / ‖h_star‖ = 0.1"):
+        hg.implicit_gradient(fp, off, x)
+    with pytest.raises(hg.ConvergenceError, match="not a fixed point"):
+        hg.implicit_gradient(fp, off, x, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a looser tolerance accepts it
+        hg.implicit_gradient(fp, off, x, point_tol=0.5)
+    with pytest.raises(ValueError, match="point_tol must be a finite number > 0"):
+        hg.implicit_gradient(fp, off, x, point_tol=-1.0)
+
+
+def test_implicit_gradient_names_h_star_when_f_cannot_take_it():
+    fp = hg.FixedPoint(lambda h, x: (0.5 * h[0] + x,), readout=lambda h, x: h[0])
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"h_star.*shapes \[\(4,\)\].*x of shape \(3,\)"):
+        hg.implicit_gradient(fp, (torch.zeros(4, dtype=torch.float64),), x)
+
+
+class _DtypeSpy:
+    """A user's solver class (not a hg.Solver): records the dtypes its step sees, computes like ISTA's shrinkage."""
+
+    def __init__(self, rank=3):
+        self.rank, self.seen = rank, []
+        self.A = torch.randn(6, rank, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 3
+
+    def init(self, x, generator=None):
+        return (torch.zeros(*x.shape[:-2], self.rank, x.shape[-1], dtype=x.dtype, device=x.device),)
+
+    def step(self, x, h):
+        A = self.A.to(x.dtype)
+        z = A.mT @ x + 0.5 * h[0]  # under autocast this matmul would run in bfloat16
+        self.seen.append((x.dtype, h[0].dtype, z.dtype))
+        return (torch.tanh(z),)
+
+    def readout(self, x, h):
+        return self.A.to(h[0].dtype) @ h[0]
+
+
+@pytest.mark.parametrize("make", [lambda: hg.FixedPoint.from_solver(_DtypeSpy()), _DtypeSpy],
+                         ids=["fixed-point", "user-solver"])
+def test_half_precision_user_models_compute_in_float32(make):
+    x32 = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.bfloat16, torch.float16):
+        model = make()
+        spy = model.solver if isinstance(model, hg.FixedPoint) else model
+        x = x32.to(dtype).requires_grad_(True)
+        y, info = hg.solve(model, x, steps=40, grad="implicit")
+        assert y.dtype == dtype and info.state[0].dtype == torch.float32
+        (g,) = torch.autograd.grad(y.float().square().sum(), x)
+        assert {s for s in spy.seen} == {(torch.float32, torch.float32, torch.float32)}
+        # the reference: the same input (rounded to half precision) solved in float32
+        xr = x.detach().float().requires_grad_(True)
+        yr, _ = hg.solve(make(), xr, steps=40, grad="implicit")
+        (gr,) = torch.autograd.grad(yr.square().sum(), xr)
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), gr, rtol=1e-2, atol=1e-2 * float(gr.abs().max()))
+    model = make()
+    spy = model.solver if isinstance(model, hg.FixedPoint) else model
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast off inside the solve, as for the hams
+        y, _ = hg.solve(model, x32, steps=3, grad="bptt")
+    assert y.dtype == torch.float32 and {s[2] for s in spy.seen} == {torch.float32}

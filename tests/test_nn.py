@@ -37,6 +37,11 @@ def test_hamburger_forward_backward(solver, grad, version, device):
         out = ham(x)
         assert out.shape == x.shape
         out.square().mean().backward()
+    assert len(ham.backward_solves) == (grad == "implicit")
+    if not all(b.converged for b in ham.backward_solves):  # an unconverged adjoint solve gives NaN, never a number
+        for name, p in ham.named_parameters():  # NaN reaches what is before the ham, nothing after it
+            assert (torch.isnan(p.grad).all() if name.startswith("lower_bread") else torch.isfinite(p.grad).all()), name
+        return
     for name, p in [("x", x), *ham.named_parameters()]:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     # the gradient reaches the lower bread through the ham, not only through the residual

@@ -226,6 +226,49 @@ def test_sweep_figure_from_a_folder_or_its_rows(quick_dir, tmp_path):
         plots.sweep(42)
 
 
+# ---------------------------------------------------------------------- the gradient probes figure
+def test_quick_probes_figure_from_the_raw_rows(quick_dir):
+    # the figure's series against the sweep's results.jsonl read line by line here: one run per ham × mode × seed
+    r = _load(quick_dir, "probes")
+    assert r["figure"] == "probes" and r["quick"] is True and (quick_dir / "probes.png").stat().st_size > 10_000
+    rows = [json.loads(line) for line in (quick_dir / "sweep" / "results.jsonl").read_text().splitlines()]
+    ham_rows = {row["run_id"]: row for row in rows if row["grad"] is not None}
+    assert {run["run_id"] for run in r["runs"]} == set(ham_rows)
+    assert r["skipped"] == [{"run_id": row["run_id"], "reason": row["probes"]["skipped"]}
+                            for row in rows if row["grad"] is None]
+    every, iters = r["config"]["probe_every"], r["config"]["iters"]
+    for run in r["runs"]:
+        raw = ham_rows[run["run_id"]]["probes"]
+        assert run["step"] == list(range(0, iters, every)) == raw["step"]
+        for key in ("encoder", "lower_bread", "rho", "rho_mean", "rho_residual"):
+            assert run[key] == raw[key]
+        assert all(rho >= mean > 0 for rho, mean in zip(run["rho"], run["rho_mean"]))  # the largest >= the mean
+        for group in ("encoder", "lower_bread"):
+            g = run[group]
+            assert all(-1 - 1e-9 <= c <= 1 + 1e-9 for c in g["cosine"])
+            assert g["norm_ratio"] == pytest.approx([m / b for m, b in zip(g["mode_norm"], g["bptt_norm"])])
+
+
+def test_probes_figure_from_a_folder_or_its_rows(quick_dir, tmp_path):
+    sweep = quick_dir / "sweep"
+    rows = load_results(sweep)
+    failed = {**rows[1], "status": "failed", "miou": None}
+    drawn = {run["run_id"] for run in _load(quick_dir, "probes")["runs"]}
+    for source in (sweep, str(sweep), rows, [*rows, failed], _load(quick_dir, "probes")):
+        fig = plots.probes(source)
+        # one column per ham, five rows (cosine and norm ratio of the encoder and of the lower bread, ρ)
+        assert len(fig.axes) == 5 * len({run_id.split("_")[0] for run_id in drawn})
+    replaced = [rows[0], failed, *rows[2:]]  # a failed run is left out
+    assert {run["run_id"] for run in figures.probes.from_rows(replaced)["runs"]} == drawn - {failed["run_id"]}
+    unprobed = [{**row, "probes": None} for row in rows]
+    with pytest.raises(ValueError, match="rows holds no gradient probes"):
+        plots.probes(unprobed)
+    with pytest.raises(ValueError, match=f"the sweep folder '{tmp_path}' holds no finished runs"):
+        plots.probes(tmp_path)
+    with pytest.raises(TypeError, match="source must be a sweep folder, its rows or the figure's plain data"):
+        plots.probes(42)
+
+
 # ---------------------------------------------------------------------- the registry: a figure of your own
 @pytest.fixture
 def registry(monkeypatch):

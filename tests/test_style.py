@@ -89,6 +89,23 @@ def _feature_data():
             "channels": [4, 40, 5, 26], "before": maps(), "after": maps(), "bases": [3, 2, 6, 5], "codes": maps()}
 
 
+def _probes_data():
+    runs = []
+    for i, solver in enumerate(["nmf", "vq", "cd"]):
+        for j, grad in enumerate(["one-step", "one-step-coef", "bptt"]):
+            for seed in range(2):
+                group = {"mode_norm": [1.0 + 0.1 * t for t in range(4)], "bptt_norm": [1.0] * 4,
+                         "cosine": [0.9 - 0.1 * j + 0.01 * (seed + t) for t in range(4)],
+                         "norm_ratio": [1.0 + 0.1 * t for t in range(4)]}
+                # every mode starts from the same weights: ρ at step 0 is the same for all (coinciding markers)
+                runs.append({"run_id": f"{solver}_{grad}_seed{seed}", "solver": solver, "grad": grad, "block": "v2",
+                             "steps": 6, "seed": seed, "every": 5, "step": [0, 5, 10, 15], "encoder": group,
+                             "lower_bread": {**group, "cosine": [c - 0.2 for c in group["cosine"]]},
+                             "rho": [1.4] + [1.2 + 0.1 * (i + j + t) for t in range(3)], "rho_mean": [1.0] * 4,
+                             "rho_residual": [1e-4] * 4, "rho_steps": [20] * 4})
+    return {"runs": runs, "skipped": []}
+
+
 CONTEXTS = ["sa", "sa (math)", "a2", "nmf", "vq", "cd", "gap"]
 
 
@@ -132,6 +149,7 @@ FIGURES = {
     "feature_maps": lambda: plots.feature_maps(_feature_data()),
     "context_scaling": lambda: plots.context_scaling(_context_cost_data()),
     "context_tradeoff": lambda: plots.context_tradeoff(_context_ablation_data()),
+    "probes": lambda: plots.probes(_probes_data()),
 }
 
 
@@ -162,6 +180,12 @@ def _solver_colours(name: str, fig) -> dict:
             add(line.get_label(), line.get_color())
             if name in ("ablation", "ablation_steps"):  # one panel per solver, titled by it
                 add(ax.get_title().lower(), line.get_color())
+    if name == "probes":  # one column per solver, titled by it; its curves are labelled by mode (not the 1 line)
+        for col, top in enumerate(fig.axes[:len(fig.axes) // 5]):
+            for ax in fig.axes[col::len(fig.axes) // 5]:
+                for line in ax.get_lines():
+                    if not line.get_label().startswith("_"):
+                        add(top.get_title().lower(), line.get_color())
         for container in ax.containers:  # the ablation's bars: one per solver, in tick order
             ticks = [t.get_text().lower() for t in ax.get_xticklabels()]
             for tick, patch in zip(ticks, container.patches):
@@ -217,7 +241,13 @@ def test_each_gradient_mode_has_one_line_style_in_every_figure():
                 add(c["grad"], line.get_linestyle(), "ablation loss")
     hatches = {c.get_label().removesuffix(" (mean)").removesuffix(" (paper)"): c.patches[0].get_hatch()
                for c in fig.axes[0].containers}
+    for ax in plots.probes(_probes_data()).axes:  # every curve of the probes figure is labelled by its mode
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                add(line.get_label().removesuffix(" (paper)"), line.get_linestyle(), "probes")
     assert set(styles) == {"one-step", "bptt", "truncated", "one-step-coef"}
+    assert {m for m, found in styles.items() for where in found.values() if "probes" in where} == \
+        {"one-step", "one-step-coef", "bptt"}
     for mode, found in styles.items():
         assert len(found) == 1, f"{mode} is drawn in the line styles {found}"
     assert len({next(iter(v)) for v in styles.values()}) == len(styles)  # modes differ from each other
@@ -377,7 +407,7 @@ def test_step_axes_have_integer_ticks(name):
             assert ticks and all(float(t).is_integer() for t in ticks), (label, ticks)
             checked += 1
     if name in ("jacobian_spectrum", "vanishing_exploding", "flow (user)", "gradient_agreement", "ablation",
-                "ablation_steps", "accumulative_ratio", "ratio (user)"):
+                "ablation_steps", "accumulative_ratio", "ratio (user)", "probes"):
         assert checked > 0
 
 
@@ -396,7 +426,7 @@ def test_user_flow_title_makes_no_claim_about_the_data():
     assert "J_t = ∂F/∂h(hᵗ, x)" in title
 
 
-@pytest.mark.parametrize("name", ["vanishing_exploding", "context_scaling", "gradient_agreement"])
+@pytest.mark.parametrize("name", ["vanishing_exploding", "context_scaling", "gradient_agreement", "probes"])
 def test_curves_that_coincide_stay_visible(name):
     # two curves with the same numbers (VQ and CD at 1/T = 100 in figure 2; SA's two kernels; modes equal at a K)
     # must differ in marker shape, size or fill, so the one drawn first is not hidden under the other

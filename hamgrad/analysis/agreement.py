@@ -25,7 +25,12 @@ __all__ = ["ModeGradient", "GradientComparison", "compare_gradients"]
 @dataclass
 class ModeGradient:
     """One mode against the reference: ``cosine_x``, ``norm_ratio_x = ‖g‖ / ‖g_ref‖`` (and the same for the
-    module's parameters, ``None`` without a module), the loss, wall time and memory of forward + backward."""
+    module's parameters, ``None`` without a module), the loss, wall time and memory of forward + backward.
+
+    ``converged`` is whether the mode's implicit backward solves all converged (``None`` for the other modes, whose
+    backward solves nothing); an unconverged one gives a NaN gradient, so its cosines are ``nan``.
+    ``backward_residual`` is the largest relative residual of those solves (``None`` likewise), and
+    ``forward_residual`` is ``‖h^K − h^{K−1}‖ / ‖h^K‖``: how far the K-step solve is from a fixed point."""
 
     mode: str
     steps: int
@@ -37,18 +42,28 @@ class ModeGradient:
     seconds: float
     peak_bytes: int
     memory_kind: str
+    converged: bool | None = None
+    backward_residual: float | None = None
+    forward_residual: float = math.nan
 
 
 @dataclass
 class GradientComparison:
-    """The reference's own row and one row per compared mode."""
+    """The reference's own row and one row per compared mode. ``reference_converged`` is ``False`` when the
+    reference's implicit backward did not converge (then it is no reference: every cosine is ``nan``)."""
 
     reference: ModeGradient
     modes: list = field(default_factory=list)
 
+    @property
+    def reference_converged(self) -> bool:
+        """``False`` when the reference mode's backward solve did not converge, else ``True``."""
+        return self.reference.converged is not False
+
     def to_dict(self) -> dict:
-        """Plain data: ``{"reference": row, "modes": [row, ...]}``."""
-        return {"reference": asdict(self.reference), "modes": [asdict(m) for m in self.modes]}
+        """Plain data: ``{"reference": row, "modes": [row, ...], "reference_converged": bool}``."""
+        return {"reference": asdict(self.reference), "modes": [asdict(m) for m in self.modes],
+                "reference_converged": self.reference_converged}
 
     def rows(self) -> list[dict]:
         """One dict per compared mode (a table without pandas)."""
@@ -97,7 +112,10 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
         solve_kwargs: passed to :func:`hamgrad.solve` (``tol``, ``max_iter``, ``adjoint``, ``strict``, …).
 
     Returns:
-        :class:`GradientComparison`.
+        :class:`GradientComparison`; its ``reference_converged`` (and each row's ``converged``,
+        ``backward_residual``, ``forward_residual``) says whether the reference is one: an implicit reference whose
+        backward solve did not converge has a NaN gradient (with a :class:`hamgrad.ConvergenceWarning`), and every
+        cosine against it is ``nan``.
 
     Raises:
         TypeError: ``model`` is not a solver or FixedPoint, ``x`` not a floating tensor, ``loss_fn`` not callable,
@@ -126,29 +144,36 @@ def compare_gradients(model, x: torch.Tensor, loss_fn: Callable, steps: int = 6,
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
 
     def run(mode: str, k: int):
-        """One mode's flat gradients w.r.t. ``x`` and the parameters, its loss and measurement."""
+        """One mode's flat gradients w.r.t. ``x`` and the parameters, its loss, measurement and solve info."""
         def forward_backward():
-            y, _ = solve(fp, x_in, k, grad=mode, h0=h0, **solve_kwargs)
+            y, info = solve(fp, x_in, k, grad=mode, h0=h0, **solve_kwargs)
             loss = _checked_loss(loss_fn(y))
             grads = torch.autograd.grad(loss, [x_in, *params], retain_graph=True, allow_unused=True)
-            return float(loss.detach()), grads
+            return float(loss.detach()), grads, info
 
         m = measure(forward_backward, x.device)
-        loss, grads = m.result
+        loss, grads, info = m.result
         flat = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_in, *params])]
         gx = flat[0].reshape(-1)
         gp = torch.cat([g.reshape(-1) for g in flat[1:]]) if params else None
-        return gx, gp, loss, m
+        return gx, gp, loss, m, info
 
-    ref_x, ref_p, ref_loss, ref_m = run(reference, ref_steps)
+    ref_x, ref_p, *ref_run = run(reference, ref_steps)
 
-    def row(mode, k, gx, gp, loss, m):
+    def row(mode, k, gx, gp, loss, m, info):
         """The :class:`ModeGradient` of one run against the reference."""
         cx, rx = _cosine_and_ratio(gx, ref_x)
         cp, rp = _cosine_and_ratio(gp, ref_p) if params else (None, None)
-        return ModeGradient(mode, k, cx, rx, cp, rp, loss, m.seconds, m.peak_bytes, m.memory_kind)
+        solves = info.backward
+        last = info.state
+        size = float(torch.sqrt(sum(t.double().square().sum() for t in last)))
+        step = info.residuals[-1] if info.residuals else math.nan
+        return ModeGradient(mode, k, cx, rx, cp, rp, loss, m.seconds, m.peak_bytes, m.memory_kind,
+                            converged=all(b.converged for b in solves) if solves else None,
+                            backward_residual=max(b.residual for b in solves) if solves else None,
+                            forward_residual=step / size if size > 0 else math.nan)
 
-    result = GradientComparison(reference=row(reference, ref_steps, ref_x, ref_p, ref_loss, ref_m))
+    result = GradientComparison(reference=row(reference, ref_steps, ref_x, ref_p, *ref_run))
     for mode in modes:
         result.modes.append(row(mode, steps, *run(mode, steps)))
     return result

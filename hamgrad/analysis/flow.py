@@ -14,7 +14,9 @@ and the paper's propositions next to what the run shows:
 - Proposition 2, the limits at the last iterate ``h^K`` (taken as the fixed point ``h*``): the state limit
   ``‖(I − J_K)⁻¹ B_K‖₂`` (what ``‖∂hᵗ/∂x‖`` tends to) and the output limit ``‖∂G/∂h (I − J_K)⁻¹ B_K + ∂G/∂x‖₂``
   (what ``‖∂y/∂x‖`` tends to), each product solving ``(I − J_K) z = B_K v`` (or its transpose) by GMRES. They are
-  reported only where ``ρ(J_K) < 1`` (the Neumann series ``Σ J_Kⁱ B_K`` converges) and every inner solve converged;
+  reported only where the measured ``ρ(J_K)`` is below 1 by more than the spectra's ``tol`` (then the Neumann series
+  ``Σ J_Kⁱ B_K`` converges) and every inner solve converged; at ``ρ(J_K) = 1`` (an exact invariance, as for NMF or
+  balanced Sinkhorn) the series may still converge, but hamgrad does not claim either way;
 - Proposition 3, the bounds ``‖∂hᵗ/∂x‖ <= L_x / (1 − L_h)`` for every ``t <= K`` and ``‖∂y/∂x‖ <= L_G L_x / (1 − L_h)
   + ‖∂G/∂x‖`` after K steps, with ``L_h = max_{t<K} ‖J_t‖`` and ``L_x = max_{t<K} ‖B_t‖`` over the factors that
   enter ``∂h^K/∂x`` (``J_0 … J_{K−1}``, ``B_0 … B_{K−1}``) and ``L_G = ‖∂G/∂h (h^K)‖`` — reported only where
@@ -37,7 +39,7 @@ from ..fixed_point import state_residual
 from ..grad import as_fixed_point
 from ..linalg import IdentityOperator, InverseOperator
 from .linearize import linearize
-from .operators import analysis_point, linear_operator
+from .operators import analysis_point, check_trajectory, linear_operator
 from .spectra import default_tol, eigvals, svdvals
 
 __all__ = ["GradientFlow", "gradient_flow", "implicit_jacobian", "empirical_rate"]
@@ -58,9 +60,10 @@ class GradientFlow:
         state_bound: ``L_x / (1 − L_h)``, a bound on every ``‖∂hᵗ/∂x‖``, ``t <= K``; ``None`` unless ``L_h < 1``.
         output_bound: ``L_G L_x / (1 − L_h) + L_Gx``, a bound on ``‖∂y/∂x‖`` after K steps; ``None`` unless
             ``L_h < 1``.
-        state_limit: ``‖(I − J_K)⁻¹ B_K‖₂``; ``None`` unless ``ρ(J_K) < 1`` and every inner solve converged.
+        state_limit: ``‖(I − J_K)⁻¹ B_K‖₂``; ``None`` unless ``ρ(J_K) < 1 − tol`` and every inner solve converged.
         output_limit: ``‖∂G/∂h (I − J_K)⁻¹ B_K + ∂G/∂x‖₂``; ``None`` under the same conditions.
-        limit_reason: ``None`` when both limits and both bounds are reported, else why not.
+        limit_reason: ``None`` when both limits and both bounds are reported, else why not: what was measured
+            (e.g. ``ρ(J_K) = 1``), never a claim that was not.
         rate: Proposition 1's empirical rate (:func:`empirical_rate`), ``nan`` without a usable ratio.
         rate_spread: ``max − min`` of the residual ratios the rate averages (small once the ratio has settled).
         rate_steps: how many ratios it averages.
@@ -204,14 +207,16 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
         steps: K >= 1.
         generator: for the initial state (when ``h0`` is None) and the spectra's start vectors.
         tol: relative residual tolerance of every spectrum (default :func:`default_tol` of ``x.dtype``).
-        implicit: also compute the limits (Proposition 2; GMRES inside every product) where ``ρ(J_K) < 1``.
+        implicit: also compute the limits (Proposition 2; GMRES inside every product) where ``ρ(J_K) < 1 − tol``.
         progress: show a tqdm bar over the steps.
 
     Returns:
         :class:`GradientFlow`.
 
     Raises:
-        TypeError, ValueError: for a model, ``x``, ``h0`` or ``steps`` that :func:`hamgrad.solve` would reject.
+        TypeError, ValueError: for a model, ``x``, ``h0`` or ``steps`` that :func:`hamgrad.solve` would reject; a
+            trajectory whose state stops being finite (the message names the step); a step that draws random
+            numbers or has no autograd graph to its inputs (:mod:`hamgrad.analysis.linearize`).
 
     The cost grows as K² (the products of t steps for each t): meant for small and medium sizes.
     """
@@ -225,6 +230,7 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
     with torch.no_grad():
         h0 = fp.init(x, generator=generator) if h0 is None else h0
         traj = fp.unroll(x, h0, steps)
+    check_trajectory(traj)
     flow = GradientFlow()
     spectra = []
 
@@ -263,9 +269,11 @@ def gradient_flow(model, x: torch.Tensor, h0=None, steps: int = 6, *, generator:
         reasons.append(f"no bound: L_h = max_(t<K) ‖J_t‖₂ = {flow.L_h:.4g} is not < 1")
     if not implicit:
         reasons.append("no limit: not computed (implicit=False)")
-    elif not flow.rho_last < 1:
-        reasons.append(f"no limit: ρ(J_K) = {flow.rho_last:.4g} is not < 1 (the Neumann series Σ J_Kⁱ B_K "
-                       "does not converge)")
+    elif math.isnan(flow.rho_last):
+        reasons.append("no limit: ρ(J_K) was not measured (its eigenvalue did not converge)")
+    elif not flow.rho_last < 1 - tol:
+        reasons.append(f"no limit: measured ρ(J_K) = {flow.rho_last:.6g}, not below 1 by more than tol = {tol:.1g}; "
+                       "the limits are computed only where it is (whether Σ J_Kⁱ B_K converges was not measured)")
     else:
         limits = []
         for readout in (False, True):

@@ -27,6 +27,7 @@ vectors goes through in one pass; ``None`` stands for a zero tangent and skips i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,7 +36,8 @@ from torch.func import jvp as _jvp
 from torch.func import vjp as _vjp
 from torch.func import vmap
 
-from ..fixed_point import FixedPoint, as_state
+from .._checks import check_differentiable, stochastic_error
+from ..fixed_point import FixedPoint, as_state, evaluate_at, flatten_state
 from ..solvers import NMF
 from ..solvers.nmf_linearization import NMFLinearization
 
@@ -52,26 +54,42 @@ class AutogradLinearization:
     """The linearisation of any pure ``f(h, x) -> tuple of tensors`` at ``(h, x)``, through ``torch.func``.
 
     ``f`` must work under ``torch.func.vmap`` (no ``.item()``, no in-place updates of its inputs, no data-dependent
-    Python control flow), as ``torch.func.jacrev`` requires.
+    Python control flow), as ``torch.func.jacrev`` requires. At construction ``f`` is evaluated twice: once in grad
+    mode, which must give an output with an autograd graph to ``h`` or ``x`` (a detached ``f`` would read as a zero
+    Jacobian), and once without, which must repeat the first to within ``√eps`` (an ``f`` that draws random numbers
+    has no Jacobian). Either failure, and an error ``f`` raises at ``(h, x)``, is a ValueError naming ``what``.
     """
 
-    def __init__(self, f: Callable, h, x: torch.Tensor):
-        self.f = f
+    def __init__(self, f: Callable, h, x: torch.Tensor, what: str = "F(h, x)"):
+        self.f, self.what = f, what
         self.h = _detached(as_state(h, "h"))
         self.x = x.detach()
+        with torch.enable_grad():
+            first = as_state(evaluate_at(f, tuple(t.clone().requires_grad_(True) for t in self.h),
+                                         self.x.clone().requires_grad_(True), what), what)
+        check_differentiable(first, what)
         with torch.no_grad():
-            self.out = as_state(f(self.h, self.x), "f(h, x)")
+            self.out = as_state(f(self.h, self.x), what)
+        a, b = flatten_state(first).detach(), flatten_state(self.out)
+        scale, gap = torch.stack([a.abs().max(), (a - b).abs().nan_to_num(0.0).max()]).tolist() if a.numel() else (0, 0)
+        if gap > math.sqrt(torch.finfo(a.dtype).eps) * scale:
+            raise stochastic_error(what)
         self._pullbacks: dict[bool, Callable] = {}
 
     def jvp(self, dh=None, dx=None) -> tuple:
         """``∂f/∂h · dh + ∂f/∂x · dx`` for a block of tangents (leading batch dimension); ``None`` means zero."""
         if dh is None and dx is None:
             raise ValueError("jvp needs a tangent for h or for x (both are None)")
-        if dx is None:
-            return vmap(lambda v: _jvp(lambda h: self.f(h, self.x), (self.h,), (v,))[1])(tuple(dh))
-        if dh is None:
-            return vmap(lambda v: _jvp(lambda x: self.f(self.h, x), (self.x,), (v,))[1])(dx)
-        return vmap(lambda v, w: _jvp(self.f, (self.h, self.x), (v, w))[1])(tuple(dh), dx)
+        try:
+            if dx is None:
+                return vmap(lambda v: _jvp(lambda h: self.f(h, self.x), (self.h,), (v,))[1])(tuple(dh))
+            if dh is None:
+                return vmap(lambda v: _jvp(lambda x: self.f(self.h, x), (self.x,), (v,))[1])(dx)
+            return vmap(lambda v, w: _jvp(self.f, (self.h, self.x), (v, w))[1])(tuple(dh), dx)
+        except RuntimeError as err:  # a draw the construction's two evaluations did not show
+            if "random" in str(err):
+                raise stochastic_error(self.what) from None
+            raise
 
     def vjp(self, g, wrt_x: bool = False) -> tuple:
         """``(gᵀ ∂f/∂h, gᵀ ∂f/∂x)`` for a block of cotangents; the second is ``None`` unless ``wrt_x``."""
@@ -151,7 +169,9 @@ def linearize(fp: FixedPoint, h, x: torch.Tensor, steps: int = 1, readout: bool 
         y = fp.readout(h, x)
         return tuple(y) if isinstance(y, (tuple, list)) else (y,)
 
-    return AutogradLinearization(unrolled, h, x)
+    what = f"{fp.name}'s step F(h, x)" if steps == 1 and not readout else (
+        f"{steps} steps of {fp.name}" + (" and its readout" if readout else "") if steps else f"{fp.name}'s readout")
+    return AutogradLinearization(unrolled, h, x, what)
 
 
 register_linearization(NMF, NMFLinearization, readout_uses_x=False)

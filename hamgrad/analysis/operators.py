@@ -33,7 +33,7 @@ from ..solvers import compute_dtype
 from .linearize import AutogradLinearization, linearize, registered_linearization
 
 __all__ = ["LinearOperator", "IdentityOperator", "InverseOperator", "JacobianOperator", "jacobian",
-           "unrolled_jacobian", "linear_operator", "analysis_point", "WRT"]
+           "unrolled_jacobian", "linear_operator", "analysis_point", "check_trajectory", "WRT"]
 
 WRT = ("h", "x")
 
@@ -75,8 +75,8 @@ class JacobianOperator(LinearOperator):
 
 # ---------------------------------------------------------------------- Jacobians of steps and of unrolled solves
 def analysis_point(x: torch.Tensor, h=None, name: str = "h", model: FixedPoint | None = None) -> tuple:
-    """``(x, h)`` checked and detached, in the precision the analysis computes in: half-precision tensors become
-    float32, as inside the solvers (``h`` may be ``None``).
+    """``(x, h)`` checked and detached, in the dtype the analysis computes in: ``x``'s compute dtype (float32 for
+    half precision, as inside the solvers), ``h`` cast to it (``h`` may be ``None``).
 
     With ``model``, ``x`` and ``h`` get the checks :func:`hamgrad.solve` applies: its solver's ``check_input`` and
     ``check_state`` (e.g. a negative ``x`` for NMF, a state of the wrong shape), or finite values for a user's F.
@@ -96,13 +96,24 @@ def analysis_point(x: torch.Tensor, h=None, name: str = "h", model: FixedPoint |
         if model is not None:
             for i, t in enumerate(h):
                 check_finite(t.detach(), f"{name}[{i}]")
-        h = tuple(t.detach().to(compute_dtype(t.dtype)) for t in h)
+        h = tuple(t.detach().to(x.dtype) for t in h)
     return x, h
+
+
+def check_trajectory(traj: list) -> None:
+    """Raise naming the first step whose state is not finite (one host sync for the whole trajectory)."""
+    finite = torch.stack([torch.stack([torch.isfinite(t).all() for t in h]).all() for h in traj]).tolist()
+    if not all(finite):
+        t = finite.index(False)
+        raise ValueError(f"the state stopped being finite at step t = {t} of K = {len(traj) - 1}: h^{t} holds NaN or "
+                         f"Inf{'' if t == 0 else f' (h^{t - 1} is finite)'}, and Jacobians there are undefined; analyse "
+                         f"fewer steps (steps < {t}) or check the input's scale and the model's parameters")
 
 
 def linear_operator(lin, wrt: str, h_like: tuple, x: torch.Tensor, name: str) -> LinearOperator:
     """The Jacobian of a linearisation w.r.t. ``x`` or the state ``h`` (shaped like ``h_like``): a
-    :class:`JacobianOperator`."""
+    :class:`JacobianOperator`. A linearisation whose output is not finite is refused (its products would be NaN)."""
+    check_finite(flatten_state(lin.out), f"{name}: the output at the analysis point", " (its products would be too)")
     return JacobianOperator(lin, wrt, h_like, x, name)
 
 
@@ -131,8 +142,8 @@ def jacobian(F, h, x: torch.Tensor, wrt: str = "h") -> LinearOperator:
     check_choice(wrt, "wrt", WRT)
     if callable(F) and not isinstance(F, FixedPoint):
         x, h = analysis_point(x, h)
-        lin = AutogradLinearization(F, h, x)
         name = getattr(F, "__name__", "F")
+        lin = AutogradLinearization(F, h, x, f"F(h, x) ({name})")
     else:
         fp = as_fixed_point(F)
         x, h = analysis_point(x, h, model=fp)
@@ -179,6 +190,8 @@ def unrolled_jacobian(model, x: torch.Tensor, h0=None, steps: int = 6, wrt: str 
         with torch.no_grad():
             h = fp.init(x, generator=generator)
     name = f"d{'y' if readout else f'h^{steps}'}/d{'x' if wrt == 'x' else 'h^0'}"
+    with torch.no_grad():
+        check_trajectory(fp.unroll(x, h, steps))
     entry = registered_linearization(fp)
     if readout and wrt == "x" and entry is not None and not entry.readout_uses_x:
         state = linearize(fp, h, x, steps)

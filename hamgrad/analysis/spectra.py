@@ -15,7 +15,7 @@ Every routine returns a :class:`Spectrum`: the values, each value's relative res
 matvec = the operator or its transpose applied to one vector, a Gram product counting two; for ``dense``, the
 products that built the matrix; for a composition searched in its inner space, two per Krylov vector: it takes one
 Gram product of each factor, together one application of ``J`` and one of ``Jᵀ``), a ``converged`` flag (every
-residual ``<= tol``), the method and the wall time.
+value certified, see below, and its residual ``<= tol``), the method and the wall time.
 
 Residuals: for an eigenpair ``‖Jv − λv‖ / |λ|`` (``‖v‖ = 1``; ``power`` divides by ``‖Jv‖``); for a singular
 triplet ``‖Jᵀu − σv‖ / σ`` with ``u = Jv/σ`` (so ``Jv = σu`` exactly), or its mirror ``‖Jv − σu‖ / σ`` with
@@ -29,10 +29,15 @@ probability, but a start block of b vectors can skip a value of multiplicity abo
 cluster (the ``block`` of ``svdvals`` and of ``eigvals``' ``arnoldi``).
 
 Noise floor: a value at or below ``Spectrum.noise_floor`` is rounding noise of the method, reported but not
-certified (``Spectrum.certified``; ``converged`` only counts the certified values): ``max(m, n) · eps`` times the
+certified (``Spectrum.certified``), and ``converged`` is then ``False``: of such a value only its smallness is known,
+not its digits (ask for k up to the operator's numerical rank). The floor is ``max(m, n) · eps`` times the
 largest for the direct methods and for ``arnoldi``/``power`` (backward-stable: the values carry an error of about
 ``eps ‖J‖``), ``10 √eps`` times the largest for ``lanczos`` (it works on ``JᵀJ``: ``σ²`` carries ``eps σ_max²``, so
 ``σ`` carries ``√eps σ_max``). Past an operator's numerical rank, the values are below the floor.
+
+Non-finite operators: a 2-D tensor with NaN or Inf, or an operator whose first product is not finite (built at a
+point where the state or input is not finite, or overflowing), is refused with a ValueError naming it, instead of a
+LAPACK or ARPACK error.
 
 ``spectral_radius`` and ``spectral_norm`` return floats: ``nan`` (and a :class:`hamgrad.ConvergenceWarning`) when
 their method did not converge.
@@ -48,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_generator, check_int_range, check_positive, check_steps
+from .._checks import check_choice, check_finite, check_generator, check_int_range, check_positive, check_steps
 from ..grad import ConvergenceWarning
 from .operators import LinearOperator
 
@@ -74,8 +79,8 @@ class Spectrum:
             decreasing order. ``nan`` where a method found no converged value (``power`` on a complex pair).
         residuals: CPU float64 tensor of length k, each value's relative residual (see the module docstring).
         matvecs: operator or transpose applications to one vector.
-        converged: every certified value's residual is at most ``tol`` (always ``True`` for ``dense``: a direct
-            method).
+        converged: every value is certified (above ``noise_floor``) and its residual is at most ``tol`` (for
+            ``dense``, a direct method, only the first).
         method, seconds, tol: how it was computed.
         noise_floor: the modulus at or below which a value is the method's rounding noise (see the module
             docstring): such a value is reported but not certified, whatever its residual says.
@@ -113,38 +118,49 @@ def _finish(values: torch.Tensor, res: torch.Tensor, counted, method: str, start
     top = values.abs().nan_to_num(nan=0.0)
     floor = floor_factor * float(top.max()) if len(top) else 0.0
     spec = Spectrum(values, res.double(), counted.count, True, method, time.perf_counter() - start, tol, floor)
-    spec.converged = method == "dense" or bool((res[spec.certified] <= tol).all())
+    spec.converged = bool(spec.certified.all()) and (method == "dense" or bool((res <= tol).all()))
     return spec
 
 
 class _Counted:
-    """Counts the vectors an operator is applied to (in either direction)."""
+    """Counts the vectors an operator is applied to (in either direction); the first product is checked finite."""
 
     def __init__(self, op: LinearOperator):
-        self.op, self.count = op, 0
+        self.op, self.count, self.checked = op, 0, False
+
+    def finite(self, Y, what: str = "its product with a start vector"):
+        """``Y``, checked finite the first time a product comes back (one host sync per spectrum)."""
+        if not self.checked:
+            self.checked = True
+            check_finite(Y if isinstance(Y, torch.Tensor) else torch.as_tensor(Y), f"{self.op.name}: {what}",
+                         " (the operator is built at a point where the state or input is not finite, or its products"
+                         " overflow)")
+        return Y
 
     def apply(self, V):
         self.count += V.shape[0]
-        return self.op.apply(V)
+        return self.finite(self.op.apply(V))
 
     def rapply(self, U):
         self.count += U.shape[0]
-        return self.op.rapply(U)
+        return self.finite(self.op.rapply(U))
 
     def gram(self, V):
         self.count += 2 * V.shape[0]
-        return self.op.gram(V)
+        return self.finite(self.op.gram(V))
 
     def cogram(self, U):
         self.count += 2 * U.shape[0]
-        return self.op.cogram(U)
+        return self.finite(self.op.cogram(U))
 
 
 # ---------------------------------------------------------------------- argument checks
 def _check_operator(J, name: str = "J") -> LinearOperator:
     """``J`` as a :class:`LinearOperator` (a 2-D tensor is wrapped)."""
     if isinstance(J, torch.Tensor):
-        return LinearOperator.from_dense(J, name)
+        op = LinearOperator.from_dense(J, name)
+        check_finite(J, name)
+        return op
     if not isinstance(J, LinearOperator):
         raise TypeError(f"{name} must be a hamgrad LinearOperator (hg.jacobian(...)) or a 2-D tensor, "
                         f"got {type(J).__name__}")
@@ -187,7 +203,7 @@ def _eig_residuals(counted: _Counted, values: torch.Tensor, vectors: torch.Tenso
 
 def _eig_dense(J, counted, k):
     """Top-k eigenvalues of the dense matrix and their residuals."""
-    A = J.dense()
+    A = counted.finite(J.dense(), "the dense matrix")
     counted.count += min(J.shape)
     values, vectors = torch.linalg.eig(A)
     values, vectors = _sort_by_modulus(values, vectors)
@@ -215,7 +231,7 @@ def _eig_arnoldi(J, counted, k, tol, maxiter, ncv, block, generator):
 
     def counted_mv(v):
         counted.count += 1
-        return sp.matvec(v)
+        return counted.finite(sp.matvec(v))
 
     op = SciPyOperator(sp.shape, matvec=counted_mv, dtype=sp.dtype)
     found_values, found_vectors = [], []
@@ -327,7 +343,8 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         :class:`Spectrum` with complex ``values`` in decreasing modulus.
 
     Raises:
-        TypeError, ValueError: for an argument out of range (the message names it).
+        TypeError, ValueError: for an argument out of range (the message names it), or an operator that is not
+            finite (a matrix with NaN/Inf, or NaN/Inf products).
 
     Warns:
         hamgrad.ConvergenceWarning: when ``power`` did not converge (its value is then ``nan``).
@@ -369,7 +386,7 @@ def eigvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
 # ---------------------------------------------------------------------- singular values
 def _svd_dense(J, counted, k):
     """Top-k singular values of the dense matrix and their residuals."""
-    A = J.dense()
+    A = counted.finite(J.dense(), "the dense matrix")
     counted.count += min(J.shape)
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)
     U, S, V = U[:, :k], S[:k], Vh[:k].mT
@@ -564,7 +581,8 @@ def svdvals(J, k: int = 6, method: str = "auto", *, tol: float | None = None, ma
         ``noise_floor`` and are not ``certified``.
 
     Raises:
-        TypeError, ValueError: for an argument out of range (the message names it).
+        TypeError, ValueError: for an argument out of range (the message names it), or an operator that is not
+            finite (a matrix with NaN/Inf, or NaN/Inf products).
     """
     J = _check_operator(J)
     check_choice(method, "method", SVD_METHODS)

@@ -96,6 +96,11 @@ class AblationConfig:
         iters, batch_size, lr, weight_decay.
         log_every: iterations per logged mean training loss (the training curve).
         checkpoint_every: iterations between checkpoints; a multiple of ``log_every``.
+        probe_every: every this many iterations (from iteration 0, before its update), a run with a ham probes
+            the training batch (:func:`hamgrad.experiments.probe`): its own gradient mode against BPTT on the
+            encoder and the lower bread, and ρ(J_K). ``None`` or 0: no probes. The default, 50, gives 10
+            points over 500 iterations for 6–8% of a run's CPU time at the default size
+            (``benchmarks/bench_probes.py``).
     Data (:class:`hamgrad.data.GlobalContextShapes`; the first ``train_samples`` items train, the next
     ``val_samples`` evaluate):
         image_size, num_families, num_shapes (an int or an inclusive ``(low, high)``), noise, train_samples,
@@ -120,6 +125,7 @@ class AblationConfig:
     weight_decay: float = 1e-4
     log_every: int = 25
     checkpoint_every: int = 50
+    probe_every: int | None = 50
     image_size: int = 64
     num_families: int = 3
     num_shapes: tuple = (5, 9)
@@ -161,6 +167,10 @@ class AblationConfig:
         check_int(self.data_seed, "data_seed", 0)
         if self.eval_steps is not None:
             check_int(self.eval_steps, "eval_steps", 1)
+        if self.probe_every is not None:
+            check_int(self.probe_every, "probe_every (0 or None: no probes)", 0)
+            if self.probe_every == 0:
+                object.__setattr__(self, "probe_every", None)  # one value for "no probes"
         if not isinstance(self.steps, tuple):
             check_int(self.steps, "steps", 1)
         for k in self.step_values:

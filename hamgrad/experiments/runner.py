@@ -7,15 +7,16 @@ config.json                  the AblationConfig of the sweep (a different config
 ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
 results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
 summary.md, summary.json     the Table-1-style summary
-runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states and training curve of each run
+runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
 ```
 
 Resuming: ``results.jsonl`` is the record of finished runs; a run listed there with ``status="ok"`` is never trained
 again. Its rows are checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the
 config ignored, each with a warning). Any other run restarts from its latest checkpoint (saved every
 ``checkpoint_every`` iterations and when training ends; resumed only by the run and config that wrote it), restoring
-the model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator and the
-curve, so a resumed run follows the same trajectory as an uninterrupted one. Every file is written to a temporary
+the model, the optimizer, the global torch RNG (the ham's random initialisation), the batch-sampling generator, the
+curve and the gradient probes taken so far (:mod:`hamgrad.experiments.probes`), so a resumed run follows the same
+trajectory, and records the same probes, as an uninterrupted one. Every file is written to a temporary
 name unique to its writer and moved into place with ``os.replace``, so a sweep killed at any moment leaves either the
 old or the new file. Only the driver writes the results and summary; on Ray, workers write their runs' checkpoints.
 """
@@ -42,20 +43,26 @@ from tqdm.auto import tqdm
 from ..nn import HamNet
 from .._checks import check_device, check_int
 from .._files import atomic_write, write_text
+from ..grad import ConvergenceWarning
 from .config import AblationConfig, RunSpec, _number
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .probes import _device_rng, append, new_series, probe
 from .summary import Summary, summarize
 
 __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_model", "CSV_COLUMNS"]
 
-#: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
+#: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class, the training ``curve`` and the
+#: gradient ``probes``: see :func:`hamgrad.experiments.probes.new_series`; ``None`` with ``probe_every=None``, and
+#: ``{"every", "skipped"}`` with the reason for a run without a ham).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
-#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` and ``block`` (the
+#: training step the run last resumed from (0: trained from the start); ``unconverged_backward`` counts the implicit
+#: backward solves that did not converge (their gradients are NaN) and ``skipped_steps`` the training steps whose
+#: optimizer step was skipped for that (the iteration still counts); ``steps``/``eval_steps`` and ``block`` (the
 #: Hamburger's version, ``"v1"`` or ``"v2"``) are ``None`` for the no-ham baseline and the context modules.
 #: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
 CSV_COLUMNS = ("run_id", "status", "solver", "grad", "block", "seed", "steps", "eval_steps", "iters", "miou",
-               "pixel_acc", "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at",
-               "error")
+               "pixel_acc", "final_loss", "diverged", "skipped_steps", "unconverged_backward", "train_seconds",
+               "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
 #: Keys of a finished (``status == "ok"``) row besides the run's identity.
@@ -311,17 +318,19 @@ def _lr(config: AblationConfig, step: int) -> float:
 
 
 def _train_step(model: HamNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-    """One optimisation step on a batch; returns the (detached) cross-entropy loss."""
+                labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One optimisation step on a batch; returns the (detached) cross-entropy loss and how many implicit backward
+    solves did not converge. Their gradients are NaN, so then the optimizer step is skipped (the weights and the
+    optimizer's state stay as they were); their warnings are silenced, as the count goes into the run's row."""
     loss = F.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def _device_rng(device: torch.device):
-    return None if device.type == "cpu" else torch.get_device_module(device.type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loss.backward()
+    unconverged = sum(not b.converged for m in model.modules() for b in getattr(m, "backward_solves", ()))
+    if not unconverged:
+        optimizer.step()
+    return loss.detach(), unconverged
 
 
 def _save_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, model, optimizer, state: dict,
@@ -392,7 +401,8 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
     model = build_model(config, spec).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(spec.seed)
-    state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []}}
+    state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []},
+             "skipped_steps": 0, "unconverged_backward": 0, "probes": _probe_series(config, spec)}
     if ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, config, spec, device)
         model.load_state_dict(ckpt["model"])
@@ -402,18 +412,27 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         rng = _device_rng(device)
         if rng is not None and ckpt["rng_device"] is not None:
             rng.set_rng_state(ckpt["rng_device"].cpu(), device)
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}  # older checkpoints lack the skip counts or probes
         bar.update(state["step"])
     resumed_from = state["step"]
 
     model.train()
+    probing = state["probes"] is not None and "skipped" not in state["probes"]
     running = torch.zeros((), device=device)
     since_log, start = 0, time.perf_counter()
     while state["step"] < config.iters and not state["diverged"]:
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, state["step"])
         idx = torch.randint(n_train, (config.batch_size,), generator=batches)
-        running += _train_step(model, optimizer, images[idx].to(device), labels[idx].to(device).long())
+        x, y = images[idx].to(device), labels[idx].to(device).long()
+        if probing and state["step"] % config.probe_every == 0:  # before the update: the model stays as it was
+            probe_start = time.perf_counter()
+            append(state["probes"], state["step"], probe(model, x, y))
+            state["probes"]["seconds"] += time.perf_counter() - probe_start
+        batch_loss, unconverged = _train_step(model, optimizer, x, y)
+        running += batch_loss
+        state["unconverged_backward"] += unconverged
+        state["skipped_steps"] += bool(unconverged)
         state["step"] += 1
         since_log += 1
         bar.update(1)
@@ -439,11 +458,22 @@ def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.dev
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
         "final_loss": losses[-1] if losses else None, "diverged": state["diverged"],
+        "skipped_steps": state["skipped_steps"], "unconverged_backward": state["unconverged_backward"],
         "train_seconds": round(state["train_seconds"], 3), "eval_seconds": round(time.perf_counter() - start, 3),
         "resumed_from": resumed_from,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-        "curve": state["curve"],
+        "curve": state["curve"], "probes": state["probes"],
     }
+
+
+def _probe_series(config: AblationConfig, spec: RunSpec) -> dict | None:
+    """The run's empty probe series: ``None`` without probes, the reason for a run without a ham."""
+    if config.probe_every is None:
+        return None
+    if spec.solver is None:
+        what = f"the context module {spec.context!r}" if spec.context else "the no-ham baseline"
+        return {"every": config.probe_every, "skipped": f"{what} has no ham to probe"}
+    return new_series(config.probe_every)
 
 
 def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, device="cpu",

@@ -23,7 +23,9 @@ class SummaryCell:
     context run) over its finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
-    [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf.
+    [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf; ``skipped_steps`` of
+    ``trained_steps`` training steps (over the seeds) skipped their optimizer step because an implicit backward
+    solve did not converge.
     """
 
     solver: str
@@ -34,6 +36,8 @@ class SummaryCell:
     diverged: int
     steps: int | None = None
     block: str | None = None
+    skipped_steps: int = 0
+    trained_steps: int = 0
 
 
 @dataclass
@@ -88,16 +92,24 @@ class Summary:
         if PAPER_MODE in self.grads:
             lines.append(f"{mode_label(PAPER_MODE)}: the paper's one-step gradient as the official Hamburger code "
                          f"computes it (K steps without graph, then one code update with the bases held constant)")
-        diverged = []
-        for c in (c for c in self.cells if c.diverged):
-            name = [c.solver, str(c.grad)] + ([c.block] if c.block else []) + ([f"K{c.steps}"] if len(ks) > 1 else [])
-            diverged.append(f"{'/'.join(name)}: {c.diverged}")
+        diverged = [f"{self._name(c, ks)}: {c.diverged}" for c in self.cells if c.diverged]
         if diverged:
             lines.append("diverged runs (loss NaN/Inf): " + ", ".join(diverged))
+        skipped = [f"{self._name(c, ks)}: {c.skipped_steps} of {c.trained_steps}"
+                   for c in self.cells if c.skipped_steps]
+        if skipped:
+            lines.append("training steps skipped (the implicit backward solve did not converge, its gradient is NaN): "
+                         + ", ".join(skipped))
         if self.failed:
             lines.append(f"failed runs ({len(self.failed)}, not in the tables; rerun the command to try them again):")
             lines += [f"- {f['run_id']}: {f['error']}" for f in self.failed]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _name(c: SummaryCell, ks: list) -> str:
+        """``solver/grad[/block][/K]`` of a cell, for the notes under the tables."""
+        return "/".join([c.solver, str(c.grad)] + ([c.block] if c.block else []) + ([f"K{c.steps}"] if len(ks) > 1
+                                                                                      else []))
 
     def _entry(self, solver: str, grad: str | None, steps: int | None, key: str, block: str | None = None) -> str:
         for c in self.cells:
@@ -140,7 +152,9 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
         summary.cells.append(SummaryCell(
             solver=solver, grad=grad, steps=steps, block=block, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
-            diverged=sum(bool(r["diverged"]) for r in group)))
+            diverged=sum(bool(r["diverged"]) for r in group),
+            skipped_steps=sum(r.get("skipped_steps") or 0 for r in group),
+            trained_steps=sum(r.get("iters") or 0 for r in group)))
     return summary
 
 

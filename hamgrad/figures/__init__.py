@@ -21,6 +21,9 @@ behind figures 4–6 is a resumable :func:`hamgrad.experiments.run_ablation` swe
 ``runs/paper-ablation[-quick]``); pass ``ablation_dir`` to use a sweep you ran yourself. Figures 4–6 record the sweep
 they were drawn from and are recomputed when it differs.
 
+Beyond the paper's six, :mod:`~hamgrad.figures.probes` draws the gradient probes the same sweep records (each gradient
+mode against BPTT, and ρ(J_K), along training).
+
 A figure of your own is one :func:`register` call (a ``compute`` and a ``plot`` function); :func:`run` and
 :func:`run_all` then treat it as they treat the paper's.
 """
@@ -29,6 +32,7 @@ from ._registry import (FigureSpec, available, compute, get, load, plot, quick_f
                         save)
 from ._common import ablation_config
 from . import spectrum, flow, agreement, ablation, accumulative_ratio, feature_maps  # each registers itself
+from . import probes  # registered after the paper's six
 from .accumulative_ratio import block_accumulative_ratio
 from .feature_maps import block_feature_maps
 from .flow import contractive_model
@@ -38,4 +42,5 @@ FIGURES = ("spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "f
 
 __all__ = ["FIGURES", "FigureSpec", "register", "available", "get", "compute", "plot", "save", "load", "run",
            "run_all", "quick_from_env", "ablation_config", "block_accumulative_ratio", "block_feature_maps",
-           "contractive_model", "spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps"]
+           "contractive_model", "spectrum", "flow", "agreement", "ablation", "accumulative_ratio", "feature_maps",
+           "probes"]

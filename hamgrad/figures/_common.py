@@ -51,8 +51,9 @@ def trajectories(quick: bool):
 
 # ---------------------------------------------------------------------- figures 4–6: the ablation sweep
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step-coef (the paper's), one-step, BPTT} in the V2 block, plus
-    the baseline (:class:`hamgrad.experiments.AblationConfig`'s defaults).
+    """The sweep behind figures 4–6 and the probes figure: every ham × {one-step-coef (the paper's), one-step, BPTT}
+    in the V2 block, plus the baseline (:class:`hamgrad.experiments.AblationConfig`'s defaults), probed every 25
+    iterations (every 5 at the quick size).
 
     Args:
         quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
@@ -61,14 +62,24 @@ def ablation_config(quick: bool) -> AblationConfig:
         The :class:`hamgrad.experiments.AblationConfig`.
     """
     if quick:
-        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10)
-    return AblationConfig(seeds=2, iters=300)
+        return AblationConfig.quick(iters=20, log_every=5, checkpoint_every=10, probe_every=5)
+    return AblationConfig(seeds=2, iters=300, probe_every=25)
 
 
 def ablation_dir(quick: bool, folder) -> Path:
     """The sweep's folder: ``folder``, or by default ``runs/paper-ablation`` (``-quick`` at the quick size)."""
     return Path(folder) if folder is not None else Path("runs") / (
         "paper-ablation-quick" if quick else "paper-ablation")
+
+
+def read_sweep(folder) -> tuple[Path, list]:
+    """A sweep folder and its finished rows, read as they are (nothing is trained or resumed).
+
+    Raises:
+        ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
+    """
+    folder = Path(folder)
+    return folder, finished(load_results(folder), f"the sweep folder {str(folder)!r}")
 
 
 def sweep(quick: bool, folder, progress: bool) -> tuple[Path, list]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import plots
-from ..experiments import load_results, read_config
+from ..experiments import read_config
 from ..experiments.summary import ablation_table as from_rows  # figure 4's table; plots.sweep builds it the same way
 from . import _common
 from ._registry import register
@@ -26,12 +26,11 @@ def read(folder) -> dict:
     Raises:
         ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).
     """
-    folder = Path(folder)
-    return _result(folder, load_results(folder), f"the sweep folder {str(folder)!r}")
+    return _result(*_common.read_sweep(folder))
 
 
-def _result(folder: Path, rows: list, what: str = "rows") -> dict:
-    result = from_rows(rows, what)
+def _result(folder: Path, rows: list) -> dict:
+    result = from_rows(rows)
     return {"metric": result["metric"], "sweep": str(folder), "table": result["table"], "curves": result["curves"],
             "config": read_config(folder).to_dict()}
 

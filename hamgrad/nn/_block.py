@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_feature_map, check_finite, check_int, check_mixing
 from .hamburger import capturing
 
 
@@ -48,8 +48,9 @@ class ContextCapture:
 
 
 class _ContextBlock(nn.Module):
-    """Breads, residual and capture shared by the context modules; subclasses define ``_mix(z, x) -> (x, y, D, C)``
-    with ``z`` the lower bread's output ``(B, width, n)`` and ``x`` the block's input ``(B, channels, H, W)``.
+    """Breads, residual, input checks and capture shared by the context modules; subclasses define
+    ``_mix(z, x) -> (x, y, D, C)`` with ``z`` the lower bread's output ``(B, width, n)`` and ``x`` the block's input
+    ``(B, channels, H, W)``, and may name what the mixing computes in ``_mixing`` (for the overflow message).
 
     Args:
         channels: input and output channels.
@@ -60,6 +61,8 @@ class _ContextBlock(nn.Module):
             convolution with a bias.
         upper_in: the upper bread's input channels (default ``d``).
     """
+
+    _mixing = "mixing"
 
     def __init__(self, channels: int, d: int, width: int, *, kernel: int = 1, norm: bool = False,
                  upper_in: int | None = None):
@@ -79,11 +82,21 @@ class _ContextBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Map ``x`` ``(B, channels, H, W)`` to the same shape. ``generator`` is accepted so that every context
-        module is called like :class:`~hamgrad.nn.Hamburger`; these modules draw no random numbers."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
+        module is called like :class:`~hamgrad.nn.Hamburger`; these modules draw no random numbers.
+
+        Raises:
+            TypeError, ValueError: ``x`` is not a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1`` in the
+                module's dtype and on its device (:func:`hamgrad._checks.check_feature_map`), holds NaN or Inf
+                (checked before the lower bread), or the mixing overflows its dtype
+                (:func:`hamgrad._checks.check_mixing`, before the upper bread): two host syncs a forward pass, and a
+                refused input leaves every BatchNorm's running statistics as they were.
+        """
+        check_feature_map(x, self.channels, self.upper_bread[0].weight)
+        if not x.is_meta:  # before the lower bread, whose BatchNorm (DA, APC, DM, ACF) would keep NaN statistics
+            check_finite(x, "x")
         B, _, H, W = x.shape
         mixed, y, D, C = self._mix(self.lower_bread(x).flatten(2), x)
+        check_mixing(x, y, f"{type(self).__name__}'s {self._mixing}")
         cap = self._capture
         if cap is not None:
             cap.x, cap.y, cap.shape = mixed.detach(), y.detach(), (H, W)

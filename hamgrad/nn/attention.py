@@ -57,6 +57,8 @@ class SelfAttention(_ContextBlock):
         TypeError, ValueError: for a non-int or non-positive ``channels`` or ``d``.
     """
 
+    _mixing = "attention (scores Kᵀ Q / √d)"
+
     def __init__(self, channels: int, d: int = 512):
         super().__init__(channels, d, 3 * check_int(d, "d", 1))
 
@@ -84,6 +86,8 @@ class DoubleAttention(_ContextBlock):
     Raises:
         TypeError, ValueError: for a non-int or non-positive ``channels``, ``d`` or ``rank``.
     """
+
+    _mixing = "gather and distribute"
 
     def __init__(self, channels: int, d: int = 512, rank: int = 64):
         super().__init__(channels, d, check_int(d, "d", 1) + 2 * check_int(rank, "rank", 1))

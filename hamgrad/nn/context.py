@@ -94,6 +94,8 @@ class DualAttention(_ContextBlock):
         TypeError, ValueError: for a non-int ``channels`` or ``d``, ``channels < 1`` or ``d < 8``.
     """
 
+    _mixing = "position and channel attention (scores qᵢᵀkⱼ and E = z zᵀ)"
+
     def __init__(self, channels: int, d: int = 512):
         check_int(d, "d", 8)
         super().__init__(channels, d, 2 * d, kernel=3, norm=True)

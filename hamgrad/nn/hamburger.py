@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_steps
+from .._checks import check_choice, check_feature_map, check_steps
 from ..grad import SolveInfo, parse_grad_mode, solve
 from ..solvers import get_solver
 
@@ -104,6 +104,11 @@ class Hamburger(nn.Module):
     initial state of the solver is drawn from ``generator`` (a ``torch.Generator`` on ``x.device``) or, by default,
     from torch's global generator, so ``torch.manual_seed`` makes a training run reproducible.
 
+    ``backward_solves`` is the list of :class:`hamgrad.grad.BackwardInfo` of the most recent forward pass: with
+    ``grad="implicit"`` its backward appends one per adjoint solve (empty for the other modes). A solve that did not
+    converge gives NaN gradients (:func:`hamgrad.solve`); a training loop can check ``backward_solves`` and skip
+    that optimizer step, as the ablation runner does.
+
     Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots):
 
     ```python
@@ -165,6 +170,7 @@ class Hamburger(nn.Module):
             for conv in (self.lower_bread, self.cheese[0], self.upper_bread):
                 nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))
         self._capture: HamCapture | None = None
+        self.backward_solves: list = []
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, d={self.d}, solver={self.solver!r}, steps={self.steps}, "
@@ -194,11 +200,12 @@ class Hamburger(nn.Module):
             ``ReLU(x + upper_bread(X̄))`` (V2: ``ReLU(x + upper_bread(cheese(X̄)))``), the shape of ``x``.
 
         Raises:
-            ValueError: when ``x`` is not ``(B, channels, H, W)``, when ``rank > H·W``, or when the ham's input is not
-                finite (the solver's checks in :func:`hamgrad.solve`).
+            TypeError, ValueError: when ``x`` is not a floating ``(B, channels, H, W)`` tensor with ``B, H, W >= 1``
+                in the block's dtype and on its device (the context modules' shared check,
+                :func:`hamgrad._checks.check_feature_map`), when ``rank > H·W``, or when the ham's input is not
+                finite or overflows the solver's products (the solver's checks in :func:`hamgrad.solve`).
         """
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
+        check_feature_map(x, self.channels, self.lower_bread.weight)
         B, _, H, W = x.shape
         z = self.lower_bread(x)
         if self.nonnegative:
@@ -207,6 +214,7 @@ class Hamburger(nn.Module):
         steps = self.steps[0] if self.training else self.steps[1]
         cap = self._capture
         y, info = solve(self.solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
+        self.backward_solves = info.backward
         if cap is not None:
             D, C = info.state
             if self.grad == "one-step-coef":

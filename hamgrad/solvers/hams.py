@@ -1,14 +1,20 @@
 """The three hams of the paper, exactly as docs/theory.md §2 writes them.
 
 Matrix products are ordered so that no ``d × n`` intermediate is formed inside a step: ``DᵀDC`` is ``(DᵀD)C`` and
-``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape: measured in
-``benchmarks/bench_core.py`` (one thread and two), this layout is faster than computing ``(XᵀD)ᵀ`` with codes stored
-as ``(n, r)`` like the official code, whose backward also returns ``∂/∂X`` transposed (one more d × n copy).
+``DCCᵀ`` is ``D(CCᵀ)``. Codes ``C (..., r, n)`` are contiguous and ``DᵀX`` is one GEMM of that shape, whose backward
+returns ``∂/∂X`` in X's layout (the official code's ``(n, r)`` codes and ``XᵀD`` products return it transposed: one
+more d × n copy). NMF computes no product twice where the official code does: the initial codes' ``DᵀX`` serves the
+first code update, and the monitor's ``DᵀD`` the next code update (see ``_Kept``), with the same numbers.
+``benchmarks/bench_core.py`` times a solve against a transcription of the official code at one thread and at torch's
+default count.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.autograd import forward_ad
 
 from .._checks import check_positive
 from .base import Solver, register_solver
@@ -22,6 +28,51 @@ def _unit_columns(D: torch.Tensor, eps: float) -> torch.Tensor:
 def _project(D: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``Dᵀ x`` of shape ``(..., r, n)``."""
     return D.mT @ x
+
+
+def _tag(t: torch.Tensor):
+    """What identifies a tensor's values without reading them: its view of memory and its version counter (shared by
+    its views and ``detach()``, bumped by every in-place change). None where that cannot tell: an inference tensor (no
+    version counter), a tensor without storage of its own (inside ``torch.func`` transforms) or one carrying a
+    forward-mode tangent."""
+    if t.is_inference() or forward_ad.unpack_dual(t).tangent is not None:
+        return None
+    try:
+        return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version
+    except RuntimeError:
+        return None
+
+
+class _Kept:
+    """A product of some tensors, kept by a solver for its next use in the same solve, where the same product of the
+    same tensors would be computed again. It is handed out for tensors with the same tags (:func:`_tag`: the same
+    memory, unmodified since) while the tensors it was made from are alive (weak references: their memory cannot
+    have been reused), and only where no graph is wanted (it was made without one)."""
+
+    __slots__ = ("refs", "tags", "value")
+
+    def __init__(self, tensors, tags, value):
+        self.refs = [weakref.ref(t) for t in tensors]
+        self.tags = tags
+        self.value = value
+
+    def matches(self, tags) -> bool:
+        """Whether the kept value is the product of the tensors with these tags (see the class docstring)."""
+        return self.tags == tags and all(r() is not None for r in self.refs)
+
+
+def _kept_or_computed(solver, slot: str, tensors, compute, keep: bool = True):
+    """``compute()`` of ``tensors``, or the value ``solver`` kept in its attribute ``slot`` for these very tensors,
+    which is consumed. A value computed without graph is kept in ``slot`` when ``keep`` and every tensor has a tag."""
+    kept = solver.__dict__.pop(slot, None)
+    tags = [_tag(t) for t in tensors]
+    usable = None not in tags and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if usable and kept is not None and kept.matches(tags):
+        return kept.value
+    value = compute()
+    if keep and usable:
+        solver.__dict__[slot] = _Kept(tensors, tags, value)
+    return value
 
 
 def _weighted_means(x: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
@@ -44,11 +95,27 @@ class NMF(Solver):
         D = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
         return _unit_columns(D, self.eps)
 
+    # Two products are kept from one use to the next (see _Kept): the initial codes' DᵀX, which the first code
+    # update needs again (the official code computes it twice: one of the 2K + 3 GEMMs of size d·n·r in a solve),
+    # and DᵀD of the state the monitor's objective was computed at, which the next code update (or the official
+    # code's last one) needs again. The numbers are the same; a solve runs fewer products.
+    _KEPT = ("_kept_projection", "_kept_gram")
+
+    def _projection(self, x, D, keep=False):
+        return _kept_or_computed(self, "_kept_projection", (D, x), lambda: _project(D, x), keep)
+
+    def _gram(self, D, keep=False):
+        return _kept_or_computed(self, "_kept_gram", (D,), lambda: D.mT @ D, keep)
+
     def _init_codes(self, x, D):
-        return torch.softmax(_project(D, x), dim=-2)
+        return torch.softmax(self._projection(x, D, keep=True), dim=-2)
 
     def _mu_codes(self, x, D, C):
-        return C * _project(D, x) / ((D.mT @ D) @ C + self.eps)
+        return C * self._projection(x, D) / (self._gram(D) @ C + self.eps)
+
+    def __getstate__(self):
+        """The solver's settings, without the products kept between two uses."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._KEPT}
 
     def _update(self, x, D, C):
         """The step, and the products ``X Cᵀ`` and ``C Cᵀ`` of the new codes it formed."""
@@ -70,7 +137,8 @@ class NMF(Solver):
         D, C, XCt, CCt = self._update(x, D, C)
         with torch.no_grad():
             Dd = D.detach()
-            obj = x_sq - 2 * (XCt.detach() * Dd).sum(dim=(-2, -1)) + ((Dd.mT @ Dd) * CCt.detach()).sum(dim=(-2, -1))
+            obj = (x_sq - 2 * (XCt.detach() * Dd).sum(dim=(-2, -1))
+                   + (self._gram(D, keep=True) * CCt.detach()).sum(dim=(-2, -1)))
         return (D, C), obj.clamp_min(0)
 
 
