@@ -1,12 +1,14 @@
 """The resumable ablation runner: ``run_ablation(config, out_dir)``, in this process or on Ray.
 
-Layout of ``out_dir``::
+Layout of ``out_dir``:
 
-    config.json                  the AblationConfig of the sweep (a different config is refused)
-    ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
-    results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
-    summary.md, summary.json     the Table-1-style summary
-    runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
+```text
+config.json                  the AblationConfig of the sweep (a different config is refused)
+ablate.lock                  held by the running driver (pid, host, start time); a second driver is refused
+results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
+summary.md, summary.json     the Table-1-style summary
+runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
+```
 
 Resuming: ``results.jsonl`` is the record of finished runs; a run listed there with ``status="ok"`` is never trained
 again. Its rows are checked against ``config.json`` when read (a repeated row is dropped, a row of a run not in the
