@@ -21,13 +21,13 @@ from . import analysis, linalg, nn
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("experiments", "data", "plots", "figures", "paper")
+_LAZY_SUBMODULES = ("experiments", "data", "plots", "style", "figures", "paper")
 
 __all__ = [
     "NMF", "SoftVQ", "CD", "Solver", "get_solver", "register_solver", "available_solvers",
     "FixedPoint", "solve", "SolveInfo", "implicit_gradient", "LinearSolveResult", "GRAD_MODES", "ConvergenceWarning",
     "ConvergenceError",
-    "nn", "experiments", "data", "plots", "figures",
+    "nn", "experiments", "data", "plots", "style", "figures",
     "linalg", "analysis", "jacobian", "eigvals", "svdvals", "spectral_radius", "spectral_norm", "gradient_flow",
     "compare_gradients", "accumulative_ratio",
 ]

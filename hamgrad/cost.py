@@ -1,18 +1,17 @@
 """What a context module costs: parameters, MACs, memory and time, in training and in inference (the paper's Table 3).
 
-::
-
-    from hamgrad import cost
-    row = cost.context_cost("sa", 64)                          # one module on one (1, 512, 64, 64) map
-    result = cost.compare_contexts(("sa", "nmf"), sides=(64, 128))   # interleaved rounds, ratios to the ham, slopes
-    print(cost.to_markdown(result))
+```python
+from hamgrad import cost
+row = cost.context_cost("sa", 64)                          # one module on one (1, 512, 64, 64) map
+result = cost.compare_contexts(("sa", "nmf"), sides=(64, 128))   # interleaved rounds, ratios to the ham, slopes
+print(cost.to_markdown(result))
+```
 
 **The setting** is Table 3's: one feature map of ``channels = 512``, ``d = 512``, ``r = 64``, ``K = 6`` steps in
 training and 7 in inference, the hams in the paper's V1 block (Table 3's 0.50M parameters of Ham (NMF) are V1's two
 512 × 512 convs; V2's cheese would add 0.26M). A training step is the module's forward in training mode and the
-backward of a fixed
-random output gradient (the input requires a gradient, as inside a network); inference is the forward in evaluation
-mode under ``torch.no_grad()``.
+backward of a fixed random output gradient (the input requires a gradient, as inside a network); inference is the
+forward in evaluation mode under ``torch.no_grad()``.
 
 **Counting conventions** (each one a choice; the defaults are the paper's):
 

@@ -3,15 +3,17 @@ saves as JSON) and returns a :class:`matplotlib.figure.Figure`. They compute not
 
 Figures of your own solver: :func:`flow`, :func:`spectrum`, :func:`agreement` and :func:`ratio` take the result
 objects of the analysis API (one or several; a ``dict`` maps labels to results) and draw the same figures, and
-:func:`sweep` draws the ablation figure of a sweep of your own::
+:func:`sweep` and :func:`probes` draw the ablation figure and the gradient probes of a sweep of your own:
 
-    flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
-    hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
-    hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
-    hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
-    hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out))
-    hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
-    hamgrad.plots.probes("runs/mine")                  # its gradient probes along training
+```python
+flows = {"ISTA": hg.gradient_flow(s, x, h0, steps=8)}
+hamgrad.plots.flow(flows)                          # ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t
+hamgrad.plots.spectrum(eigs, norms=norms)          # eigs[t] = hg.eigvals(J_t), norms[t] = hg.spectral_norm(J_t)
+hamgrad.plots.agreement([hg.compare_gradients(s, x, loss, steps=K) for K in (1, 2, 4, 8)])
+hamgrad.plots.ratio(hg.accumulative_ratio(Z_in), hg.accumulative_ratio(Z_out), labels=("input", "output"))
+hamgrad.plots.sweep("runs/mine")                   # the folder of `hamgrad ablate --out runs/mine`
+hamgrad.plots.probes("runs/mine")                  # its gradient probes along training
+```
 
 Convention (every figure): ``J_t = ∂F/∂h (hᵗ, x)`` and ``B_t = ∂F/∂x (hᵗ, x)`` are the Jacobians at the state
 *before* step t+1, t = 0 … K, so ``∂hᵗ/∂h⁰ = J_{t−1}⋯J_0`` and ``∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1} B_s``.
@@ -25,17 +27,20 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
   ``J_{t[i]}``'s eigenvalues, ``rho``/``sigma`` its spectral radius and norm;
 - agreement: ``{"K", "modes": {mode: {"cosine", "norm_ratio", "seconds", "peak_mb"}}, "reference", "label",
   "memory_kind"}``, one list entry per K;
-- accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``;
+- accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p", "labels"}`` (``p`` and ``labels``
+  optional);
 - sweep (ablation): ``{"table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves": [{"solver",
-  "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.figures.ablation.from_rows` builds
-  it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1);
+  "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.experiments.summary.ablation_table`
+  builds it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1);
 - probes: ``{"runs": [{"solver", "grad", "block", "steps", "seed", "step", "encoder", "lower_bread", "rho", ...}]}``,
-  the series of :func:`hamgrad.figures.probes.from_rows`.
+  the series of :func:`hamgrad.experiments.probes.probe_series`.
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
-Style: seaborn's ``whitegrid`` theme, its colour-blind-safe palette, labelled axes, log scales where values span
-decades. Figures are built without pyplot, so nothing global is touched and no window opens.
+Style: one visual language, from :mod:`hamgrad.style`: colour and marker shape name the solver (and its
+temperature), line style, marker fill and hatch the gradient mode, in every figure. Legends sit outside the axes
+(they never cover a label), step axes have integer ticks, log scales are used where values span decades. Figures
+are built without pyplot, so nothing global is touched and no window opens.
 """
 
 from __future__ import annotations
@@ -43,15 +48,16 @@ from __future__ import annotations
 import io
 import math
 import os
-import textwrap
-from contextlib import contextmanager
 
 import numpy as np
-import seaborn as sns
-from matplotlib.colors import ListedColormap
-from matplotlib.ticker import MaxNLocator
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from . import style
 from .grad import mode_label
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
@@ -70,21 +76,10 @@ class _InlineFigure(Figure):
         return buffer.getvalue()
 
 
-def _palette(n: int) -> list:
-    return sns.color_palette("colorblind", max(n, 1))
-
-
-@contextmanager
-def _styled():
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        yield
-
-
-def _figure(nrows: int, ncols: int, width: float, height: float, title: str):
+def _figure(width: float, height: float, title: str) -> Figure:
     fig = _InlineFigure(figsize=(width, height), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
     fig.suptitle(title)
-    return fig, axes
+    return fig
 
 
 def mark_quick(fig: Figure) -> Figure:
@@ -105,6 +100,70 @@ def _log_if_spread(ax, values, axis: str = "y", decades: float = 1.5) -> None:
     v = np.asarray([x for x in np.ravel(values) if x is not None and np.isfinite(x) and x > 0])
     if v.size and np.log10(v.max() / v.min()) >= decades:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        if np.log10(v.max() / v.min()) < 2.5:
+            _plain_log_ticks(ax, axis)
+
+
+def _plain_log_ticks(ax, axis: str = "x") -> None:
+    """Tick labels of a log axis that spans few decades as plain numbers (5, 10, 20 rather than 5×10⁰)."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    target.set_major_locator(LogLocator(base=10))
+    target.set_major_formatter(plain)
+    target.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    target.set_minor_formatter(plain)
+
+
+def _integer_ticks(ax, axis: str = "x") -> None:
+    """Ticks at integers only (a step count)."""
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+
+
+def _line(ax, x, y, st: dict, label=None, **kw):
+    """One curve in a style of :func:`hamgrad.style.styles` (colour, marker, line style, marker fill)."""
+    return ax.plot(x, y, color=st["color"], marker=st["marker"] or None, linestyle=st["linestyle"],
+                   fillstyle=st["fillstyle"], markersize=st["markersize"], label=label, **kw)[0]
+
+
+def _handle(st: dict, label: str, line: bool = True) -> Line2D:
+    """A legend entry drawn in a style."""
+    return Line2D([], [], color=st["color"], marker=st["marker"] or None, fillstyle=st["fillstyle"],
+                  markersize=st["markersize"], linestyle=st["linestyle"] if line else "none", label=label)
+
+
+def _end_labels(ax, lines, min_gap: float = 0.07) -> None:
+    """Name each line at its right end (in its colour, joined by a thin leader), the names pushed apart vertically
+    so that none covers another: lines of one colour are told apart without the legend."""
+    ends = []
+    for line in lines:
+        xy = np.asarray(line.get_xydata(), dtype=float)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy):
+            ends.append((line, xy[-1]))
+    if not ends:
+        return
+    ax.autoscale_view()
+    to_axes = ax.transAxes.inverted()
+    ys = [to_axes.transform(ax.transData.transform(xy))[1] for _, xy in ends]
+    order = np.argsort(ys)
+    placed = np.empty(len(ys))
+    floor = -np.inf
+    for i in order:
+        placed[i] = max(ys[i], floor + min_gap)
+        floor = placed[i]
+    placed -= max(0.0, placed.max() - 1.0)  # keep the top name inside the axes' height
+    for (line, xy), y in zip(ends, placed):
+        ax.annotate(line.get_label(), xy=tuple(xy), xytext=(1.03, y), textcoords="axes fraction", va="center",
+                    fontsize="x-small", color=line.get_color(),
+                    arrowprops=dict(arrowstyle="-", color=line.get_color(), lw=0.6, shrinkA=0, shrinkB=3))
+
+
+def _legend(fig, handles, where: str = "lower center", ncol: int | None = None, title: str | None = None):
+    """A figure legend outside every axes (constrained layout makes room), so it covers no label or data."""
+    handles = [h for h in handles if h is not None]
+    ncol = ncol or min(len(handles), 4)
+    return fig.legend(handles=handles, loc=f"outside {where}", ncol=ncol, title=title, fontsize="small",
+                      title_fontsize="small")
 
 
 # ---------------------------------------------------------------------- figures of any solver, from result objects
@@ -146,16 +205,15 @@ def _none_if_nan(run: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in run.items()}
 
 
-def _with_convention(fig: Figure, note: str) -> Figure:
-    """The figure's title with the index convention below it, wrapped to the figure's width."""
+def _with_convention(fig: Figure, *lines: str) -> Figure:
+    """The figure's title with the index convention (and any further lines) below it, one line each."""
     fig.set_figwidth(max(fig.get_figwidth(), 6.4))
-    note = textwrap.fill(note, width=int(fig.get_figwidth() * 72 / 5.5))
-    fig.suptitle(f"{fig.get_suptitle()}\n{note}", fontsize="medium")
+    fig.suptitle("\n".join([fig.get_suptitle(), *lines]), fontsize="medium")
     return fig
 
 
 def flow(results, labels=None) -> Figure:
-    """The vanishing/exploding figure (:func:`vanishing_exploding`) of one or several :func:`hamgrad.gradient_flow`
+    """The gradient-flow figure (:func:`vanishing_exploding`) of one or several :func:`hamgrad.gradient_flow`
     results.
 
     Args:
@@ -164,7 +222,8 @@ def flow(results, labels=None) -> Figure:
         labels: a label per result (a str for one); default ``run 1``, ``run 2``, ….
 
     Returns:
-        A :class:`matplotlib.figure.Figure`.
+        A :class:`matplotlib.figure.Figure`, its title stating what is drawn (no claim about the data) and the
+        index convention.
 
     Raises:
         TypeError: for results that are not gradient flows.
@@ -174,8 +233,9 @@ def flow(results, labels=None) -> Figure:
         return vanishing_exploding(results)
     is_one = lambda r: isinstance(_plain(r), dict) and "dh_dx" in _plain(r)  # noqa: E731
     runs = [{**_none_if_nan(_plain(r)), "label": label} for label, r in _labelled(results, labels, is_one, "results")]
-    return _with_convention(vanishing_exploding({"runs": runs}),
-                            "∂hᵗ/∂h⁰ = J_{t−1}⋯J_0,  ∂hᵗ/∂x = Σ_{s<t} J_{t−1}⋯J_{s+1}B_s;  " + CONVENTION)
+    return _with_convention(vanishing_exploding({"runs": runs}), CONVENTION,
+                            r"$\partial h^t/\partial h^0 = J_{t-1}\cdots J_0$,   "
+                            r"$\partial h^t/\partial x = \Sigma_{s<t}\, J_{t-1}\cdots J_{s+1} B_s$")
 
 
 def _eigenvalues(step) -> np.ndarray:
@@ -211,7 +271,7 @@ def spectrum(eigvals, norms=None, *, labels=None, t=None) -> Figure:
             such lists or a dict label → list; or the figure's plain data ``{"runs": [...]}`` (drawn as it is).
             ρ(J_t) is the largest modulus given, so include the top eigenvalue.
         norms: ``‖J_t‖₂`` per step, in the same layout (floats, or :func:`hamgrad.svdvals` spectra); ``None`` leaves
-            the ‖J_t‖₂ lines out.
+            the ‖J_t‖₂ panel empty.
         labels: a label per run (a str for one).
         t: the step index of each entry; default ``0, 1, …`` (``eigvals[i]`` is ``J_i`` at ``hⁱ``).
 
@@ -264,7 +324,8 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
     Args:
         comparisons: a :class:`hamgrad.analysis.GradientComparison` (or its ``to_dict()``), a list of them (one per
             K, all against the same reference), or the figure's plain data (drawn as it is).
-        label: what was compared, shown in the title.
+        label: what was compared, shown in the title (and, when it names a solver of :mod:`hamgrad.style`, its
+            colour).
 
     Returns:
         A :class:`matplotlib.figure.Figure`; a reference whose backward solve did not converge is marked in the title
@@ -296,46 +357,61 @@ def agreement(comparisons, *, label: str = "your solver") -> Figure:
         m["cosine"][i], m["norm_ratio"][i] = row["cosine_x"], row["norm_ratio_x"]
         m["seconds"][i], m["peak_mb"][i] = row["seconds"], row["peak_bytes"] / 2 ** 20
     return gradient_agreement({"K": ks, "modes": modes, "reference": f"{ref_mode} (K = {ref_steps}{note})",
-                               "label": label,
-                               "memory_kind": cmps[0]["reference"]["memory_kind"]})
+                               "label": label, "memory_kind": cmps[0]["reference"]["memory_kind"]})
 
 
-def ratio(before, after, *, p: float = 2) -> Figure:
+def ratio(before, after=None, *, labels=("before", "after"), p: float | None = None) -> Figure:
     """The accumulative-ratio figure (:func:`accumulative_ratio`) from :func:`hamgrad.accumulative_ratio` tensors of
     the features before and after a layer: mean (and standard deviation over the leading dimensions, when batched).
 
     Args:
-        before: a tensor or array ``(..., k)``, the ratio of the features going in.
-        after: the same for the features coming out, of the same shape.
-        p: the power they were computed with (shown on the axis).
+        before: a tensor or array ``(..., k)``, the ratio of the features going in; or the figure's plain data
+            (e.g. :func:`hamgrad.figures.block_accumulative_ratio`), drawn as it is, with its own ``p``.
+        after: the same for the features coming out, of the same shape (``None`` with plain data).
+        labels: the legend's names of the two curves.
+        p: the power the ratios were computed with, shown on the axis; ``None`` takes the plain data's ``p`` (a
+            tensor does not carry it: the axis then names no p).
 
     Returns:
         A :class:`matplotlib.figure.Figure`.
 
     Raises:
-        ValueError: for shapes that differ or are empty.
+        ValueError: for shapes that differ or are empty, or ``labels`` that are not two names.
     """
+    if isinstance(labels, str) or len(labels) != 2:
+        raise ValueError(f"labels must be two names (before, after), got {labels!r}")
+    if isinstance(before, dict):
+        result = dict(before)
+        result.setdefault("labels", list(labels))
+        if p is not None:
+            result["p"] = p
+        return accumulative_ratio(result)
+    if after is None:
+        raise ValueError("after is missing: pass the ratios of the features before and after the layer")
     arrays = [np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float) for v in (before, after)]
     if arrays[0].shape != arrays[1].shape or arrays[0].ndim < 1 or arrays[0].shape[-1] < 1:
         raise ValueError(f"before and after must be accumulative ratios of one shape (..., k), got shapes "
                          f"{arrays[0].shape} and {arrays[1].shape}")
     flat = [a.reshape(-1, a.shape[-1]) for a in arrays]
-    result = {"k": list(range(1, flat[0].shape[1] + 1)), "p": p}
+    result = {"k": list(range(1, flat[0].shape[1] + 1)), "p": p, "labels": [str(label) for label in labels]}
     for key, a in zip(("before", "after"), flat):
         result[key] = a.mean(0).tolist()
         result[key + "_std"] = a.std(0).tolist() if a.shape[0] > 1 else None
     return accumulative_ratio(result)
 
 
-def _sweep_figure_data(source, key: str, figure):
-    """A figure's plain data from a sweep folder (``figure.read``), its rows (``figure.from_rows``) or the plain data
-    itself (a dict holding ``key``)."""
+def _sweep_figure_data(source, key: str, from_rows) -> dict:
+    """A sweep figure's plain data: ``source`` itself when it is that data (a dict holding ``key``), else
+    ``from_rows`` (the :mod:`hamgrad.experiments` function that builds it) of the rows of a sweep folder or of the
+    rows given."""
     if isinstance(source, dict) and key in source:
         return source
     if isinstance(source, (str, os.PathLike)):
-        return figure.read(source)
+        from .experiments import load_results
+
+        return from_rows(load_results(source), f"the sweep folder {str(source)!r}")
     if isinstance(source, (list, tuple)):
-        return figure.from_rows(source)
+        return from_rows(source)
     raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got {type(source).__name__}")
 
 
@@ -355,9 +431,9 @@ def sweep(source) -> Figure:
         ValueError: when the sweep has no finished run, holds a damaged file (naming it), or rows are not sweep rows.
         TypeError: for a source of another type.
     """
-    from .figures import ablation as figure  # the table is built where figure 4 builds it
+    from .experiments.summary import ablation_table
 
-    source = _sweep_figure_data(source, "table", figure)
+    source = _sweep_figure_data(source, "table", ablation_table)
     ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
 
@@ -375,17 +451,29 @@ def _seed_band(runs: list, value) -> tuple:
     return (np.asarray(steps), *np.asarray(stats, dtype=float).reshape(-1, 3).T)
 
 
+#: The rows of the probes figure: (parameter group or ``None`` for ρ, quantity, y label).
+_PROBE_ROWS = (
+    ("encoder", "cosine", "encoder\n" + r"$\cos(g_{\mathrm{mode}},\, g_{\mathrm{BPTT}})$"),
+    ("lower_bread", "cosine", "lower bread\n" + r"$\cos(g_{\mathrm{mode}},\, g_{\mathrm{BPTT}})$"),
+    ("encoder", "norm_ratio", "encoder\n" + r"$\Vert g_{\mathrm{mode}}\Vert\, /\, \Vert g_{\mathrm{BPTT}}\Vert$"),
+    ("lower_bread", "norm_ratio",
+     "lower bread\n" + r"$\Vert g_{\mathrm{mode}}\Vert\, /\, \Vert g_{\mathrm{BPTT}}\Vert$"),
+    (None, "rho", r"$\rho(J_K)$" + "\nlargest over the batch"),
+)
+
+
 def probes(source) -> Figure:
     """The gradient-probe figure of a sweep: along training, the cosine and the norm ratio ``‖g_mode‖ / ‖g_bptt‖``
-    of each gradient mode's gradient to BPTT's on the same batch from the same initial state (encoder solid, lower
-    bread dashed), and ρ(J_K), the spectral radius of the ham's step Jacobian at the last iterate (largest over the
-    batch); one column per ham, one colour per mode (and block and K when they are sweep axes), mean over seeds with
-    their range shaded. BPTT's own runs are 1 in the first two rows by definition and drawn only in the third.
+    of each gradient mode's gradient to BPTT's on the same batch from the same initial state, for the encoder and
+    for the lower bread (a row each), and ρ(J_K), the spectral radius of the ham's step Jacobian at the last iterate
+    (largest over the batch). One column per ham (and block and K when they are sweep axes), in the ham's colour;
+    line style and marker fill name the gradient mode (:mod:`hamgrad.style`); mean over seeds with their range
+    shaded. BPTT's own runs are 1 in the first four rows by definition and drawn only in the last.
 
     Args:
         source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
             read as it is, nothing is trained), its rows (:func:`hamgrad.experiments.load_results`), or the figure's
-            plain data (``{"runs": [...]}``, :func:`hamgrad.figures.probes.from_rows`; drawn as it is).
+            plain data (``{"runs": [...]}``, :func:`hamgrad.experiments.probes.probe_series`; drawn as it is).
 
     Returns:
         A :class:`matplotlib.figure.Figure`.
@@ -395,74 +483,81 @@ def probes(source) -> Figure:
             not sweep rows.
         TypeError: for a source of another type.
     """
-    from .figures import probes as figure  # the series are gathered where the registered figure gathers them
+    from .experiments.probes import probe_series
 
-    runs = _sweep_figure_data(source, "runs", figure)["runs"]
-    solvers = list(dict.fromkeys(r["solver"] for r in runs))
+    runs = _sweep_figure_data(source, "runs", probe_series)["runs"]
 
-    def line(r):  # one line per mode, block and K
-        return r["grad"], r.get("block"), r["steps"]
+    def column(r):  # one column per ham, block and K
+        return r["solver"], r.get("block") or "v1", r["steps"]
 
-    lines = list(dict.fromkeys(line(r) for r in runs))
-    several_blocks, several_k = (len({key[i] for key in lines}) > 1 for i in (1, 2))
-    colors = dict(zip(lines, _palette(len(lines))))
-    rows = (("cosine", "cosine(g_mode, g_bptt)"), ("norm_ratio", "‖g_mode‖ / ‖g_bptt‖"),
-            ("rho", "ρ(J_K), largest over the batch"))
-    with _styled():
-        fig, axes = _figure(3, len(solvers), 3.8 * len(solvers), 9.0,
-                            "Gradient probes during training: each mode against BPTT on the training batch")
-        for col, solver in enumerate(solvers):
-            axes[0, col].set_title(solver.upper())
-            for (grad, block, k), color in colors.items():
-                group = [r for r in runs if r["solver"] == solver and line(r) == (grad, block, k)]
-                if not group:
-                    continue
-                label = ", ".join([grad] + [str(block).upper()] * several_blocks + [f"K = {k}"] * several_k)
-                for row, (key, _) in enumerate(rows):
-                    ax = axes[row, col]
-                    parts = [("rho", "-")] if key == "rho" else [] if grad == "bptt" else \
-                        [("encoder", "-"), ("lower_bread", "--")]
-                    for part, ls in parts:
-                        steps, mean, low, high = _seed_band(
-                            group, (lambda r: r["rho"]) if key == "rho" else (lambda r, p=part: r[p][key]))
-                        ax.plot(steps, mean, color=color, ls=ls, marker="o", ms=3,
-                                label=label if part in ("encoder", "rho") else None)
-                        if len(group) > 1:
-                            ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
-        for row, (key, name) in enumerate(rows):
-            for solver, ax in zip(solvers, axes[row]):
-                ax.axhline(1.0, color="0.4", lw=1, ls=":")
+    columns = list(dict.fromkeys(column(r) for r in runs))
+    grads = list(dict.fromkeys(r["grad"] for r in runs))
+    several_blocks, several_k = (len({c[i] for c in columns}) > 1 for i in (1, 2))
+    st = style.styles(c[0] for c in columns)
+    banded = any(sum(column(r) == c and r["grad"] == g for r in runs) > 1 for c in columns for g in grads)
+    with style.theme():
+        fig = _figure(max(3.4 * len(columns), 7.0), 10.5,
+                      f"Gradient probes during training (HamNet, Hamburger {_blocks_title([c[:2] for c in columns])})\n"
+                      f"each mode's gradient against BPTT's on the training batch, from the same initial state")
+        axes = np.asarray(fig.subplots(len(_PROBE_ROWS), len(columns), sharex="col", squeeze=False))
+        for j, col in enumerate(columns):
+            name = " ".join([col[0].upper()] + [col[1].upper()] * several_blocks + [f"K = {col[2]}"] * several_k)
+            axes[0, j].set_title(name)
+            for (group, key, _), ax in zip(_PROBE_ROWS, axes[:, j]):
+                values = []
+                for g in grads:
+                    runs_g = [r for r in runs if column(r) == col and r["grad"] == g]
+                    if not runs_g or (group is not None and g == "bptt"):
+                        continue
+                    steps, mean, low, high = _seed_band(
+                        runs_g, (lambda r: r["rho"]) if group is None else (lambda r: r[group][key]))
+                    s = {**st[col[0]], **style.mode_style(g)}
+                    _line(ax, steps, mean, s, label=mode_label(g))
+                    if len(runs_g) > 1:
+                        ax.fill_between(steps, low, high, color=s["color"], alpha=0.15, lw=0)
+                    values += [v for v in (mean, low, high) for v in v]
+                ax.axhline(1.0, color=style.REFERENCE_COLOR, lw=0.8, ls=":")
                 if key != "cosine":
-                    _log_if_spread(ax, [v for r in runs if r["solver"] == solver for v in (
-                        r["rho"] if key == "rho" else r["encoder"][key] + r["lower_bread"][key])], decades=1.0)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_xlabel("training step (updates before the probed batch)" if row == 2 else "")
-            axes[row, 0].set_ylabel(name)
-        axes[0, 0].plot([], [], color="0.3", ls="-", label="encoder")
-        axes[0, 0].plot([], [], color="0.3", ls="--", label="lower bread")
-        axes[0, 0].legend(fontsize=7)
-        axes[2, 0].legend(fontsize=7)
+                    _log_if_spread(ax, values, decades=1.0)
+                _integer_ticks(ax)
+            axes[-1, j].set_xlabel("training step")
+        for (_, _, label), ax in zip(_PROBE_ROWS, axes[:, 0]):
+            ax.set_ylabel(label)
+        handles = [Line2D([], [], color=style.REFERENCE_COLOR, marker="o", label=mode_label(g), **{
+            k: v for k, v in style.mode_style(g).items() if k != "hatch"}) for g in grads]
+        if banded:
+            handles.append(Patch(facecolor=style.REFERENCE_COLOR, alpha=0.15, label="range over seeds"))
+        handles.append(Line2D([], [], color=style.REFERENCE_COLOR, lw=0.8, ls=":", label="1 (as BPTT; ρ = 1)"))
+        _legend(fig, handles, ncol=min(len(handles), 5),
+                title="mean over seeds, per gradient mode (colour: the ham)")
     return fig
 
 
+# ---------------------------------------------------------------------- the paper's figures, from plain data
 def jacobian_spectrum(result: dict) -> Figure:
-    """Figure 1: eigenvalues of J_t = ∂F/∂h (hᵗ, x) in the complex plane (unit circle drawn, colour = step t), and
-    ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration.
+    """Figure 1: eigenvalues of J_t = ∂F/∂h (hᵗ, x) in the complex plane (unit circle drawn; colour = step t, with
+    a colour bar), and ρ(J_t) and ‖J_t‖₂ against t, one line per solver configuration.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     runs = result["runs"]
-    with _styled():
-        fig, axes = _figure(2, len(runs), 3.2 * len(runs), 6.4, "Jacobian scale and spectrum of one solver step")
-        colors = _palette(len(runs))
+    n = len(runs)
+    st = style.styles(r["label"] for r in runs)
+    t_min = min(min(r["t"]) for r in runs)
+    t_max = max(max(r["t"]) for r in runs)
+    steps = np.arange(t_min, t_max + 1)
+    cmap = ListedColormap([tuple(c) for c in _viridis(len(steps))])
+    norm = BoundaryNorm(np.arange(t_min - 0.5, t_max + 1), cmap.N)
+    with style.theme():
+        fig = _figure(max(3.3 * n, 7.0), 7.0, "Jacobian scale and spectrum of one solver step")
+        gs = fig.add_gridspec(2, 2 * n)
         theta = np.linspace(0, 2 * np.pi, 256)
-        t_min = min(min(r["t"]) for r in runs)
-        t_max = max(max(r["t"]) for r in runs)
-        viridis = sns.color_palette("viridis", t_max - t_min + 1)
+        circles = []
         for j, run in enumerate(runs):
-            ax = axes[0, j]
-            ax.plot(np.cos(theta), np.sin(theta), color="0.5", lw=1, ls="--", label="unit circle")
+            ax = fig.add_subplot(gs[0, 2 * j: 2 * j + 2])
+            circles.append(ax)
+            ax.plot(np.cos(theta), np.sin(theta), color=style.REFERENCE_COLOR, lw=1, ls=(0, (1, 2)))
             pts = [np.asarray(ev, dtype=float).reshape(-1, 2) for ev in run["eigvals"]]
             # the Jacobian at the random start can dwarf the rest: scale the axes to the later steps
             later = np.concatenate(pts[1:] or pts)
@@ -471,7 +566,8 @@ def jacobian_spectrum(result: dict) -> Figure:
             for t, ev in zip(run["t"], pts):
                 inside = np.abs(ev[:, 0] + 1j * ev[:, 1]) <= lim
                 clipped += int((~inside).sum())
-                ax.scatter(ev[inside, 0], ev[inside, 1], s=16, color=viridis[t - t_min], edgecolor="none")
+                ax.scatter(ev[inside, 0], ev[inside, 1], s=18, color=cmap(norm(t)), edgecolor="none",
+                           marker=st[run["label"]]["marker"] or "o")
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
@@ -479,86 +575,122 @@ def jacobian_spectrum(result: dict) -> Figure:
             ax.set_xlabel("Re λ")
             ax.set_ylabel("Im λ" if j == 0 else "")
             if clipped:
-                ax.text(0.02, 0.98, f"{clipped} eigenvalue(s) of |λ| > {lim:.3g}\noff-scale (see ρ below)",
-                        transform=ax.transAxes, fontsize=7, va="top")
-            ax.legend(loc="lower left", fontsize=7)
-        axes[0, -1].text(1.02, 0.5, f"colour: J_t at hᵗ,\nt = {t_min}…{t_max}\n(dark → light)",
-                         transform=axes[0, -1].transAxes, fontsize=7, va="center")
-        gs = axes[1, 0].get_gridspec()
-        for ax in axes[1, :]:
-            ax.remove()
-        ax_r = fig.add_subplot(gs[1, : max(1, len(runs) // 2)])
-        ax_s = fig.add_subplot(gs[1, max(1, len(runs) // 2):]) if len(runs) > 1 else ax_r
-        for color, run in zip(colors, runs):
-            ax_r.plot(run["t"], run["rho"], marker="o", ms=3, color=color, label=run["label"])
-            ax_s.plot(run["t"], run["sigma"], marker="s", ms=3, color=color, ls="-" if ax_s is not ax_r else ":",
-                      label=run["label"] if ax_s is not ax_r else None)
-        for ax, name in ((ax_r, "spectral radius ρ(J_t)"), (ax_s, "spectral norm ‖J_t‖₂")):
-            ax.axhline(1.0, color="0.4", lw=1, ls="--")
-            ax.set_xlabel("step t (J_t = ∂F/∂h at hᵗ)")
+                ax.text(0.03, 0.97, f"{clipped} eigenvalue(s) off-scale\n(|λ| > {lim:.3g}; see ρ below)",
+                        transform=ax.transAxes, fontsize="x-small", va="top")
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=circles, shrink=0.85, pad=0.01)
+        bar.set_label(r"step $t$ of $J_t$ (at $h^t$)")
+        bar.set_ticks(steps if len(steps) <= 12 else MaxNLocator(integer=True))
+        ax_r = fig.add_subplot(gs[1, :n])
+        ax_s = fig.add_subplot(gs[1, n:])
+        for run in runs:
+            _line(ax_r, run["t"], run["rho"], st[run["label"]], label=run["label"])
+            _line(ax_s, run["t"], run["sigma"], st[run["label"]], label=run["label"])
+        for ax, name in ((ax_r, r"spectral radius $\rho(J_t)$"), (ax_s, r"spectral norm $\Vert J_t\Vert_2$")):
+            ax.axhline(1.0, color=style.REFERENCE_COLOR, lw=1, ls=(0, (1, 2)))
+            ax.set_xlabel(r"step $t$ ($J_t = \partial F/\partial h$ at $h^t$)")
             ax.set_ylabel(name)
+            _integer_ticks(ax)
             _log_if_spread(ax, [v for r in runs for v in (r["rho"] + r["sigma"])])
-        ax_r.legend(fontsize=7, ncol=2)
+        handles = [_handle(st[r["label"]], r["label"]) for r in runs]
+        handles.append(Line2D([], [], color=style.REFERENCE_COLOR, lw=1, ls=(0, (1, 2)), label="1 (unit circle)"))
+        _legend(fig, handles, ncol=min(len(handles), 6))
     return fig
 
 
+def _viridis(n: int) -> np.ndarray:
+    """n colours of viridis from dark to light (the step colour scale)."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](np.linspace(0.0, 0.92, max(n, 1)))
+
+
 def vanishing_exploding(result: dict) -> Figure:
-    """Figure 2: ‖∂hᵗ/∂h⁰‖₂ (vanishing) and ‖∂hᵗ/∂x‖₂ (growth) against t on log scales; in the second panel the
-    state's Proposition-3 bound L_x/(1 − L_h) (dotted, where L_h = max_(t<K) ‖J_t‖ < 1) and its Proposition-2
-    limit ‖(I − J_K)⁻¹B_K‖ (dashed, where ρ(J_K) < 1), the quantities that bound and limit ‖∂hᵗ/∂x‖ itself.
+    """Figure 2: ‖∂hᵗ/∂h⁰‖₂ and ‖∂hᵗ/∂x‖₂ against t on log scales; in the second panel each run's
+    Proposition-2 limit ‖(I − J_K)⁻¹B_K‖ (a thin line, where ρ(J_K) < 1) and Proposition-3 bound L_x/(1 − L_h)
+    (a dotted line, where L_h = max_(t<K) ‖J_t‖ < 1), the quantities that limit and bound ‖∂hᵗ/∂x‖ itself.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     runs = result["runs"]
-    with _styled():
-        fig, axes = _figure(1, 2, 10, 4, "Gradients through the unrolled solver: vanishing w.r.t. h⁰, growing w.r.t. x")
-        ax0, ax1 = axes[0]
-        for color, run in zip(_palette(len(runs)), runs):
-            ax0.plot(run["t"], run["dh_dh0"], marker="o", ms=3, color=color, label=run["label"])
-            ax1.plot(run["t"], run["dh_dx"], marker="o", ms=3, color=color)
+    st = style.styles(r["label"] for r in runs)
+    with style.theme():
+        fig = _figure(10, 4.8, r"$\Vert\partial h^t/\partial h^0\Vert_2$ and $\Vert\partial h^t/\partial x\Vert_2$"
+                               " through the unrolled solver")
+        ax0, ax1 = fig.subplots(1, 2)
+        for run in runs:
+            s = st[run["label"]]
+            _line(ax0, run["t"], run["dh_dh0"], s, label=run["label"])
+            _line(ax1, run["t"], run["dh_dx"], s, label=run["label"])
             if run.get("state_limit") is not None:
-                ax1.axhline(run["state_limit"], color=color, ls="--", lw=1)
+                ax1.axhline(run["state_limit"], color=s["color"], lw=0.9, alpha=0.8)
             if run.get("state_bound") is not None:
-                ax1.axhline(run["state_bound"], color=color, ls=":", lw=1)
-        ax0.set_yscale("log")
-        ax1.set_yscale("log")
-        ax0.set_ylabel("‖∂hᵗ/∂h⁰‖₂ = ‖J_(t−1)⋯J_0‖₂")
-        ax1.set_ylabel("‖∂hᵗ/∂x‖₂")
+                ax1.axhline(run["state_bound"], color=s["color"], lw=1.1, ls=(0, (1, 1.5)))
         for ax in (ax0, ax1):
+            ax.set_yscale("log")
             ax.set_xlabel("solver step t")
-        ax0.legend(fontsize=7)
-        ax1.plot([], [], color="0.3", ls="--", label="limit ‖(I − J_K)⁻¹B_K‖ (Prop. 2, where ρ(J_K) < 1)")
-        ax1.plot([], [], color="0.3", ls=":", label="bound L_x/(1 − L_h), L over t < K (Prop. 3, where L_h < 1)")
-        ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+            _integer_ticks(ax)
+        ax0.set_ylabel(r"$\Vert\partial h^t/\partial h^0\Vert_2 = \Vert J_{t-1}\cdots J_0\Vert_2$")
+        ax1.set_ylabel(r"$\Vert\partial h^t/\partial x\Vert_2$")
+        handles = [_handle(st[r["label"]], r["label"]) for r in runs]
+        handles += [Line2D([], [], color=style.REFERENCE_COLOR, lw=0.9,
+                           label=r"limit $\Vert(I - J_K)^{-1}B_K\Vert$ (Prop. 2, where $\rho(J_K) < 1$)"),
+                    Line2D([], [], color=style.REFERENCE_COLOR, lw=1.1, ls=(0, (1, 1.5)),
+                           label=r"bound $L_x/(1 - L_h)$, $L$ over $t < K$ (Prop. 3, where $L_h < 1$)")]
+        _legend(fig, handles, ncol=3 if len(handles) > 4 else 2)
     return fig
 
 
 def gradient_agreement(result: dict) -> Figure:
-    """Figure 3: cosine and norm ratio of each mode's ∂L/∂x against the reference, and wall time and memory, vs K.
+    """Figure 3: each mode's ∂L/∂x against the reference: 1 − cosine (log scale, so that 0.992 and 0.997 are apart)
+    and the relative norm error ‖∂L/∂x‖/‖reference‖ − 1 (symmetric log scale), and the wall time and memory of
+    forward plus backward, against K. One colour (the solver's), one line style and marker fill per mode.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     ks, modes = result["K"], result["modes"]
-    with _styled():
-        fig, axes = _figure(2, 2, 10, 7, f"Gradient modes against the {result['reference']} gradient "
-                                          f"({result['label']})")
-        colors = dict(zip(modes, _palette(len(modes))))
-        panels = (("cosine", "cosine similarity to reference", False),
-                  ("norm_ratio", "‖∂L/∂x‖ / ‖reference‖", True),
-                  ("seconds", "forward + backward time (s)", True),
-                  ("peak_mb", f"memory (MB, {result.get('memory_kind', '')})", True))
-        for ax, (key, label, log) in zip(axes.ravel(), panels):
-            for mode, vals in modes.items():
-                ax.plot(ks, vals[key], marker="o", ms=4, color=colors[mode], label=mode_label(mode))
+    base = style.styles([result.get("label", "")])[result.get("label", "")]
+    with style.theme():
+        fig = _figure(10, 7.4, f"Gradient modes against the {result['reference']} gradient\n({result['label']})")
+        axes = fig.subplots(2, 2)
+        floor = np.finfo(float).eps
+        floored = False
+        # larger (filled) markers first: modes that coincide at a K show as concentric markers
+        for mode in sorted(modes, key=lambda m: -style.mode_style(m)["markersize"]):
+            vals = modes[mode]
+            s = {**base, **style.mode_style(mode)}
+            one_minus = 1.0 - np.asarray(vals["cosine"], dtype=float)
+            floored |= bool(np.any(one_minus < floor))
+            name = mode_label(mode)
+            _line(axes[0, 0], ks, np.maximum(one_minus, floor), s, label=name)
+            _line(axes[0, 1], ks, np.asarray(vals["norm_ratio"], dtype=float) - 1.0, s, label=name)
+            _line(axes[1, 0], ks, vals["seconds"], s, label=name)
+            _line(axes[1, 1], ks, vals["peak_mb"], s, label=name)
+        axes[0, 0].set_yscale("log")
+        axes[0, 0].set_ylabel("1 − cosine similarity to the reference"
+                              + (" (floored at 2.2e-16)" if floored else ""))
+        ratios = [abs(v - 1.0) for vals in modes.values() for v in vals["norm_ratio"] if np.isfinite(v) and v != 1.0]
+        axes[0, 1].set_yscale("symlog", linthresh=max(min(ratios, default=1e-3), 1e-12) / 2)
+        axes[0, 1].axhline(0.0, color=style.REFERENCE_COLOR, lw=1, ls=(0, (1, 2)))
+        axes[0, 1].set_ylabel("‖∂L/∂x‖ / ‖reference‖ − 1 (symlog)")
+        axes[1, 0].set_ylabel("forward + backward time (s)")
+        axes[1, 1].set_ylabel(f"memory (MB, {result.get('memory_kind', '')})")
+        for ax, key in zip(axes.ravel()[2:], ("seconds", "peak_mb")):
+            _log_if_spread(ax, [v for vals in modes.values() for v in vals[key]], decades=1.0)
+        for ax in axes.ravel():
             ax.set_xlabel("solver steps K")
-            ax.set_ylabel(label)
-            if log:
-                _log_if_spread(ax, [v for vals in modes.values() for v in vals[key]], decades=1.0)
-        axes[0, 0].axhline(1.0, color="0.4", lw=1, ls="--")
-        axes[0, 0].legend(fontsize=7)
+            _integer_ticks(ax)
+        for ax in axes[0]:
+            _end_labels(ax, ax.get_lines()[:len(modes)])
+        _legend(fig, [_handle({**base, **style.mode_style(m)}, mode_label(m)) for m in modes],
+                ncol=len(modes), title=f"gradient mode ({result['label']})")
     return fig
+
+
+def _tint(color, amount: float = 0.75):
+    """``color`` mixed with white (a light fill behind a hatch)."""
+    return tuple(1 - amount * (1 - np.asarray(to_rgb(color))))
 
 
 def _hams(table: list) -> tuple:
@@ -573,10 +705,15 @@ def _blocks_title(hams: list) -> str:
     return "/".join(sorted({b.upper() for _, b in hams}))
 
 
+def _ham_of(row: dict) -> tuple:
+    return row["solver"], row.get("block") or "v1"
+
+
 def ablation(result: dict) -> Figure:
-    """Figure 4: the Table-1 analogue (mean with best marked, per solver, Hamburger block and gradient mode, the
-    no-ham baseline as a line) and the training-loss curves of every run. Modes are named as the tables name them,
-    the paper's one-step (``one-step-coef``) marked "(paper)".
+    """Figure 4: the Table-1 analogue (mean mIoU per solver, Hamburger block and gradient mode as bars, colour =
+    solver, hatch = mode, the best run marked, the no-ham baseline as a line) and the training-loss curves of every
+    run, one panel per solver and block (line style = mode). Modes are named as the tables name them, the paper's
+    one-step (``one-step-coef``) marked "(paper)".
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
@@ -584,48 +721,61 @@ def ablation(result: dict) -> Figure:
     table, curves = result["table"], result["curves"]
     grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
     hams, name = _hams(table)
-    with _styled():
-        fig, axes = _figure(1, 2, 11, 4, f"Gradient modes in HamNet (Hamburger {_blocks_title(hams)}) on the "
-                                         f"global-context shapes")
-        ax0, ax1 = axes[0]
-        colors = dict(zip(grads, _palette(len(grads))))
+    st = style.styles(s for s, _ in hams)
+    baseline = [r for r in table if r["solver"] == "none"]
+    with style.theme():
+        fig = _figure(max(11, 2.6 * len(hams)), 7.6, f"Gradient modes in HamNet (Hamburger {_blocks_title(hams)}) "
+                                                     f"on the global-context shapes")
+        gs = fig.add_gridspec(2, max(len(hams), 1), height_ratios=(1.15, 1))
+        ax0 = fig.add_subplot(gs[0, :])
         width = 0.8 / max(len(grads), 1)
+        colors = [st[s]["color"] for s, _ in hams]
         for i, g in enumerate(grads):
-            rows = {(r["solver"], r.get("block") or "v1"): r for r in table if r["grad"] == g}
+            rows = {_ham_of(r): r for r in table if r["grad"] == g}
             xs = [j + (i - (len(grads) - 1) / 2) * width for j in range(len(hams))]
             means = [rows[h]["mean"] if h in rows else np.nan for h in hams]
             best = [rows[h]["best"] if h in rows else np.nan for h in hams]
-            ax0.bar(xs, means, width=width * 0.95, color=colors[g], label=f"{mode_label(g)} (mean)")
-            ax0.scatter(xs, best, marker="_", s=200, color="k", zorder=3, label="best" if i == 0 else None)
-        for r in table:
-            if r["solver"] == "none":
-                ax0.axhline(r["mean"], color="0.3", ls="--", lw=1, label="no ham (mean)")
+            hatch = style.mode_style(g)["hatch"]
+            ax0.bar(xs, means, width=width * 0.92, color=[_tint(c) if hatch else c for c in colors],
+                    edgecolor=colors, hatch=hatch, linewidth=1.2, label=f"{mode_label(g)} (mean)")
+            ax0.scatter(xs, best, marker="_", s=260, linewidths=2, color="k", zorder=3)
+        for r in baseline:
+            ax0.axhline(r["mean"], color=style.SOLVER_COLORS["none"], lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean)")
         ax0.set_xticks(range(len(hams)), [name(h) for h in hams])
         ax0.set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
-        ax0.legend(fontsize=7, loc="lower right")
-        several = len({b for _, b in hams}) > 1
-        for c in curves:
-            color = colors.get(c["grad"], "0.3")
-            ls = {"nmf": "-", "vq": "--", "cd": ":"}.get(c["solver"], "-.")
-            faint = several and (c.get("block") or "v1") == "v1"
-            ax1.plot(c["step"], c["loss"], color=color, ls=ls, lw=1, alpha=0.4 if faint else 0.8)
-        ax1.set_xlabel("training step")
-        ax1.set_ylabel("training loss (cross-entropy)")
-        _log_if_spread(ax1, [v for c in curves for v in c["loss"]], decades=1.0)
+        loss_axes = []
+        for j, ham in enumerate(hams):
+            ax = fig.add_subplot(gs[1, j], sharey=loss_axes[0] if loss_axes else None)
+            loss_axes.append(ax)
+            for c in curves:
+                if c["grad"] is not None and _ham_of(c) == ham:
+                    ax.plot(c["step"], c["loss"], color=st[ham[0]]["color"], lw=1.2, alpha=0.9,
+                            ls=style.mode_style(c["grad"])["linestyle"])
+                elif c["solver"] == "none":
+                    ax.plot(c["step"], c["loss"], color=style.SOLVER_COLORS["none"], lw=1, ls=(0, (1, 1.5)))
+            ax.set_title(name(ham))
+            ax.set_xlabel("training step")
+            _integer_ticks(ax)
+        if loss_axes:
+            loss_axes[0].set_ylabel("training loss (cross-entropy)")
+            _log_if_spread(loss_axes[0], [v for c in curves for v in c["loss"]], decades=1.0)
+        handles = []
         for g in grads:
-            ax1.plot([], [], color=colors[g], label=mode_label(g))
-        for s, ls in (("nmf", "-"), ("vq", "--"), ("cd", ":"), ("none", "-.")):
-            ax1.plot([], [], color="0.3", ls=ls, label=s)
-        if several:
-            ax1.plot([], [], color="0.3", alpha=0.4, label="V1 (faint)")
-        ax1.legend(fontsize=7, ncol=2)
+            ms = style.mode_style(g)
+            handles.append(Patch(facecolor=_tint("0.45") if ms["hatch"] else "0.45", edgecolor="0.45",
+                                 hatch=ms["hatch"], label=f"{mode_label(g)}: mean (bar)"))
+            handles.append(Line2D([], [], color="0.45", ls=ms["linestyle"], label=f"{mode_label(g)}: training loss"))
+        handles.append(Line2D([], [], color="k", marker="_", markersize=14, mew=2, ls="none", label="best run"))
+        if baseline:
+            handles.append(Line2D([], [], color="k", lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean; loss)"))
+        _legend(fig, handles, ncol=3)
     return fig
 
 
 def ablation_steps(result: dict) -> Figure:
     """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver and
     Hamburger block, one line per gradient mode (mean over seeds, the best marked; the paper's one-step marked
-    "(paper)"), the no-ham baseline as a dashed line.
+    "(paper)"), the no-ham baseline as a dotted line.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
@@ -634,157 +784,196 @@ def ablation_steps(result: dict) -> Figure:
     grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
     hams, name = _hams(table)
     ks = sorted({row["steps"] for row in table if row["grad"] is not None})
-    colors = dict(zip(grads, _palette(len(grads))))
-    with _styled():
-        fig, axes = _figure(1, len(hams), 3.6 * len(hams), 3.6,
-                            f"Gradient modes against the solver steps K (HamNet, Hamburger {_blocks_title(hams)}, on "
-                            f"the global-context shapes)")
-        for ax, ham in zip(axes[0], hams):
+    st = style.styles(s for s, _ in hams)
+    with style.theme():
+        fig = _figure(max(3.6 * len(hams), 6.4), 4.4, f"Gradient modes against the solver steps K (HamNet, Hamburger "
+                                                      f"{_blocks_title(hams)}, on the global-context shapes)")
+        axes = np.atleast_1d(fig.subplots(1, len(hams), sharey=True))
+        for ax, ham in zip(axes, hams):
             for g in grads:
-                rows = sorted((r for r in table if (r["solver"], r.get("block") or "v1", r["grad"]) == (*ham, g)),
-                              key=lambda r: r["steps"])
+                rows = sorted((r for r in table if r["grad"] == g and _ham_of(r) == ham), key=lambda r: r["steps"])
+                s = {**st[ham[0]], **style.mode_style(g)}
                 x = [r["steps"] for r in rows]
-                ax.plot(x, [r["mean"] for r in rows], color=colors[g], marker="o", label=f"{mode_label(g)} (mean)")
-                ax.scatter(x, [r["best"] for r in rows], color=colors[g], marker="_", s=150, zorder=3)
+                _line(ax, x, [r["mean"] for r in rows], s, label=f"{mode_label(g)} (mean)")
+                ax.scatter(x, [r["best"] for r in rows], color=s["color"], marker="_", s=150, zorder=3)
             for r in table:
                 if r["solver"] == "none":
-                    ax.axhline(r["mean"], color="0.3", ls="--", lw=1, label="no ham (mean)")
+                    ax.axhline(r["mean"], color=style.SOLVER_COLORS["none"], ls=(0, (1, 1.5)), lw=1.2,
+                               label="no ham (mean)")
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
             ax.set_title(name(ham))
             ax.set_xlabel("solver steps K in training")
-        values = [r[key] for r in table for key in ("mean", "best")]
-        for ax in axes[0]:  # one scale for every ham
-            ax.set_ylim(min(values) - 3, max(values) + 3)
-        axes[0, 0].scatter([], [], color="0.3", marker="_", s=150, label="best")
-        axes[0, 0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
-        axes[0, 0].legend(fontsize=7)
+        axes[0].set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
+        handles = [Line2D([], [], color=style.REFERENCE_COLOR, marker="o", label=mode_label(m), **{
+            k: v for k, v in style.mode_style(m).items() if k != "hatch"}) for m in grads]
+        handles.append(Line2D([], [], color=style.REFERENCE_COLOR, marker="_", markersize=12, ls="none",
+                              label="best run"))
+        if any(r["solver"] == "none" for r in table):
+            handles.append(Line2D([], [], color="k", lw=1.2, ls=(0, (1, 1.5)), label="no ham (mean)"))
+        _legend(fig, handles, ncol=min(len(handles), 5), title="mean over seeds, per gradient mode")
     return fig
 
 
+_MODULE_FAMILIES = {"Hamburger": None, "SelfAttention": "sa", "DoubleAttention": "a2", "GlobalPool": "gap"}
+
+
 def accumulative_ratio(result: dict) -> Figure:
-    """Figure 5: accumulative ratio Σ_{i≤k}σ_i^p / Σσ_i^p of the features before and after the Hamburger module
-    (or the context module ``result["module"]`` names).
+    """Figure 5: accumulative ratio ``Σ_{i≤k} σ_i^p / Σ_i σ_i^p`` of the features before (grey) and after (the
+    module's colour) the Hamburger module, or the context module ``result["module"]`` names; ``result["labels"]``
+    renames the two curves.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     module = result.get("module", "Hamburger")
-    with _styled():
-        fig, axes = _figure(1, 1, 5.5, 4, "Accumulative ratio of feature singular values")
-        ax = axes[0, 0]
-        c = _palette(2)
-        for key, color, label in (("before", c[0], f"before {module}"), ("after", c[1], f"after {module}")):
-            mean = np.asarray(result[key])
-            ax.plot(result["k"], mean, color=color, label=label)
+    names = result.get("labels") or [f"before {module}", f"after {module}"]
+    who = result.get("run_id") or _MODULE_FAMILIES.get(module) or names[1]
+    after_style = style.styles([who])[who]
+    p = result.get("p")
+    with style.theme():
+        fig = _figure(6.4, 4.4, "Accumulative ratio of the features' singular values")
+        ax = fig.subplots()
+        for key, color, label, ls in (("before", style.REFERENCE_COLOR, names[0], "-"),
+                                      ("after", after_style["color"], names[1], "-")):
+            mean = np.asarray(result[key], dtype=float)
+            ax.plot(result["k"], mean, color=color, ls=ls, lw=1.8, label=label)
             if result.get(key + "_std") is not None:
-                std = np.asarray(result[key + "_std"])
-                ax.fill_between(result["k"], mean - std, np.minimum(mean + std, 1), color=color, alpha=0.2)
+                std = np.asarray(result[key + "_std"], dtype=float)
+                ax.fill_between(result["k"], mean - std, np.minimum(mean + std, 1), color=color, alpha=0.2, lw=0)
         ax.set_xlabel("number of singular values k")
-        ax.set_ylabel(f"accumulative ratio (p = {result.get('p', 2)})")
+        ax.set_ylabel("accumulative ratio" + ("" if p is None else f" (p = {p:g})"))
         ax.set_ylim(0, 1.02)
-        ax.legend()
+        _integer_ticks(ax)
+        ax.legend(loc="lower right", title="mean ± std over images" if result.get("after_std") else None,
+                  title_fontsize="small")
     return fig
 
 
 def feature_maps(result: dict) -> Figure:
-    """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module,
-    and the codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]``
-    names the module, Hamburger by default).
+    """Figure 6: the input image and ground truth, the same channels before and after the Hamburger module, and the
+    codes C_j of a few bases as spatial maps (none for a context module without codes; ``result["module"]`` names
+    the module, Hamburger by default).
+
+    Normalisation, stated in the figure: each channel's before and after maps share one linear colour scale (the
+    range of the two together), with its colour bar, so that what the block removes or adds is visible; the code
+    maps share one linear scale (the range of all of them), with one colour bar.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     channels, codes = result["channels"], result["codes"]
     ncols = max(len(channels), len(codes), 2)
-    with _styled():
-        fig, axes = _figure(4, ncols, 2.0 * ncols, 8.4,
-                            f"Feature maps before and after {result.get('module', 'Hamburger')}")
+    module = result.get("module", "Hamburger")
+    with style.theme():
+        fig = _figure(2.3 * ncols + 0.8, 9.6, f"Feature maps before and after {module}")
+        _with_convention(fig, "colour scales (linear): each channel's before and after share one, their joint range; "
+                              "the code maps share one")
+        axes = fig.subplots(4, ncols, squeeze=False)
         for ax in axes.ravel():
-            ax.axis("off")
+            ax.set_axis_off()
         axes[0, 0].imshow(np.asarray(result["image"]))
         axes[0, 0].set_title("input")
         label = np.asarray(result["label"])
-        classes = ["0.15"] + list(_palette(int(label.max())))  # background dark, classes in the palette
+        classes = ["0.15"] + [style.CATEGORY_COLORS[i % len(style.CATEGORY_COLORS)] for i in range(int(label.max()))]
         axes[0, 1].imshow(label, cmap=ListedColormap(classes), vmin=-0.5, vmax=len(classes) - 0.5,
                           interpolation="nearest")
         axes[0, 1].set_title("ground truth")
         for j, c in enumerate(channels):
-            for row, key in ((1, "before"), (2, "after")):
-                ax = axes[row, j]
-                ax.imshow(np.asarray(result[key][j]), cmap="magma")
-                ax.set_title(f"ch {c} {key}", fontsize=8)
-        for j, (b, m) in enumerate(zip(result["bases"], codes)):
-            axes[3, j].imshow(np.asarray(m), cmap="viridis")
-            axes[3, j].set_title(f"code of basis {b}", fontsize=8)
+            pair = [np.asarray(result["before"][j]), np.asarray(result["after"][j])]
+            norm = Normalize(min(a.min() for a in pair), max(a.max() for a in pair))
+            for row, key, data in ((1, "before", pair[0]), (2, "after", pair[1])):
+                im = axes[row, j].imshow(data, cmap="magma", norm=norm)
+                axes[row, j].set_title(f"channel {c}, {key}", fontsize="small")
+            bar = fig.colorbar(im, ax=[axes[1, j], axes[2, j]], shrink=0.6, aspect=25, pad=0.02)
+            bar.ax.tick_params(labelsize="x-small")
+        if codes:
+            maps = [np.asarray(m) for m in codes]
+            norm = Normalize(min(m.min() for m in maps), max(m.max() for m in maps))
+            for j, (b, m) in enumerate(zip(result["bases"], maps)):
+                im = axes[3, j].imshow(m, cmap="viridis", norm=norm)
+                axes[3, j].set_title(f"code of basis {b}", fontsize="small")
+            bar = fig.colorbar(im, ax=list(axes[3, :len(maps)]), shrink=0.8, aspect=25, pad=0.02)
+            bar.set_label("code value", fontsize="small")
+            bar.ax.tick_params(labelsize="x-small")
     return fig
 
 
 def context_scaling(result: dict) -> Figure:
     """Cost of the context modules against the positions n = H·W (a :func:`hamgrad.cost.compare_contexts` result):
-    training and inference time and memory, log–log, one line per module, with the fitted slope drawn dashed over the
-    fitted range and written in the legend.
+    training and inference time and memory, log–log, one line per module, with the fitted power law drawn as a wide
+    light band over the fitted range and its slope written in the legend.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     rows, slopes = result["rows"], result["slopes"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
+    st = style.styles(labels)
     panels = (("train_seconds", "training step time (s)"), ("infer_seconds", "inference time (s)"),
               ("train_bytes", "training peak memory (MB)"), ("infer_bytes", "inference peak memory (MB)"))
     first = rows[0]
-    with _styled():
-        fig, axes = _figure(2, 2, 10, 7.6, f"Context modules against n = H·W ({first['channels']} channels, "
-                                           f"d = {first['d']}, r = {first['rank']}, {first['device']}; time: "
-                                           f"{first.get('time_kind', 'wall')})")
+    with style.theme():
+        fig = _figure(10.5, 8.4, f"Context modules against n = H·W ({first['channels']} channels, "
+                                 f"d = {first['d']}, r = {first['rank']}, {first['device']}; time: "
+                                 f"{first.get('time_kind', 'wall')})")
+        axes = fig.subplots(2, 2)
         for ax, (key, name) in zip(axes.ravel(), panels):
             scale = 2.0 ** -20 if key.endswith("bytes") else 1.0
-            for color, label in zip(_palette(len(labels)), labels):
+            for label in labels:
                 pts = sorted((r["n"], r[key] * scale) for r in rows if r["label"] == label)
                 n, v = np.asarray(pts).T
                 slope = slopes.get(label, {}).get(key)
-                text = label if slope is None or not np.isfinite(slope) else f"{label} (slope {slope:.2f})"
-                ax.plot(n, v, marker="o", ms=4, color=color, label=text)
-                if slope is not None and np.isfinite(slope):
-                    fitted = np.asarray(slopes[label]["n"], dtype=float)
-                    keep = np.isin(n, fitted)
+                fitted = slope is not None and np.isfinite(slope)
+                _line(ax, n, v, st[label], label=f"{label} (slope {slope:.2f})" if fitted else label)
+                if fitted:
+                    grid = np.asarray(slopes[label]["n"], dtype=float)
+                    keep = np.isin(n, grid)
                     # the least-squares line passes through the mean of the fitted points in log-log
                     c = np.mean(np.log(v[keep])) - slope * np.mean(np.log(n[keep]))
-                    ax.plot(fitted, np.exp(c) * fitted ** slope, color=color, ls="--", lw=1)
+                    ax.plot(grid, np.exp(c) * grid ** slope, color=st[label]["color"], lw=5, alpha=0.18,
+                            solid_capstyle="round", zorder=1)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("positions n = H·W")
             ax.set_ylabel(name)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize="x-small", loc="upper left", title="module (fitted slope)", title_fontsize="x-small")
     return fig
 
 
 def context_tradeoff(result: dict) -> Figure:
     """Accuracy per unit of cost of the context ablation (a :func:`hamgrad.cost.ablation_costs` result): mean mIoU
-    (best as an open marker) against the head block's training-step time and training memory, one point per module.
+    (best as a dash) against the head block's training-step time and training memory, one marker per module, the
+    no-context baseline as a dotted line; log cost axes with plain-number ticks.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     rows = result["rows"]
-    with _styled():
-        fig, axes = _figure(1, 2, 10, 4.2, "Context ablation: validation mIoU against the context module's cost")
-        colors = _palette(len(rows))
-        for ax, key, name in ((axes[0, 0], "train_seconds", "context module: training-step time (ms)"),
-                              (axes[0, 1], "train_bytes", "context module: training peak memory (MB)")):
+    st = style.styles(r["label"] for r in rows)
+    with style.theme():
+        fig = _figure(10.5, 4.8, "Context ablation: validation mIoU against the context module's cost")
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, key, name in ((axes[0], "train_seconds", "context module: training-step time (ms)"),
+                              (axes[1], "train_bytes", "context module: training peak memory (MB)")):
             scale = 1e3 if key == "train_seconds" else 2.0 ** -20
-            for color, r in zip(colors, rows):
+            for r in rows:
+                s = st[r["label"]]
                 if r[key] <= 0:  # the no-context baseline costs nothing: a horizontal line
-                    ax.axhline(100 * r["miou_mean"], color=color, ls=":", label=f"{r['label']} (no cost)")
+                    ax.axhline(100 * r["miou_mean"], color=s["color"], lw=1.2, ls=(0, (1, 1.5)))
                     continue
                 x = r[key] * scale
-                ax.scatter([x], [100 * r["miou_mean"]], color=color, s=40, label=r["label"])
-                ax.scatter([x], [100 * r["miou_best"]], color=color, s=40, facecolor="none")
-                ax.annotate(r["label"], (x, 100 * r["miou_mean"]), textcoords="offset points", xytext=(5, -10),
-                            fontsize=7, color=color)
+                _line(ax, [x], [100 * r["miou_mean"]], {**s, "markersize": 8})
+                ax.plot([x], [100 * r["miou_best"]], color=s["color"], marker="_", markersize=12, mew=2)
             ax.set_xscale("log")
+            _plain_log_ticks(ax, "x")
             ax.set_xlabel(name)
-            ax.set_ylabel("validation mIoU (%), mean ● / best ○")
-        axes[0, 0].legend(fontsize=7)
+        axes[0].set_ylabel("validation mIoU (%): mean (marker), best (dash)")
+        handles = []
+        for r in rows:
+            s = {**st[r["label"]], "markersize": 8}
+            handles.append(Line2D([], [], color=s["color"], lw=1.2, ls=(0, (1, 1.5)), label=f"{r['label']} (no cost)")
+                           if r["train_seconds"] <= 0 else _handle(s, r["label"], line=False))
+        _legend(fig, handles, where="right upper", ncol=1, title="context module")
     return fig

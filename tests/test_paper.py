@@ -256,12 +256,12 @@ def test_probes_figure_from_a_folder_or_its_rows(quick_dir, tmp_path):
     drawn = {run["run_id"] for run in _load(quick_dir, "probes")["runs"]}
     for source in (sweep, str(sweep), rows, [*rows, failed], _load(quick_dir, "probes")):
         fig = plots.probes(source)
-        # one column per ham, three rows (cosine, norm ratio, ρ)
-        assert len(fig.axes) == 3 * len({run_id.split("_")[0] for run_id in drawn})
+        # one column per ham, five rows (cosine and norm ratio of the encoder and of the lower bread, ρ)
+        assert len(fig.axes) == 5 * len({run_id.split("_")[0] for run_id in drawn})
     replaced = [rows[0], failed, *rows[2:]]  # a failed run is left out
     assert {run["run_id"] for run in figures.probes.from_rows(replaced)["runs"]} == drawn - {failed["run_id"]}
     unprobed = [{**row, "probes": None} for row in rows]
-    with pytest.raises(ValueError, match="rows hold no gradient probes"):
+    with pytest.raises(ValueError, match="rows holds no gradient probes"):
         plots.probes(unprobed)
     with pytest.raises(ValueError, match=f"the sweep folder '{tmp_path}' holds no finished runs"):
         plots.probes(tmp_path)

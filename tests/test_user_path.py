@@ -223,6 +223,13 @@ def _lines(ax) -> dict:
     return {line.get_label(): line for line in ax.get_lines()}
 
 
+def _axis(fig, ylabel: str):
+    """The one axes of ``fig`` whose y label contains ``ylabel``."""
+    found = [ax for ax in fig.axes if ylabel in ax.get_ylabel()]
+    assert len(found) == 1, [ax.get_ylabel() for ax in fig.axes]
+    return found[0]
+
+
 def _data_lines(ax) -> list:
     """The lines with markers (one per run, in order), not the reference lines or legend entries."""
     return [line for line in ax.get_lines() if line.get_marker() not in (None, "None", "")]
@@ -269,18 +276,20 @@ def test_spectrum_figure_from_per_step_spectra_matches_dense_ista_jacobians():
         J = np.diag(active.astype(float)) @ (np.eye(A.shape[1]) - step * A.T @ A)
         rho.append(np.abs(np.linalg.eigvals(J)).max())
         sigma.append(np.linalg.norm(J, 2))
-    ax_circle, ax_rho = fig.axes[0], fig.axes[-1]  # one run: ρ and ‖J‖ share the lower axes
-    rho_line, sigma_line = [ln for ln in ax_rho.get_lines() if ln.get_marker() in ("o", "s")]
+    ax_circle, ax_rho, ax_sigma = fig.axes[0], _axis(fig, "rho(J_t)"), _axis(fig, "Vert J_t")
+    rho_line, = _data_lines(ax_rho)
+    sigma_line, = _data_lines(ax_sigma)
     np.testing.assert_allclose(rho_line.get_xydata(), np.c_[range(K), rho], atol=1e-8)
     np.testing.assert_allclose(sigma_line.get_ydata(), sigma, atol=1e-8)
-    assert any("t = 0…4" in text.get_text() for text in ax_circle.texts)
+    colour_bar = _axis(fig, "step $t$ of $J_t$")  # the colour of each eigenvalue: its step t, 0 … 4
+    np.testing.assert_array_equal(colour_bar.get_yticks(), range(K))
     points = np.concatenate([c.get_offsets() for c in ax_circle.collections])
     assert len(points) == sum(len(e.values) for e in eigs)
     with pytest.raises(ValueError, match="norms"):
         hg.plots.spectrum(eigs, norms=norms[:2])
     # several runs as dicts: norms are matched by label, not by order
     fig2 = hg.plots.spectrum({"a": eigs, "b": eigs[:2]}, norms={"b": [1.5, 2.5], "a": norms})
-    sigma_b = [ln for ln in fig2.axes[-1].get_lines() if ln.get_label() == "b"]
+    sigma_b = [ln for ln in _axis(fig2, "Vert J_t").get_lines() if ln.get_label() == "b"]
     np.testing.assert_array_equal(sigma_b[0].get_ydata(), [1.5, 2.5])
 
 
@@ -291,11 +300,15 @@ def test_agreement_figure_from_comparisons_one_per_K():
                                  reference="bptt", reference_steps=60, h0=m.h0) for K in (1, 3)]
     fig = hg.plots.agreement(cmps, label="tanh map")
     assert _shown_as_png(fig) and "bptt (K = 60)" in fig.get_suptitle()
-    cosine = _lines(fig.axes[0])
-    np.testing.assert_array_equal(cosine["one-step"].get_xdata(), [1, 3])
+    one_minus_cos = _lines(_axis(fig, "1 − cosine"))  # on a log axis, so that cosines near 1 are told apart
+    np.testing.assert_array_equal(one_minus_cos["one-step"].get_xdata(), [1, 3])
+    for i, c in enumerate(cmps):
+        for row in c.modes:
+            assert one_minus_cos[row.mode].get_ydata()[i] == pytest.approx(1 - row.cosine_x, rel=1e-12)
     # at K = 1 one-step and BPTT differentiate the same single step: the same gradient
-    assert cosine["one-step"].get_ydata()[0] == pytest.approx(cosine["bptt"].get_ydata()[0], abs=1e-12)
-    assert cosine["bptt"].get_ydata()[1] > cosine["bptt"].get_ydata()[0]  # more steps: closer to the reference
+    assert one_minus_cos["one-step"].get_ydata()[0] == pytest.approx(one_minus_cos["bptt"].get_ydata()[0], abs=1e-12)
+    # more steps: closer to the reference
+    assert one_minus_cos["bptt"].get_ydata()[1] < one_minus_cos["bptt"].get_ydata()[0]
     other = hg.compare_gradients(m.fp, m.x, lambda y: (w * y).sum(), steps=2, modes=["bptt"], reference="implicit",
                                  h0=m.h0)
     with pytest.raises(ValueError, match="share one reference"):
@@ -304,13 +317,23 @@ def test_agreement_figure_from_comparisons_one_per_K():
 
 def test_ratio_figure_from_accumulative_ratio_tensors():
     Z = torch.randn(3, 6, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fig = hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z @ Z.mT @ Z), p=2)
+    fig = hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z @ Z.mT @ Z), p=2,
+                         labels=("input", "output"))
     assert _shown_as_png(fig)
     s2 = np.linalg.svd(Z.numpy(), compute_uv=False) ** 2
     reference = (np.cumsum(s2, axis=-1) / s2.sum(-1, keepdims=True)).mean(0)
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), reference)
+    assert [t.get_text() for t in fig.axes[0].get_legend().texts] == ["input", "output"]
+    assert fig.axes[0].get_ylabel() == "accumulative ratio (p = 2)"
+    # a tensor does not carry p: without it the axis names none (no silent p = 2); plain data brings its own p
+    p1 = hg.accumulative_ratio(Z, p=1)
+    assert hg.plots.ratio(p1, p1).axes[0].get_ylabel() == "accumulative ratio"
+    plain = {"k": [1, 2], "before": [0.5, 1.0], "after": [0.7, 1.0], "p": 1}
+    assert hg.plots.ratio(plain).axes[0].get_ylabel() == "accumulative ratio (p = 1)"
     with pytest.raises(ValueError, match="one shape"):
         hg.plots.ratio(hg.accumulative_ratio(Z), hg.accumulative_ratio(Z[0]))
+    with pytest.raises(ValueError, match="labels must be two names"):
+        hg.plots.ratio(p1, p1, labels="one")
 
 
 def test_paper_figures_display_inline_too():

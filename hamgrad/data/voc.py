@@ -1,10 +1,12 @@
 """A reader for a PASCAL VOC-layout segmentation folder (no downloads, no torchvision).
 
-Expected layout::
+Expected layout:
 
-    root/JPEGImages/<id>.jpg
-    root/SegmentationClass/<id>.png          palette (mode "P") or greyscale PNGs whose values are class indices
-    root/ImageSets/Segmentation/<split>.txt  one id per line (train.txt, val.txt, ...)
+```text
+root/JPEGImages/<id>.jpg
+root/SegmentationClass/<id>.png          palette (mode "P") or greyscale PNGs whose values are class indices
+root/ImageSets/Segmentation/<split>.txt  one id per line (train.txt, val.txt, ...)
+```
 
 Label values are 0 (background) to 20, and 255 marks object borders and "difficult" regions to ignore.
 """

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from .._checks import check_generator, check_int, check_positive
 from ..analysis import jacobian
+from .summary import finished_rows
 
-__all__ = ["probe", "GROUPS", "RHO_ITERS", "RHO_TOL", "new_series", "append"]
+__all__ = ["probe", "GROUPS", "RHO_ITERS", "RHO_TOL", "new_series", "append", "probe_series"]
 
 #: The parameter groups a probe compares the two gradients on.
 GROUPS = ("encoder", "lower_bread")
@@ -77,6 +78,44 @@ def append(series: dict, step: int, record: dict) -> None:
             series[g][k].append(plain(record[g][k]))
     for k in _RHO_KEYS:
         series[k].append(plain(record[k]))
+
+
+def probe_series(rows, what: str = "rows") -> dict:
+    """The probes figure's numbers (:func:`hamgrad.plots.probes`) from a sweep's rows: the probe series of every
+    finished run that holds them.
+
+    Args:
+        rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``run_id``, ``solver``, ``grad``,
+            ``block``, ``steps``, ``seed`` and ``probes``); failed runs and rows without probes
+            (``probe_every=None``, or written before probes existed) are left out.
+        what: what the rows are, named when none finished.
+
+    Returns:
+        ``{"runs": [{"run_id", "solver", "grad", "block", "steps", "seed", "every", "step", "encoder", "lower_bread",
+        "rho", "rho_mean", "rho_residual", "rho_steps"}], "skipped": [{"run_id", "reason"}]}``: ``encoder`` and
+        ``lower_bread`` map ``mode_norm``, ``bptt_norm``, ``cosine`` and ``norm_ratio`` to one value per probed step
+        (``None`` where undefined); ``skipped`` lists the runs without a ham.
+
+    Raises:
+        ValueError: when a row is not a sweep row, no run finished, or no finished run holds probes.
+    """
+    for r in rows:
+        if not isinstance(r, dict) or "run_id" not in r or "solver" not in r:
+            raise ValueError(f"rows must be sweep rows (hamgrad.experiments.load_results), got {r!r:.80}")
+    runs, skipped = [], []
+    for r in finished_rows(rows, what):
+        p = r.get("probes")
+        if p is None:
+            continue
+        if "skipped" in p:
+            skipped.append({"run_id": r["run_id"], "reason": p["skipped"]})
+            continue
+        runs.append({**{k: r.get(k) for k in ("run_id", "solver", "grad", "block", "steps", "seed")},
+                     "every": p["every"], **{k: p[k] for k in ("step", *GROUPS, *_RHO_KEYS)}})
+    if not runs:
+        raise ValueError(f"{what} holds no gradient probes: run the sweep with probes (AblationConfig.probe_every, "
+                         f"hamgrad ablate --probe-every N) and at least one ham")
+    return {"runs": runs, "skipped": skipped}
 
 
 def _device_rng(device: torch.device):

@@ -1,14 +1,16 @@
 """The resumable ablation runner: ``run_ablation(config, out_dir)``, in this process or on Ray.
 
-Layout of ``out_dir``::
+Layout of ``out_dir``:
 
-    config.json                  the AblationConfig of the sweep (another config is refused, unless it only adds runs)
-    ablate.lock                  held by the running driver (pid, host, start time, token); a second driver is refused;
-                                 removed when the driver ends
-    results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
-    summary.md, summary.json     the Table-1-style summary
-    runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
-    runs/<run_id>/run.lock       held by the process training the run (one at a time, also across drivers)
+```text
+config.json                  the AblationConfig of the sweep (another config is refused, unless it only adds runs)
+ablate.lock                  held by the running driver (pid, host, start time, token); a second driver is refused;
+                             removed when the driver ends
+results.jsonl, results.csv   one row per finished (or failed) run (the CSV holds the scalar columns)
+summary.md, summary.json     the Table-1-style summary
+runs/<run_id>/checkpoint.pt  model, optimizer, step, RNG states, training curve and probes of each run
+runs/<run_id>/run.lock       held by the process training the run (one at a time, also across drivers)
+```
 
 Resuming: ``results.jsonl`` is the record of finished runs; a run listed there with ``status="ok"`` is never trained
 again. Its rows are checked against ``config.json`` when read (a repeated row is dropped; a row of a run not in the

@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 
 from ..grad import PAPER_MODE, mode_label
 
-__all__ = ["Summary", "SummaryCell", "summarize"]
+__all__ = ["Summary", "SummaryCell", "summarize", "finished_rows", "ablation_table"]
 
 _METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)"}
+_ROW_KEYS = ("solver", "grad", "seed", "miou", "curve")
 
 
 @dataclass
@@ -155,3 +156,62 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
             skipped_steps=sum(r.get("skipped_steps") or 0 for r in group),
             trained_steps=sum(r.get("iters") or 0 for r in group)))
     return summary
+
+
+def finished_rows(rows, what: str) -> list:
+    """The finished rows (``status`` ok) of a sweep's rows.
+
+    Args:
+        rows: result rows as :func:`hamgrad.experiments.load_results` returns them.
+        what: what the rows are, named in the error (e.g. ``"the sweep folder 'runs/x'"``).
+
+    Returns:
+        The rows whose ``status`` is ``"ok"`` (rows without a status count as finished).
+
+    Raises:
+        ValueError: naming ``what`` when there are none.
+    """
+    rows = [r for r in rows if r.get("status", "ok") == "ok"]
+    if not rows:
+        raise ValueError(f"{what} holds no finished runs")
+    return rows
+
+
+def _cell(row: dict) -> tuple:
+    """``(solver, grad, block, steps)`` of a row; block and K only for a ham (a ham row without a block is V1's)."""
+    ham = row["grad"] is not None
+    return (row["solver"], row["grad"], row.get("block", "v1") if ham else None, row.get("steps") if ham else None)
+
+
+def ablation_table(rows, what: str = "rows") -> dict:
+    """The ablation figure's numbers (figure 4, :func:`hamgrad.plots.sweep`) from a sweep's rows, failed runs left
+    out: mean and best mIoU per solver, gradient mode, Hamburger block and solver steps K, and every run's training
+    curve.
+
+    Args:
+        rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``solver``, ``grad``, ``steps``,
+            ``block``, ``seed``, ``miou`` and ``curve``; a ham row without ``block`` is a V1 row).
+        what: what the rows are, named when none finished.
+
+    Returns:
+        ``{"metric": "mIoU", "table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves":
+        [{"solver", "grad", "block", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per
+        solver × mode × block × K (block and K are ``None`` for the no-ham baseline and the context modules).
+
+    Raises:
+        ValueError: when a row lacks one of those keys, or no run finished.
+    """
+    for r in rows:
+        missing = [k for k in _ROW_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(f"rows must be sweep rows (hamgrad.experiments.load_results), got one without "
+                             f"{missing}")
+    rows = finished_rows(rows, what)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(_cell(r), []).append(100 * r["miou"])
+    table = [{"solver": s, "grad": g, "block": b, "steps": k, "best": max(v), "mean": statistics.fmean(v),
+              "n": len(v)} for (s, g, b, k), v in groups.items()]
+    curves = [{**dict(zip(("solver", "grad", "block", "steps"), _cell(r))), "seed": r["seed"],
+               "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
+    return {"metric": "mIoU", "table": table, "curves": curves}

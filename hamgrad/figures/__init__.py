@@ -4,14 +4,16 @@ Each figure module (:mod:`~hamgrad.figures.spectrum`, :mod:`~hamgrad.figures.flo
 :mod:`~hamgrad.figures.agreement`, :mod:`~hamgrad.figures.ablation`, :mod:`~hamgrad.figures.accumulative_ratio`,
 :mod:`~hamgrad.figures.feature_maps`) defines ``compute(quick, **kw) -> dict`` (the numbers, as plain data) and
 ``plot(result) -> Figure`` (drawn by :mod:`hamgrad.plots`), and registers itself with :func:`register`. The notebooks
-in ``notebooks/`` and ``hamgrad figures`` call the same functions::
+in ``notebooks/`` and ``hamgrad figures`` call the same functions:
 
-    from hamgrad import figures
-    result = figures.compute("flow", quick=True)        # plain data (what the JSON holds)
-    fig = figures.plot("flow", result)                  # a matplotlib Figure
-    figures.save("flow", result, fig, "figures")        # figures/flow.png and figures/flow.json
-    figures.load("flow", "figures")                     # the saved result back (None if there is none)
-    figures.run_all("figures", quick=False)             # every figure, resumable: finished figures are kept
+```python
+from hamgrad import figures
+result = figures.compute("flow", quick=True)        # plain data (what the JSON holds)
+fig = figures.plot("flow", result)                  # a matplotlib Figure
+figures.save("flow", result, fig, "figures")        # figures/flow.png and figures/flow.json
+figures.load("flow", "figures")                     # the saved result back (None if there is none)
+figures.run_all("figures", quick=False)             # every figure, resumable: finished figures are kept
+```
 
 Sizes: ``quick=True`` is the CI size (seconds per figure); the full size is what ``figures/`` in the repository
 holds; one folder holds one size (writing the other size into it is refused unless ``force=True``). The ablation

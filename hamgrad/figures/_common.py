@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..experiments import AblationConfig, load_model, load_results, read_config, run_ablation
+from ..experiments.summary import finished_rows as finished
 from ..fixed_point import FixedPoint
 from ..grad import PAPER_MODE
 from ..solvers import CD, NMF, SoftVQ
@@ -69,18 +70,6 @@ def ablation_dir(quick: bool, folder) -> Path:
     """The sweep's folder: ``folder``, or by default ``runs/paper-ablation`` (``-quick`` at the quick size)."""
     return Path(folder) if folder is not None else Path("runs") / (
         "paper-ablation-quick" if quick else "paper-ablation")
-
-
-def finished(rows, what: str) -> list:
-    """The finished rows (``status`` ok) of a sweep's rows.
-
-    Raises:
-        ValueError: naming ``what`` when there are none.
-    """
-    rows = [r for r in rows if r.get("status", "ok") == "ok"]
-    if not rows:
-        raise ValueError(f"{what} holds no finished runs")
-    return rows
 
 
 def read_sweep(folder) -> tuple[Path, list]:

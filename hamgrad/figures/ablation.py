@@ -6,51 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .. import plots
 from ..experiments import read_config
+from ..experiments.summary import ablation_table as from_rows  # figure 4's table; plots.sweep builds it the same way
 from . import _common
 from ._registry import register
-
-_ROW_KEYS = ("solver", "grad", "seed", "miou", "curve")
-
-
-def from_rows(rows) -> dict:
-    """The figure's table and curves from a sweep's rows (failed runs left out).
-
-    Args:
-        rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``solver``, ``grad``, ``steps``,
-            ``block``, ``seed``, ``miou`` and ``curve``; a ham row without ``block`` is a V1 row).
-
-    Returns:
-        ``{"metric": "mIoU", "table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves":
-        [{"solver", "grad", "block", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per
-        solver × mode × block × K (block and K are ``None`` for the no-ham baseline and the context modules).
-
-    Raises:
-        ValueError: when a row lacks one of those keys, or no run finished.
-    """
-    for r in rows:
-        missing = [k for k in _ROW_KEYS if not isinstance(r, dict) or k not in r]
-        if missing:
-            raise ValueError(f"rows must be sweep rows (hamgrad.experiments.load_results), got one without "
-                             f"{missing}")
-    rows = _common.finished(rows, "rows")
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault(_cell(r), []).append(100 * r["miou"])
-    table = [{"solver": s, "grad": g, "block": b, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
-             for (s, g, b, k), v in groups.items()]
-    curves = [{**dict(zip(("solver", "grad", "block", "steps"), _cell(r))), "seed": r["seed"],
-               "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
-    return {"metric": "mIoU", "table": table, "curves": curves}
-
-
-def _cell(row: dict) -> tuple:
-    """``(solver, grad, block, steps)`` of a row; block and K only for a ham (a ham row without a block is V1's)."""
-    ham = row["grad"] is not None
-    return (row["solver"], row["grad"], row.get("block", "v1") if ham else None, row.get("steps") if ham else None)
 
 
 def read(folder) -> dict:
@@ -60,8 +20,8 @@ def read(folder) -> dict:
         folder: a sweep folder written by :func:`hamgrad.experiments.run_ablation` or ``hamgrad ablate``.
 
     Returns:
-        :func:`from_rows` of its finished rows, with ``sweep`` (the folder) and ``config`` (its
-        :class:`hamgrad.experiments.AblationConfig` as a dict).
+        :func:`hamgrad.experiments.summary.ablation_table` of its finished rows, with ``sweep`` (the folder) and
+        ``config`` (its :class:`hamgrad.experiments.AblationConfig` as a dict).
 
     Raises:
         ValueError: when the folder holds no finished run, or a damaged sweep file (naming it).

@@ -8,54 +8,21 @@ from pathlib import Path
 
 from .. import plots
 from ..experiments import read_config
+from ..experiments.probes import probe_series as from_rows  # the figure's series; plots.probes gathers them alike
 from . import _common
 from ._registry import register
-
-_SERIES = ("step", "encoder", "lower_bread", "rho", "rho_mean", "rho_residual", "rho_steps")
-
-
-def from_rows(rows) -> dict:
-    """The figure's series from a sweep's rows: one entry per finished run with probes.
-
-    Args:
-        rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``run_id``, ``solver``, ``grad``,
-            ``block``, ``steps``, ``seed`` and ``probes``); failed runs and rows without probes
-            (``probe_every=None``, or written before probes existed) are left out.
-
-    Returns:
-        ``{"runs": [{"run_id", "solver", "grad", "block", "steps", "seed", "every", "step", "encoder", "lower_bread",
-        "rho", "rho_mean", "rho_residual", "rho_steps"}], "skipped": [{"run_id", "reason"}]}``: ``encoder`` and
-        ``lower_bread`` map ``mode_norm``, ``bptt_norm``, ``cosine`` and ``norm_ratio`` to one value per probed step
-        (``None`` where undefined); ``skipped`` lists the runs without a ham.
-
-    Raises:
-        ValueError: when a row is not a sweep row, or no finished run holds probes.
-    """
-    for r in rows:
-        if not isinstance(r, dict) or "run_id" not in r or "solver" not in r:
-            raise ValueError(f"rows must be sweep rows (hamgrad.experiments.load_results), got {r!r:.80}")
-    runs, skipped = [], []
-    for r in _common.finished(rows, "rows"):
-        p = r.get("probes")
-        if p is None:
-            continue
-        if "skipped" in p:
-            skipped.append({"run_id": r["run_id"], "reason": p["skipped"]})
-            continue
-        runs.append({**{k: r.get(k) for k in ("run_id", "solver", "grad", "block", "steps", "seed")},
-                     "every": p["every"], **{k: p[k] for k in _SERIES}})
-    if not runs:
-        raise ValueError("rows hold no gradient probes: run the sweep with probes (AblationConfig.probe_every, "
-                         "hamgrad ablate --probe-every N) and at least one ham")
-    return {"runs": runs, "skipped": skipped}
 
 
 def read(folder) -> dict:
     """The figure's numbers from the sweep in ``folder`` as it is (nothing is trained or resumed), as
     :func:`hamgrad.figures.ablation.read` reads it.
 
+    Args:
+        folder: a sweep folder written by :func:`hamgrad.experiments.run_ablation` or ``hamgrad ablate``.
+
     Returns:
-        :func:`from_rows` of its finished rows, with ``sweep`` (the folder) and ``config`` (its config as a dict).
+        :func:`hamgrad.experiments.probes.probe_series` of its finished rows, with ``sweep`` (the folder) and
+        ``config`` (its :class:`hamgrad.experiments.AblationConfig` as a dict).
 
     Raises:
         ValueError: when the folder holds no finished run with probes, or a damaged sweep file (naming it).

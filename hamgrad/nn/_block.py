@@ -1,10 +1,10 @@
 """The frame every non-ham context module shares: lower bread, mixing, upper bread, residual, capture.
 
-::
-
-    z   = lower_bread(x), flattened to (B, width, n = H·W)     a 1×1 (or 3×3) convolution, optionally BatchNorm + ReLU
-    y   = mix(z, x)                                          the module's global mixing, (B, upper_in, n)
-    out = ReLU(x + BatchNorm(conv1x1_{upper_in→channels}(y)))   upper bread and residual
+```text
+z   = lower_bread(x), flattened to (B, width, n = H·W)     a 1×1 (or 3×3) convolution, optionally BatchNorm + ReLU
+y   = mix(z, x)                                          the module's global mixing, (B, upper_in, n)
+out = ReLU(x + BatchNorm(conv1x1_{upper_in→channels}(y)))   upper bread and residual
+```
 
 :mod:`hamgrad.nn.attention` (self-attention, A², global pooling) and :mod:`hamgrad.nn.context` (DA, APC, DM, ACF)
 subclass :class:`_ContextBlock` and define ``_mix``.

@@ -2,11 +2,13 @@
 registry of every context module by name.
 
 Every module here has the V1 Hamburger's breads and residual (the frame of :mod:`hamgrad.nn._block`;
-``Hamburger(version="v1")``), so parameter counts and costs compare with it::
+``Hamburger(version="v1")``), so parameter counts and costs compare with it:
 
-    z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
-    y   = mix(z)                                                            the global mixing, (B, d, n)
-    out = ReLU(x + BatchNorm(conv1x1_{d→channels}(y)))                     upper bread and residual
+```text
+z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
+y   = mix(z)                                                            the global mixing, (B, d, n)
+out = ReLU(x + BatchNorm(conv1x1_{d→channels}(y)))                     upper bread and residual
+```
 
 The mixing:
 

@@ -1,13 +1,13 @@
 """The Hamburger block: lower bread, ham (a matrix decomposition), upper bread, residual; in the official code's two
 versions (Gsunshine/Enjoy-Hamburger, seg/HamNet/hamburger/burger.py).
 
-::
-
-    z   = ReLU?(conv1x1_{channels→d}(x))             lower bread (with bias; ReLU for non-negative solvers such as NMF)
-    X̄   = hg.solve(solver, z as (B, d, H·W), K, grad)  the ham: K solver steps, gradient mode ``grad``
-    V1: out = ReLU(x + BN(conv1x1_{d→channels}(X̄)))                          upper bread with BatchNorm, residual
-    V2: out = ReLU(x + conv1x1_{d→channels}(ReLU(BN(conv1x1_{d→d}(X̄)))))     the "cheese" ConvBNReLU, then an
-                                                                            upper bread without norm, residual
+```text
+z   = ReLU?(conv1x1_{channels→d}(x))             lower bread (with bias; ReLU for non-negative solvers such as NMF)
+X̄   = hg.solve(solver, z as (B, d, H·W), K, grad)  the ham: K solver steps, gradient mode grad
+V1: out = ReLU(x + BN(conv1x1_{d→channels}(X̄)))                          upper bread with BatchNorm, residual
+V2: out = ReLU(x + conv1x1_{d→channels}(ReLU(BN(conv1x1_{d→d}(X̄)))))     the "cheese" ConvBNReLU, then an
+                                                                        upper bread without norm, residual
+```
 
 ``K`` is ``steps[0]`` in training mode and ``steps[1]`` in evaluation mode.
 """
@@ -111,11 +111,13 @@ class Hamburger(nn.Module):
     converge gives NaN gradients (:func:`hamgrad.solve`); a training loop can check ``backward_solves`` and skip
     that optimizer step, as the ablation runner does.
 
-    Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots)::
+    Capturing the ham's input, output and state (for feature maps and accumulative-ratio plots):
 
-        with ham.capture() as cap:
-            model(images)
-        cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+    ```python
+    with ham.capture() as cap:
+        model(images)
+    cap.x, cap.y, cap.D, cap.C, cap.shape, cap.info    # see HamCapture
+    ```
 
     Raises:
         TypeError: when ``channels``, ``d``, ``rank`` or a number of steps is not an int, or ``solver_kwargs`` is not

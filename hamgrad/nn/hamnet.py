@@ -1,12 +1,12 @@
 """HamNet: a small segmentation network with a Hamburger head, small enough to train on a laptop CPU.
 
-::
-
-    encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
-              stage i has width·2^i channels
-    head      squeeze 1×1 conv → context module (a Hamburger, or another module of CONTEXTS; or nothing)
-              → align 3×3 conv → 1×1 classifier
-    output    logits upsampled bilinearly to the input size
+```text
+encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
+          stage i has width·2^i channels
+head      squeeze 1×1 conv → context module (a Hamburger, or another module of CONTEXTS; or nothing)
+          → align 3×3 conv → 1×1 classifier
+output    logits upsampled bilinearly to the input size
+```
 
 The encoder is deliberately shallow: its receptive field (19 pixels at output stride 4, 43 at 8, before the align
 conv) is local, so any global reasoning must come from the head's context module. ``HamNet(ham=None)`` is the
