@@ -66,7 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     import ray
 
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)  # its own
     init = time.perf_counter() - start
     task = ray.remote(_warm_up).options(num_cpus=1)
     pids = set(ray.get([task.remote() for _ in range(args.workers)]))

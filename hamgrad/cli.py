@@ -27,6 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                                 "[-quick]; a folder from `hamgrad ablate` is read as it is)")
     figures.add_argument("--force", action="store_true", help="recompute figures that already exist in --out (also "
                                                               "those of the other size, which are otherwise refused)")
+    _add_solver_options(figures, None)  # (a sweep of a user's solver behind figures 4-6)
     figures.set_defaults(func=_cmd_figures)
 
     ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on the global-context shapes",
@@ -35,6 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                         "in the head), in this process or on Ray (--workers, --address); rerun the "
                                         "same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
+    _add_solver_options(ablate, "every solver's constructor (besides the rank)")
     ablate.add_argument("--grads", default="one-step-coef,one-step,bptt",
                         help="comma-separated gradient modes (default one-step-coef,one-step,bptt; one-step-coef is "
                              "the paper's one-step as the official code computes it)")
@@ -58,16 +60,23 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
-                        help="replace a sweep with a different config found in --out")
+                        help="delete the sweep found in --out when its config differs (more seeds, solvers, modes, K "
+                             "or contexts of the same settings only add runs to it, without --overwrite)")
+    ablate.add_argument("--repair", action="store_true",
+                        help="rebuild a missing or damaged config.json in --out from these flags, checked against "
+                             "the sweep's checkpoints and rows, keeping its finished runs")
     ablate.add_argument("--workers", type=int, default=1,
                         help="runs trained at once, as Ray tasks (default 1: in this process, without Ray)")
-    ablate.add_argument("--address", help="attach to a running Ray cluster: 'auto' or HOST:PORT (default: a local "
-                                          "Ray instance when --workers > 1); --out must be on a shared filesystem")
+    ablate.add_argument("--address", help="attach to a running Ray cluster: 'auto' or HOST:PORT (default: a new local "
+                                          "Ray instance of its own when --workers > 1, never a cluster already on the "
+                                          "machine); --out must be on a shared filesystem")
     ablate.add_argument("--cpus-per-run", type=float, default=1, help="CPUs (torch threads) per run on Ray (default 1)")
     ablate.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run on Ray (default 0)")
     ablate.add_argument("--retries", type=int, default=1,
                         help="tries again a run that raises or whose worker dies, this many times, before recording "
                              "it as failed (default 1)")
+    ablate.add_argument("--verbose", action="store_true", help="show Ray's own start-up lines, warnings and worker "
+                                                               "output (hidden by default)")
     ablate.set_defaults(func=_cmd_ablate)
 
     spectrum = sub.add_parser("spectrum", help="Jacobian spectra of one solver configuration",
@@ -78,12 +87,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                           "works: --import a module or file that calls hamgrad.register_solver, or "
                                           "install a package with an entry point in the group hamgrad.solvers.")
     spectrum.add_argument("--solver", default="nmf", help="registered solver name (default nmf)")
-    spectrum.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                          help="import MODULE first (a module name, found from the current directory too, or a path "
-                               "to a .py file); it registers its solvers with hamgrad.register_solver. Repeatable")
-    spectrum.add_argument("--solver-arg", dest="solver_args", action="append", default=[], metavar="KEY=VALUE",
-                          help="a keyword argument of the solver's constructor, e.g. inv_t=10 (VALUE read as int, "
-                               "float, true/false, else str). Repeatable")
+    _add_solver_options(spectrum, "the solver's constructor")
     spectrum.add_argument("--d", type=int, default=512, help="channels d (default 512)")
     spectrum.add_argument("--n", type=int, default=4096, help="positions n (default 4096)")
     spectrum.add_argument("--rank", type=int, help="rank r, for solvers whose constructor takes one (default 64)")
@@ -130,9 +134,24 @@ def _build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--quick", action="store_true", help="a smoke-test size (overrides those flags): sides 16,32, "
                                                            "64 channels, d 64, r 8, one round, slopes from side 16")
     cost.add_argument("--out", help="folder for context_cost.json, .md and, with two or more sizes, the scaling "
-                                    "figure context_cost.png")
+                                    "figure context_cost.png (an older one is removed with one size); a table of the "
+                                    "other size (quick or full) there is refused unless --force")
+    cost.add_argument("--force", action="store_true", help="replace a cost table of the other size in --out")
+    _add_solver_options(cost, None)  # (a user's solver among --contexts)
     cost.set_defaults(func=_cmd_cost)
     return parser
+
+
+def _add_solver_options(parser: argparse.ArgumentParser, what: str | None) -> None:
+    """``--import`` and (unless ``what`` is ``None``) ``--solver-arg``, shared by the commands that build solvers by
+    name."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (a module name, found from the current directory too, or a path to "
+                             "a .py file); it registers its solvers with hamgrad.register_solver. Repeatable")
+    if what is not None:
+        parser.add_argument("--solver-arg", dest="solver_args", action="append", default=[], metavar="KEY=VALUE",
+                            help=f"a keyword argument of {what}, e.g. inv_t=10 (VALUE read as int, float, true/false, "
+                                 f"else str). Repeatable")
 
 
 def _default_contexts() -> tuple:
@@ -150,21 +169,41 @@ def _figure_names() -> tuple:
 def _cmd_figures(args) -> int:
     """``hamgrad figures``: run (or resume) :func:`hamgrad.figures.run_all` and print where each figure went."""
     import time
+    from pathlib import Path
 
-    from .figures import run_all
+    from .figures import get, run_all
 
-    names = _figure_names() if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    for spec in args.imports:
+        _import_user_module(spec)
+    if args.only is None:
+        names = _figure_names()
+    else:
+        names = tuple(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
+        if not names:
+            raise ValueError(f"--only names no figure (got {args.only!r}); give comma-separated names from "
+                             f"{', '.join(_figure_names())}, or leave --only out for all of them")
     unknown = [n for n in names if n not in _figure_names()]
     if unknown:
-        print(f"hamgrad figures: error: unknown figure(s) {unknown}; choose from {list(_figure_names())}",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown figure(s) {unknown}; choose from {list(_figure_names())}")
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a folder, got an empty string")
+    if args.ablation_dir is not None and any(get(n).from_sweep for n in names):
+        folder = Path(args.ablation_dir)
+        if not (folder / "config.json").is_file():
+            default = "runs/paper-ablation" + ("-quick" if args.quick else "")
+            raise ValueError(f"--ablation-dir {args.ablation_dir} holds no sweep (no config.json): give the folder of "
+                             f"a sweep (hamgrad ablate --out), or leave --ablation-dir out to run the built-in sweep "
+                             f"in {default}")
     out = args.out or ("figures_quick" if args.quick else "figures")
     start = time.perf_counter()
-    results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force)
+    redrawn = []
+    results = run_all(out, quick=args.quick, names=names, ablation_dir=args.ablation_dir, force=args.force,
+                      redrawn=redrawn)
     for name, result in results.items():
-        print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json (computed in {result['seconds']:.1f} s)")
-    print(f"done in {time.perf_counter() - start:.1f} s")
+        how = "redrawn from its JSON" if name in redrawn else f"computed in {result['seconds']:.1f} s"
+        print(f"{name:>20}: {out}/{name}.png, {out}/{name}.json ({how})")
+    print(f"done in {time.perf_counter() - start:.1f} s" + (" (quick size: smoke-test figures, marked as such)"
+                                                           if args.quick else ""))
     return 0
 
 
@@ -182,15 +221,18 @@ def _cmd_ablate(args) -> int:
             raise ValueError(f"--steps must be an int or comma-separated ints such as 6,12,24, got {text!r}") from None
         return ks[0] if len(ks) == 1 and "," not in text else ks
 
+    for spec in args.imports:
+        _import_user_module(spec)
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
              "probe_every": args.probe_every}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
-                  baseline=not args.no_baseline, contexts=names(args.contexts))
+                  baseline=not args.no_baseline, contexts=names(args.contexts),
+                  solver_args=_parse_solver_args(args.solver_args))
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
-    run_ablation(config, args.out, overwrite=args.overwrite, device=args.device, workers=args.workers,
-                 address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                 retries=args.retries)  # main() reports its errors
+    run_ablation(config, args.out, overwrite=args.overwrite, repair=args.repair, device=args.device,
+                 workers=args.workers, address=args.address, cpus_per_run=args.cpus_per_run,
+                 gpus_per_run=args.gpus_per_run, retries=args.retries, verbose=args.verbose)  # main() reports errors
     return 0
 
 
@@ -198,9 +240,10 @@ def _import_user_module(spec: str) -> None:
     """``--import SPEC``: import a module by name (the current directory on the path, as with ``python -m``)
     or execute a ``.py`` file as the module named by its stem. Raises ValueError with a one-line message."""
     import importlib
-    import importlib.util
     import os
     from pathlib import Path
+
+    from ._modules import module_from_source
 
     is_file = spec.endswith(".py") or os.sep in spec
     if is_file:
@@ -212,14 +255,7 @@ def _import_user_module(spec: str) -> None:
             raise ValueError(f"--import {spec}: a module named {path.stem!r} is already imported (rename the file)")
     try:
         if is_file:
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module
-            try:
-                module_spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(path.stem, None)
-                raise
+            module_from_source(path.stem, path.read_text(encoding="utf-8"), str(path))
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
@@ -254,44 +290,59 @@ def _parse_solver_args(items: list) -> dict:
     return kwargs
 
 
-def _entry_point_solvers() -> dict:
-    """The ``hamgrad.solvers`` entry points of the installed packages, by lower-case name (not loaded)."""
-    from importlib.metadata import entry_points
-
-    return {ep.name.lower(): ep for ep in entry_points(group="hamgrad.solvers")}
-
-
 def _build_solver(name: str, rank: int | None, solver_args: list, builtins: set):
     """The solver ``name`` built with ``--solver-arg``s and ``--rank`` (64 by default for the built-in hams; a
     user's solver gets a rank only when ``--rank`` is given). Returns ``(solver, parameters)``."""
-    from .solvers import available_solvers, get_solver, register_solver
+    import warnings
+
+    from .solvers import available_solvers, get_solver, solver_factory
 
     kwargs = _parse_solver_args(solver_args)
     key = name.lower()
-    if key not in available_solvers():  # not registered yet: an installed package's entry point, if one has the name
-        plugins = _entry_point_solvers()
-        if key in plugins:
-            try:
-                loaded = plugins[key].load()  # a class, or a module that registers its solvers when imported
-            except Exception as err:  # a broken plugin: one line, not a traceback
-                raise ValueError(f"--solver {name}: loading entry point {plugins[key].value!r} raised "
-                                 f"{type(err).__name__}: {err}") from err
-            if key not in available_solvers() and isinstance(loaded, type):
-                register_solver(key, loaded)
-        if key not in available_solvers():
-            names = sorted(set(available_solvers()) | set(plugins))
-            raise ValueError(f"unknown --solver {name!r}; available: {', '.join(names)} (--import a module that "
-                             f"calls hamgrad.register_solver to add yours)")
+    if key not in available_solvers():
+        raise ValueError(f"unknown --solver {name!r}; available: {', '.join(available_solvers())} (--import a module "
+                         f"that calls hamgrad.register_solver to add yours)")
+    solver_factory(key)  # an installed package's entry point is loaded here (a broken one: one line naming it)
     if "rank" in kwargs and rank is not None:
         raise ValueError("give the rank once: --rank or --solver-arg rank=..., not both")
     if rank is not None or (key in builtins and "rank" not in kwargs):
         kwargs["rank"] = 64 if rank is None else rank
     try:
         solver = get_solver(key, **kwargs)
-    except TypeError as err:
-        raise TypeError(f"--solver {name} with arguments {kwargs}: {err}") from err
+    except Exception as err:  # the constructor is the user's: whatever it raises is one line
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(
+            f"--solver {name} with arguments {kwargs}: {type(err).__name__}: {err}") from err
     hparams = getattr(solver, "hparams", None)
-    return solver, hparams() if callable(hparams) else kwargs
+    params = hparams() if callable(hparams) else kwargs
+    if not isinstance(params, dict):
+        warnings.warn(f"{type(solver).__name__}.hparams() returned a {type(params).__name__}, not a dict: printing "
+                      f"the constructor arguments instead", stacklevel=2)
+        params = kwargs
+    return solver, params
+
+
+def _available_memory(device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (CUDA: free device memory; CPU: the kernel's MemAvailable),
+    or ``None`` where this cannot be told."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            return None
+    return None
+
+
+def _check_fits(nbytes: int, what: str, device) -> None:
+    """Refuse, before allocating it, ``what`` (``nbytes``, a lower bound) when the device has less memory free."""
+    free = _available_memory(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what} need at least {nbytes / 2**30:.3g} GiB, more than the {free / 2**30:.3g} GiB "
+                         f"available on {device}")
 
 
 def _cmd_spectrum(args) -> int:
@@ -302,8 +353,8 @@ def _cmd_spectrum(args) -> int:
 
     from ._checks import check_device
     from .analysis import eigvals, jacobian, svdvals, unrolled_jacobian
-    from .fixed_point import FixedPoint
-    from .solvers import available_solvers
+    from .fixed_point import FixedPoint, as_state
+    from .solvers import Solver, available_solvers
 
     try:
         builtins = set(available_solvers())
@@ -311,12 +362,23 @@ def _cmd_spectrum(args) -> int:
             _import_user_module(spec)
         solver, params = _build_solver(args.solver, args.rank, args.solver_args, builtins)
         device, dtype = check_device(args.device), getattr(torch, args.dtype)
-        if min(args.d, args.n) < 1:
-            raise ValueError(f"--d and --n must be >= 1, got d={args.d}, n={args.n}")
+        if min(args.d, args.n) < 1 or args.steps < 1 or args.k < 1:
+            raise ValueError(f"--d, --n, --steps and -k must be >= 1, got d={args.d}, n={args.n}, "
+                             f"steps={args.steps}, k={args.k}")
+        if isinstance(solver, Solver) and solver.rank > min(args.d, args.n):  # the hams' own check, before X exists
+            raise ValueError(f"rank={solver.rank} must be <= min(--d, --n) = min({args.d}, {args.n})")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        _check_fits(args.d * args.n * itemsize, f"the input X ({args.d} x {args.n}, {args.dtype})", device)
+    except (ValueError, TypeError, RuntimeError) as err:
+        print(f"hamgrad spectrum: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:
         g = torch.Generator(device=device).manual_seed(args.seed)
         x = torch.rand(args.d, args.n, generator=g, device=device, dtype=dtype)
         start = time.perf_counter()
         h0 = solver.init(x, generator=g)
+        state = sum(t.numel() * t.element_size() for t in as_state(h0, name="the solver's init(x)"))
+        _check_fits((args.steps + 2) * state, f"--steps {args.steps}: the K + 1 states of the trajectory", device)
         J_y = unrolled_jacobian(solver, x, h0, steps=args.steps)
         h_K = FixedPoint.from_solver(solver).unroll(x, h0, args.steps)[-1]
         J_h = jacobian(solver, h_K, x, wrt="h")
@@ -324,7 +386,11 @@ def _cmd_spectrum(args) -> int:
         eig = eigvals(J_h, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
         sv = svdvals(J_y, k=args.k, tol=args.tol, generator=torch.Generator().manual_seed(args.seed))
     except (ValueError, TypeError, RuntimeError) as err:
-        print(f"hamgrad spectrum: error: {err}", file=sys.stderr)
+        print(f"hamgrad spectrum: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # anything else a user's solver raises: one line naming it, not a traceback
+        print(f"hamgrad spectrum: error: {type(err).__name__} while computing with solver {args.solver!r}: "
+              f"{' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
     print(f"solver {args.solver}: {type(solver).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in params.items())
@@ -348,8 +414,28 @@ def _cmd_spectrum(args) -> int:
 
 def _cmd_cost(args) -> int:
     """``hamgrad cost``: :func:`hamgrad.cost.compare_contexts`, printed as markdown and optionally saved."""
+    import json
+    from pathlib import Path
+
     from . import cost
 
+    for spec in args.imports:
+        _import_user_module(spec)
+    if args.out is not None:
+        if not args.out.strip():
+            raise ValueError("--out must name a folder, got an empty string")
+        saved = Path(args.out) / "context_cost.json"
+        if saved.is_file() and not args.force:  # checked before anything is measured
+            try:
+                quick = json.loads(saved.read_text(encoding="utf-8")).get("quick", False)
+            except (ValueError, AttributeError):
+                raise ValueError(f"{saved} is not a cost table (damaged?); delete it or pass --force") from None
+            if quick != args.quick:
+                raise ValueError(f"--out {args.out} holds a {'quick' if quick else 'full-size'} cost table ({saved}) "
+                                 f"that this {'quick' if args.quick else 'full-size'} run would replace: choose "
+                                 f"another --out, or pass --force")
+    if args.fit_from < 1:
+        raise ValueError(f"--fit-from must be a map side >= 1, got {args.fit_from}")
     try:
         names = tuple(t.strip() for t in args.contexts.split(",") if t.strip())
         sides = tuple(int(t) for t in args.sizes.split(",") if t.strip())
@@ -364,6 +450,7 @@ def _cmd_cost(args) -> int:
         message = f"--sizes must be comma-separated ints, got {args.sizes!r}" if "invalid literal" in str(err) else err
         print(f"hamgrad cost: error: {message}", file=sys.stderr)
         return 2
+    result["quick"] = bool(args.quick)
     print(cost.to_markdown(result))
     if args.out:
         from .plots import context_scaling

@@ -467,7 +467,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         channels: the module's input and output channels (Table 3: 512).
         d: its inner channels (Table 3: 512).
         rank: r for the hams and ``"a2-r"`` (Table 3: 64).
-        steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)).
+        steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)); an int means both.
         grad: the hams' gradient mode (see :func:`hamgrad.solve`); the default, :data:`hamgrad.PAPER_MODE`
             (``"one-step-coef"``), is the official code's training path.
         version: the hams' Hamburger block, ``"v1"`` (Table 3's) or ``"v2"``.
@@ -490,6 +490,10 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     """
     width = height if width is None else width
     _check_args(height, width, batch, repeats, sdpa_backend, dtype)
+    steps = (steps, steps) if isinstance(steps, int) and not isinstance(steps, bool) else steps
+    if not isinstance(steps, (tuple, list)) or len(steps) != 2:
+        raise ValueError(f"steps must be an int or a (train, eval) pair of ints, got {steps!r}")
+    steps = (check_int(steps[0], "steps[0]", 1), check_int(steps[1], "steps[1]", 1))  # before anything is measured
     device = check_device(device)
     case = _Case(name, height, width, batch=batch, channels=channels, d=d, rank=rank, steps=steps, grad=grad,
                  version=version, table3=table3, device=device, dtype=dtype, seed=seed, sdpa_backend=sdpa_backend)
@@ -510,6 +514,8 @@ def fit_slopes(rows: list, fit_from: int = 32 * 32) -> dict:
         ``{label: {"train_seconds": slope, "infer_seconds": …, "train_bytes": …, "infer_bytes": …, "macs": …,
         "n": [the fitted n]}}`` for every label with at least two fitted sizes (a slope is NaN where a value is 0).
     """
+    if isinstance(fit_from, bool) or not isinstance(fit_from, (int, float)) or not fit_from >= 0:
+        raise ValueError(f"fit_from must be a number of positions >= 0, got {fit_from!r}")
     out = {}
     for label in dict.fromkeys(r["label"] for r in rows):
         fitted = sorted((r for r in rows if r["label"] == label and r["n"] >= fit_from), key=lambda r: r["n"])
@@ -589,11 +595,14 @@ def compare_contexts(names=DEFAULT_CONTEXTS, sides=(64, 128), *, fit_from: int =
         (the 1, 5 and 15 minute load averages at the start and at the end, where the system has them).
 
     Raises:
-        ValueError: for empty ``names`` or ``sides`` (and see :func:`context_cost`).
+        ValueError: for empty ``names`` or ``sides``, or a name or side given twice (and see :func:`context_cost`).
     """
     names, sides = tuple(names), tuple(sides)
     if not names or not sides:
         raise ValueError(f"names and sides must be non-empty, got names={names}, sides={sides}")
+    for what, values in (("names", names), ("sides", sides)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{what} has duplicates: {list(values)} (each row would be measured twice)")
     options = dict(batch=1, channels=512, d=512, rank=64, steps=(6, 7), grad=PAPER_MODE, version="v1", table3=True,
                    device="cpu", dtype=torch.float32, repeats=3, seed=0)
     unknown = set(kwargs) - set(options)
@@ -644,8 +653,14 @@ def _ratio_cell(q: dict, key: str) -> str:
 def to_markdown(result: dict) -> str:
     """The :func:`compare_contexts` result as markdown: the cost table per map size, every row's ratios to the
     reference (times: median [min–max] over the rounds; the paper's ratio in parentheses), Table 3 beside the paper
-    when a side matches its setting, and the fitted slopes."""
-    rows = result["rows"]
+    when a side matches its setting, and the fitted slopes (or a line saying why there are none).
+
+    Raises:
+        ValueError: when ``result`` has no rows.
+    """
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not rows:
+        raise ValueError("result has no rows: nothing to tabulate (pass what compare_contexts returned)")
     first = rows[0]
     load = result.get("load")
     lines = [f"Context modules on a ({first['batch']}, {first['channels']}, H, W) map, d = {first['d']}, "
@@ -672,7 +687,9 @@ def to_markdown(result: dict) -> str:
             lines.append(f"| {q['label']} / {q['reference']} | {q['height']}×{q['width']} | "
                          + " | ".join(_ratio_cell(q, k) for k in _PAPER_KEYS) + " |")
     lines += _table3_markdown(result)
-    if result["slopes"]:
+    if not result["slopes"]:
+        lines += ["", f"no log-log slopes: no module has two or more sizes with n >= {result['fit_from']}"]
+    else:
         lines += ["", f"log-log slopes against n = H·W (fitted over n >= {result['fit_from']}):", "",
                   "| module | train time | infer time | train memory | infer memory | MACs |",
                   "|---|---|---|---|---|---|"]
@@ -714,14 +731,16 @@ def _table3_markdown(result: dict) -> list:
 
 def save(result: dict, out, name: str = "context_cost", fig=None, markdown: str | None = None) -> list[Path]:
     """Write ``out/name.json`` (the result), ``out/name.md`` (``markdown``, by default :func:`to_markdown` of the
-    result) and, when ``fig`` is given, ``out/name.png``; each to a temporary name first, then moved into place.
-    Returns the paths written."""
+    result) and, when ``fig`` is given, ``out/name.png`` (without ``fig``, an older ``out/name.png`` is removed: it
+    would not show this table); each to a temporary name first, then moved into place. Returns the paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(result) if markdown is None else markdown
     files = {out / f"{name}.json": json.dumps(result, allow_nan=True) + "\n", out / f"{name}.md": markdown}
     if fig is not None:
         atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    else:  # an older figure would sit beside a table it does not show
+        (out / f"{name}.png").unlink(missing_ok=True)
     for path, text in files.items():
         write_text(path, text)
     return list(files) + ([out / f"{name}.png"] if fig is not None else [])
@@ -744,10 +763,12 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
 
     Returns:
         plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
-        them: ``label`` (the module, and for a ham its mode, the paper's marked, and block), ``name``, ``grad``,
-        ``block``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
+        them: ``label`` (the module, and for a ham its mode, the paper's marked, block and, in a sweep over K, its K),
+        ``name``, ``grad``, ``block``, ``steps`` (K; ``None`` without a ham), ``seeds``, ``miou_best``, ``miou_mean``,
+        ``miou_std``, ``run_seconds``
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
-        ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``.
+        ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``; ``failed``: the run ids of the runs
+        recorded as failed (left out of the rows).
 
     Raises:
         ValueError: when ``out_dir`` holds no sweep or no finished run.
@@ -758,19 +779,24 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
         raise ValueError(f"out_dir={str(out)!r} holds no sweep (no config.json)")
     config = AblationConfig.from_json(config_path.read_text(encoding="utf-8"))
     results = load_results(out)
+    failed = [r["run_id"] for r in results if r["status"] != "ok"]
+    results = [r for r in results if r["status"] == "ok"]
     if not results:
         raise ValueError(f"out_dir={str(out)!r} holds no finished runs")
     channels = config.width * config.output_stride // 2  # the last encoder stage: width · 2^(log2(stride) − 1)
     side = config.image_size // config.output_stride
     groups: dict = {}
     for r in results:
-        groups.setdefault((r["solver"], r["grad"], r["block"]), []).append(r)
+        groups.setdefault((r["solver"], r["grad"], r["block"], r["steps"] if r["grad"] else None), []).append(r)
     rows = []
-    k = config.step_values[0]
-    for (name, grad, block), group in groups.items():
+    many_k = len(config.step_values) > 1
+    for (name, grad, block, steps_k), group in groups.items():
+        k = config.step_values[0] if steps_k is None else steps_k  # (K: hams only)
         miou = [r["miou"] for r in group]
-        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block})", "name": name,
-               "grad": grad, "block": block, "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
+        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block}"
+                                                  + (f", K = {k}" if many_k else "") + ")", "name": name,
+               "grad": grad, "block": block, "steps": steps_k, "seeds": len(group), "miou_best": max(miou),
+               "miou_mean": statistics.fmean(miou),
                "miou_std": statistics.pstdev(miou),
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
         if name == "none":
@@ -785,7 +811,7 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)
     return {"sweep": str(out), "shape": [config.batch_size, channels, side, side], "config": config.to_dict(),
-            "rows": rows, "torch": torch.__version__}
+            "rows": rows, "failed": failed, "torch": torch.__version__}
 
 
 def ablation_markdown(result: dict) -> str:

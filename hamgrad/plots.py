@@ -61,7 +61,7 @@ from . import style
 from .grad import mode_label
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
-           "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
+           "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff", "mark_quick"]
 
 #: The index convention every figure's labels follow.
 CONVENTION = "J_t = ∂F/∂h(hᵗ, x), B_t = ∂F/∂x(hᵗ, x) at the state before step t+1, t = 0…K"
@@ -79,6 +79,20 @@ class _InlineFigure(Figure):
 def _figure(width: float, height: float, title: str) -> Figure:
     fig = _InlineFigure(figsize=(width, height), layout="constrained")
     fig.suptitle(title)
+    return fig
+
+
+def mark_quick(fig: Figure) -> Figure:
+    """Mark a figure drawn at the quick (CI) size: a line under its title says it is a smoke test.
+
+    Args:
+        fig: a figure of this module.
+
+    Returns:
+        ``fig``, its title extended.
+    """
+    fig.suptitle(f"{fig.get_suptitle()}\n[quick size: a smoke test of the code, not the paper's measurement]".lstrip(),
+                 fontsize="medium")
     return fig
 
 

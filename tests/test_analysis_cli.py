@@ -56,7 +56,7 @@ def test_spectrum_prints_top_k_eigenvalues_and_singular_values(capsys):
 def test_spectrum_reports_bad_arguments(capsys):
     rc = main(["spectrum", "--d", "4", "--n", "8", "--rank", "6", "-k", "2"])
     assert rc == 2
-    assert "rank=6 must be <= min(d, n)" in capsys.readouterr().err
+    assert "rank=6 must be <= min(--d, --n) = min(4, 8)" in capsys.readouterr().err
     rc = main(["spectrum", "--d", "6", "--n", "8", "--rank", "2", "-k", "200"])
     assert rc == 2
     assert "k must satisfy" in capsys.readouterr().err

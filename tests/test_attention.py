@@ -147,7 +147,7 @@ def test_hamnet_context_argument():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="unknown context module name='attn'"):
+    with pytest.raises(ValueError, match="unknown solver or context module name='attn'"):
         build_context("attn", 8)
     with pytest.raises(ValueError, match="give the head's module once"):
         HamNet(3, ham="vq", context="sa")

@@ -299,7 +299,7 @@ def test_cost_command(tmp_path, capsys):
     assert (tmp_path / "context_cost.md").read_text() == cost.to_markdown(result)
     assert main(["cost", "--contexts", "attn", "--sizes", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hamgrad cost: error: unknown context module name='attn'")
+    assert len(err) == 1 and err[0].startswith("hamgrad cost: error: unknown solver or context module name='attn'")
     assert main(["cost", "--contexts", "nmf", "--sizes", "8", "--grad", "backprop"]) == 2
     assert "unknown gradient mode grad='backprop'" in capsys.readouterr().err
 

@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,27 +26,17 @@ from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class
                                  mean_iou, pixel_accuracy, read_config, run_ablation, summarize)
 from hamgrad.experiments import runner
 
+from models import ISTA_SOLVER_SOURCE
+from sweep_helpers import Interrupt, count_steps
+
 LEGACY = Path(__file__).parent / "data" / "legacy_v1_sweep"
-
-
-class Interrupt(BaseException):
-    """Stands in for a kill in the middle of a sweep (like KeyboardInterrupt, not an Exception a run could raise)."""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def counted_steps(monkeypatch):
-    """Count the runner's training steps; ``counter["raise_at"] = n`` makes the n-th call raise ``Interrupt``."""
-    counter = {"calls": 0, "raise_at": None}
-    original = runner._train_step
-
-    def step(*args):
-        counter["calls"] += 1
-        if counter["calls"] == counter["raise_at"]:
-            raise Interrupt
-        return original(*args)
-
-    monkeypatch.setattr(runner, "_train_step", step)
-    return counter
+    """The runner's training steps, counted (``sweep_helpers.count_steps``)."""
+    return count_steps(monkeypatch)
 
 
 def _tiny(**kw):
@@ -367,7 +359,7 @@ def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
                                          rf"{dead.pid} on"):
         with runner._SweepLock(out):
             assert f'"pid": {os.getpid()}' in (out / "ablate.lock").read_text()
-    assert (out / "ablate.lock").read_text() == ""  # released
+    assert not (out / "ablate.lock").exists()  # released and removed
 
 
 def test_cli_failures_are_one_line_messages(tmp_path, capsys):
@@ -599,6 +591,125 @@ def test_ray_address_that_does_not_answer(tmp_path):
         run_ablation(_tiny(), tmp_path, progress=False, address="auto", device="cuda")
 
 
+# ---------------------------------------------------------------------- Ray beside another cluster on the machine
+_SMALL = ["ablate", "--quick", "--solvers", "nmf", "--grads", "one-step", "--no-baseline", "--iters", "2"]
+
+
+def _cli(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "hamgrad.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _own_processes(marker: str) -> list:
+    """The pids whose command line names ``marker`` (the second cluster's temporary folder)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace") and int(cmdline.parent.name) != os.getpid():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def second_cluster():
+    """A Ray cluster started by `ray start --head`, as a user's may run on the host: its own temporary folder (where
+    it leaves its address file, as `ray start` does in /tmp/ray) and ports. ``env`` makes a process see it as the
+    machine's current cluster. Stopped by killing its own processes (never `ray stop`, which stops every Ray instance
+    on the machine). Token authentication is off on both sides (it would otherwise share ~/.ray/auth_token with the
+    other Ray instances of this machine)."""
+    base = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": str(base), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    ports = _free_ports(7)
+    flags = ["--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
+    start = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus=1",
+                            "--include-dashboard=false", "--disable-usage-stats",
+                            *(f"{f}={p}" for f, p in zip(flags, ports))],
+                           env=env, capture_output=True, text=True, timeout=300)
+
+    def stop():
+        for _ in range(50):
+            pids = _own_processes(str(base))
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+
+    try:
+        assert start.returncode == 0, start.stderr
+        yield env, base, stop
+    finally:
+        stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_workers_start_their_own_ray_instance_beside_a_running_cluster(tmp_path, second_cluster):
+    env, base, stop = second_cluster
+    address = (base / "ray" / "ray_current_cluster").read_text().strip()
+    local_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}  # Ray's defaults: it warns about its tokens
+    own = _cli(local_env, *_SMALL, "--workers", "2", "--out", str(tmp_path / "own"))
+    assert own.returncode == 0, own.stderr  # it did not attach (Ray refuses num_cpus when attaching)
+    assert [r["status"] for r in load_results(tmp_path / "own")] == ["ok"]
+    for banner in ("Started a local Ray instance", "Token authentication", "Connecting to existing", "INFO"):
+        assert banner not in own.stderr  # Ray's own lines are hidden unless --verbose
+    # only --address attaches: 'auto' finds the cluster through its address file, checked to answer first
+    attached = _cli(env, *_SMALL, "--address", "auto", "--out", str(tmp_path / "attached"))
+    assert attached.returncode == 0, attached.stderr
+    _same(load_results(tmp_path / "attached"), load_results(tmp_path / "own"))
+    stop()  # its address file stays behind, naming a cluster that is gone
+    start = time.monotonic()
+    stale = _cli(env, *_SMALL, "--address", "auto", "--out", str(tmp_path / "stale"))
+    assert stale.returncode == 2 and time.monotonic() - start < 120, stale.stderr
+    assert stale.stderr.strip().splitlines()[-1] == (
+        f"hamgrad ablate: error: address='auto' (found {address} in {base}/ray/ray_current_cluster, which a stopped "
+        f"cluster may have left behind): no Ray cluster answers there (Connection refused); start one with `ray "
+        f"start --head --port={address.rpartition(':')[2]}` or check the address")
+
+
+def test_address_where_another_server_listens_is_refused_quickly(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer():  # an HTTP/1.1 server: it answers, but not as Ray's gRPC does
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        proc = _cli(os.environ, *_SMALL, "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "s"), timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"hamgrad ablate: error: address='127.0.0.1:{port}': no Ray cluster answers there (what listens there does "
+        f"not speak Ray's gRPC protocol); start one with `ray start --head --port={port}` or check the address")
+
+
 # ---------------------------------------------------------------------- Ray: a real local instance, 2 workers
 @pytest.fixture(scope="module")
 def ray_address():
@@ -606,7 +717,7 @@ def ray_address():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -663,6 +774,24 @@ def test_ray_raising_run_is_retried_then_failed_then_rerun(tmp_path, ray_address
     assert {r["run_id"]: r["finished_at"] for r in again if r["run_id"] in finished} == finished  # not retrained
 
 
+def test_ray_workers_get_a_users_solver_defined_in_a_file(tmp_path, ray_address, monkeypatch):
+    from hamgrad.solvers import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    path = tmp_path / "ray_ista.py"  # on no worker's path: the workers get it from the driver
+    path.write_text(ISTA_SOLVER_SOURCE.replace('"NAME"', "'ray_ista'"), encoding="utf-8")
+    args = ["ablate", "--quick", "--import", str(path), "--solvers", "ray_ista", "--solver-arg", "lam=0.02",
+            "--grads", "one-step,bptt", "--no-baseline", "--iters", "6"]
+    try:
+        assert cli_main([*args, "--out", str(tmp_path / "here")]) == 0
+        assert cli_main([*args, "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    finally:
+        sys.modules.pop("ray_ista", None)
+    here, there = load_results(tmp_path / "here"), load_results(tmp_path / "ray")
+    assert [r["status"] for r in there] == ["ok", "ok"]
+    _same(there, here)  # bitwise the same runs
+
+
 def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
     config, reference = sequential
     out = tmp_path / "sweep"
@@ -685,9 +814,14 @@ def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
         driver.communicate()
     before = load_results(out)
     assert 1 <= len(before) < len(config.runs())
+    left = [out / ".results.jsonl.4242.deadbeef.tmp"] + [p.parent / ".checkpoint.pt.4242.deadbeef.tmp"
+                                                           for p in out.glob("runs/*/checkpoint.pt")]
+    for tmp in left:  # what writers killed mid-write leave
+        tmp.write_bytes(b"half a file")
     with pytest.warns(UserWarning, match=rf"taking over the lock of a driver that is no longer running \(pid "
                                          rf"{driver.pid}"):
         run_ablation(config, out, progress=False, workers=2)
+    assert not list(out.rglob("*.tmp")) and not (out / "ablate.lock").exists()
     rows = load_results(out)
     _same(rows, reference)  # nothing lost, nothing duplicated, and resumed runs end where an unbroken run does
     assert rows[:len(before)] == before

@@ -148,9 +148,9 @@ def test_spectrum_finds_a_solver_through_an_entry_point(tmp_path, capsys, regist
     assert main(["spectrum", "--solver", "nope"]) == 2
     assert "available: cd, lasso_broken, lasso_ep, lasso_self_registered, nmf" in capsys.readouterr().err
     assert main(["spectrum", "--solver", "lasso_broken"]) == 2
-    assert capsys.readouterr().err == ("hamgrad spectrum: error: --solver lasso_broken: loading entry point "
-                                       "'no_such_package_xyz:ISTA' raised ModuleNotFoundError: No module named "
-                                       "'no_such_package_xyz'\n")
+    assert capsys.readouterr().err == ("hamgrad spectrum: error: solver 'lasso_broken': loading its entry point "
+                                       "'no_such_package_xyz:ISTA' (group hamgrad.solvers) raised ModuleNotFoundError: "
+                                       "No module named 'no_such_package_xyz'\n")
 
 
 def test_solver_args_reach_a_builtin_solver(capsys):

@@ -12,9 +12,12 @@ from ..data import GlobalContextShapes
 from ..grad import PAPER_MODE, parse_grad_mode
 from ..nn import CONTEXTS
 from ..nn.hamburger import VERSIONS
-from ..solvers import available_solvers
+from ..solvers import available_solvers, get_solver
 
-__all__ = ["AblationConfig", "RunSpec"]
+__all__ = ["AblationConfig", "RunSpec", "MAX_RUNS"]
+
+#: The most runs one sweep may have (a typo such as ``--seeds 100000000`` is refused before anything is built).
+MAX_RUNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,25 @@ def _number(value, name: str, minimum: float, inclusive: bool) -> float:
     return float(value)
 
 
+def _solver_args(value) -> tuple:
+    """``solver_args`` (a dict, or the pairs it is stored as) as sorted ``(key, value)`` pairs of JSON scalars."""
+    pairs = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = sorted((k, v) for k, v in pairs)
+    except (TypeError, ValueError):
+        raise TypeError(f"solver_args must be a dict of keyword arguments, got {value!r}") from None
+    for k, v in pairs:
+        if not isinstance(k, str) or not k.isidentifier():
+            raise TypeError(f"solver_args keys must be argument names, got {k!r}")
+        if k == "rank":
+            raise ValueError("solver_args must not hold rank: the rank is the config's rank field")
+        if not (v is None or isinstance(v, (str, bool, int)) or (isinstance(v, float) and math.isfinite(v))):
+            raise TypeError(f"solver_args[{k!r}] must be a str, int, finite float, bool or None (JSON), got {v!r}")
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError(f"solver_args has a repeated key: {pairs}")
+    return tuple(pairs)
+
+
 def _names(value, name: str) -> tuple:
     if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"{name} must be a list of str, got {value!r}")
@@ -71,7 +93,11 @@ class AblationConfig:
     seed.
 
     Sweep:
-        solvers: registered solver names (``"nmf"``, ``"vq"``, ``"cd"``, ...).
+        solvers: registered solver names (``"nmf"``, ``"vq"``, ``"cd"``, a user's, ...; see
+            :func:`hamgrad.available_solvers`).
+        solver_args: keyword arguments of every solver's constructor besides ``rank`` (e.g. ``{"inv_t": 10.0}``), a
+            dict of JSON scalars (str, int, float, bool, None); stored as sorted ``(key, value)`` pairs (the config
+            stays hashable), written to JSON as a dict.
         grads: gradient modes (``hg.GRAD_MODES``; ``"truncated:k"`` with ``1 <= k <= steps``); the default is the
             paper's one-step as the official code computes it (``"one-step-coef"``), hamgrad's ``"one-step"`` (the
             whole last step differentiated) and ``"bptt"``.
@@ -108,6 +134,7 @@ class AblationConfig:
     """
 
     solvers: tuple = ("nmf", "vq", "cd")
+    solver_args: tuple = ()
     grads: tuple = (PAPER_MODE, "one-step", "bptt")
     blocks: tuple = ("v2",)
     seeds: int = 3
@@ -161,6 +188,7 @@ class AblationConfig:
         for s in self.solvers:
             if s not in known:
                 raise ValueError(f"unknown solver {s!r} in solvers; registered: {known}")
+        object.__setattr__(self, "solver_args", _solver_args(self.solver_args))
         for name in ("seeds", "width", "d", "rank", "iters", "batch_size", "log_every",
                      "checkpoint_every", "image_size", "train_samples", "val_samples"):
             check_int(getattr(self, name), name, 1)
@@ -180,6 +208,10 @@ class AblationConfig:
                     parse_grad_mode(g, self.eval_steps_for(k, b))
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
+        runs = self.seeds * (self.baseline + len(self.solvers) * len(self.grads) * len(self.blocks)
+                             * len(self.step_values) + len(self.contexts))
+        if runs > MAX_RUNS:  # before any list of runs is built
+            raise ValueError(f"the sweep would have {runs} runs (seeds={self.seeds}); at most {MAX_RUNS}")
         if not self.solvers and not self.baseline and not self.contexts:
             raise ValueError("the sweep is empty: give at least one solver in solvers or context in contexts, or set "
                              "baseline=True")
@@ -204,6 +236,17 @@ class AblationConfig:
         _number(self.lr, "lr", 0.0, inclusive=False)
         _number(self.weight_decay, "weight_decay", 0.0, inclusive=True)
         self.dataset()  # the dataset checks image_size, num_families, num_shapes and noise
+        for s in self.solvers:  # the constructor checks its arguments now, not in every run of the sweep
+            try:
+                solver = get_solver(s, rank=self.rank, **dict(self.solver_args))
+            except Exception as err:
+                raise (TypeError if isinstance(err, TypeError) else ValueError)(
+                    f"solver {s!r} with rank={self.rank} and solver_args={dict(self.solver_args)}: "
+                    f"{type(err).__name__}: {err}") from err
+            if PAPER_MODE in self.grads and not callable(getattr(solver, "coef_readout", None)):
+                raise ValueError(f"grads has {PAPER_MODE!r}, which needs a solver with coef_readout(x, h) (the "
+                                 f"official code's last code update, read out); solver {s!r} has none: leave the "
+                                 f"mode out (e.g. grads=('one-step', 'bptt')) or give the solver one")
 
     @property
     def step_values(self) -> tuple:
@@ -244,8 +287,8 @@ class AblationConfig:
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready data (tuples become lists)."""
-        return {f.name: list(v) if isinstance(v, tuple) else v
+        """Plain JSON-ready data (tuples become lists, ``solver_args`` a dict)."""
+        return {f.name: dict(v) if f.name == "solver_args" else list(v) if isinstance(v, tuple) else v
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
     @classmethod

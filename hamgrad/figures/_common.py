@@ -87,9 +87,13 @@ def sweep(quick: bool, folder, progress: bool) -> tuple[Path, list]:
     holding a sweep of another config (one you ran with ``hamgrad ablate``) is read as it is."""
     out = ablation_dir(quick, folder)
     config = ablation_config(quick)
-    if not (out / "config.json").exists() or read_config(out) == config:
-        run_ablation(config, out, device="cpu", progress=progress)
-    return out, finished(load_results(out), f"ablation_dir={str(out)!r}")
+    exists = (out / "config.json").exists()
+    rows = load_results(out) if exists else []
+    if not exists or read_config(out) == config:
+        if {r["run_id"] for r in rows if r["status"] == "ok"} != {s.run_id for s in config.runs()}:
+            run_ablation(config, out, device="cpu", progress=progress)  # (a finished sweep is only read)
+            rows = load_results(out)
+    return out, finished(rows, f"ablation_dir={str(out)!r}")
 
 
 def sweep_source(quick: bool, folder) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import __version__, plots
 from .._files import atomic_write, write_text
 from . import _common
 
@@ -27,18 +29,21 @@ class FigureSpec:
         plot: ``plot(result) -> matplotlib Figure``, drawing what ``compute`` returned (or its JSON read back).
         from_sweep: whether the figure is drawn from the ablation sweep; its result then records the sweep's
             ``source``, and a saved result is recomputed when the sweep has changed.
+        schema: the version of the figure's JSON conventions: a saved result of another schema (an older hamgrad's,
+            whose legend or fields may no longer match what ``plot`` draws) is recomputed, not redrawn.
     """
 
     name: str
     compute: Callable
     plot: Callable
     from_sweep: bool = False
+    schema: int = 1
 
 
 _REGISTRY: dict = {}
 
 
-def register(name: str, compute: Callable, plot: Callable, *, from_sweep: bool = False,
+def register(name: str, compute: Callable, plot: Callable, *, from_sweep: bool = False, schema: int = 1,
              replace: bool = False) -> FigureSpec:
     """Add a figure, so that :func:`compute`, :func:`plot`, :func:`run` and :func:`run_all` know it.
 
@@ -47,6 +52,8 @@ def register(name: str, compute: Callable, plot: Callable, *, from_sweep: bool =
         compute: ``compute(quick, **kw) -> dict`` of plain data (JSON-serialisable: dicts, lists, floats, str).
         plot: ``plot(result) -> matplotlib Figure``.
         from_sweep: the figure is drawn from the ablation sweep (see :class:`FigureSpec`).
+        schema: the version of its JSON conventions (see :class:`FigureSpec`); raise it when ``compute`` changes
+            what it returns, so that saved results are recomputed.
         replace: replace a figure already registered under ``name``.
 
     Returns:
@@ -61,9 +68,11 @@ def register(name: str, compute: Callable, plot: Callable, *, from_sweep: bool =
     for arg, fn in (("compute", compute), ("plot", plot)):
         if not callable(fn):
             raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise ValueError(f"schema must be an int >= 1, got {schema!r}")
     if name in _REGISTRY and not replace:
         raise ValueError(f"a figure name={name!r} is already registered; pass replace=True to replace it")
-    spec = FigureSpec(name, compute, plot, bool(from_sweep))
+    spec = FigureSpec(name, compute, plot, bool(from_sweep), schema)
     _REGISTRY[name] = spec
     return spec
 
@@ -116,8 +125,9 @@ def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool
 
     Returns:
         Plain data (dicts, lists, floats, str) as the figure's JSON holds it, with ``figure``, ``quick``,
-        ``seconds`` and ``torch`` (the version) added; figures drawn from the sweep also record their ``source``:
-        the sweep folder and a digest of its config and rows.
+        ``seconds``, ``schema`` (the figure's :class:`FigureSpec` schema), ``hamgrad`` and ``torch`` (the versions)
+        added; figures drawn from the sweep also record their ``source``: the sweep folder and a digest of its config
+        and rows.
 
     Raises:
         ValueError: when ``name`` is not registered, or the sweep behind figures 4–6 holds no finished run.
@@ -126,14 +136,14 @@ def compute(name: str, quick: bool = False, *, ablation_dir=None, progress: bool
     start = time.perf_counter()
     result = spec.compute(quick, ablation_dir=ablation_dir, progress=progress)
     result.update(figure=name, quick=bool(quick), seconds=round(time.perf_counter() - start, 2),
-                  torch=torch.__version__)
+                  schema=spec.schema, hamgrad=__version__, torch=torch.__version__)
     if spec.from_sweep:
         result["source"] = _common.sweep_source(quick, ablation_dir)
     return result
 
 
 def plot(name: str, result: dict):
-    """Draw one figure from its numbers.
+    """Draw one figure from its numbers; a quick-size result's title says it is a smoke test.
 
     Args:
         name: a registered figure.
@@ -145,7 +155,8 @@ def plot(name: str, result: dict):
     Raises:
         ValueError: when ``name`` is not registered.
     """
-    return get(name).plot(result)
+    fig = get(name).plot(result)
+    return plots.mark_quick(fig) if result.get("quick") is True else fig
 
 
 def save(name: str, result: dict, fig, out) -> tuple[Path, Path]:
@@ -218,22 +229,33 @@ def _is_current(result: dict, quick: bool, ablation_dir) -> bool:
     return result.get("source", {}).get("digest") == now["digest"]
 
 
-def _run(name: str, out, quick: bool, ablation_dir, progress: bool, force: bool) -> dict:
-    """:func:`run` without the folder's size check."""
+def _is_stale(name: str, result: dict, out) -> bool:
+    """Whether a saved result was written under another schema of the figure (warned: it is recomputed)."""
+    spec = get(name)
+    if result.get("schema") == spec.schema:
+        return False
+    warnings.warn(f"{Path(out) / (name + '.json')} was written by hamgrad {result.get('hamgrad', '< 0.2')} under "
+                  f"figure schema {result.get('schema', 0)} (now {spec.schema}): recomputing it", stacklevel=4)
+    return True
+
+
+def _run(name: str, out, quick: bool, ablation_dir, progress: bool, force: bool) -> tuple[dict, bool]:
+    """:func:`run` without the folder's size check; returns ``(result, computed)`` (``False``: only redrawn)."""
     result = None if force else load(name, out)
-    if result is not None and result["quick"] == bool(quick) and (
+    if result is not None and result["quick"] == bool(quick) and not _is_stale(name, result, out) and (
             not get(name).from_sweep or _is_current(result, quick, ablation_dir)):
         save(name, result, plot(name, result), out)
-        return result
+        return result, False
     result = compute(name, quick, ablation_dir=ablation_dir, progress=progress)
     save(name, result, plot(name, result), out)
-    return result
+    return result, True
 
 
 def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: bool = False,
         force: bool = False) -> dict:
-    """Compute, plot and save one figure. A figure whose JSON in ``out`` is already at this size (and, for figures
-    drawn from the sweep, from the same sweep, see :func:`compute`) is only redrawn.
+    """Compute, plot and save one figure. A figure whose JSON in ``out`` is already at this size and schema (and,
+    for figures drawn from the sweep, from the same sweep, see :func:`compute`) is only redrawn; one of another
+    schema (an older hamgrad's) is recomputed, with a warning.
 
     Args:
         name: a registered figure.
@@ -252,11 +274,11 @@ def run(name: str, out, quick: bool = False, *, ablation_dir=None, progress: boo
     get(name)
     if not force:
         _check_sizes(out, quick)
-    return _run(name, out, quick, ablation_dir, progress, force)
+    return _run(name, out, quick, ablation_dir, progress, force)[0]
 
 
 def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress: bool = True,
-            force: bool = False) -> dict:
+            force: bool = False, redrawn: list | None = None) -> dict:
     """Every figure in ``names`` into ``out`` with a progress bar; resumable (see :func:`run`).
 
     Args:
@@ -266,6 +288,7 @@ def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress
         ablation_dir: the sweep behind figures 4–6 (see :func:`compute`).
         progress: show progress bars.
         force: recompute figures that ``out`` already holds.
+        redrawn: a list that receives the names of the figures only redrawn from their JSON (not recomputed).
 
     Returns:
         A dict figure name → result.
@@ -284,5 +307,7 @@ def run_all(out, quick: bool = False, *, names=None, ablation_dir=None, progress
     with tqdm(names, desc="figures", unit="fig", disable=not progress) as bar:
         for name in bar:
             bar.set_postfix_str(name)
-            results[name] = _run(name, out, quick, ablation_dir, progress, force)
+            results[name], computed = _run(name, out, quick, ablation_dir, progress, force)
+            if not computed and redrawn is not None:
+                redrawn.append(name)
     return results

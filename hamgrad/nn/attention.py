@@ -162,5 +162,6 @@ def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, cla
     if name in available_solvers():
         return Hamburger(channels, d=d, solver=name, rank=rank, steps=steps, grad=grad, version=version,
                          solver_kwargs=solver_kwargs)
-    raise ValueError(f"unknown context module name={name!r}; expected one of {sorted(CONTEXTS)} or a registered "
-                     f"solver {available_solvers()}")
+    raise ValueError(f"unknown solver or context module name={name!r}: the context modules are {sorted(CONTEXTS)}, "
+                     f"the solvers {available_solvers()} (register a solver with hamgrad.register_solver in this "
+                     f"process, or install it under the entry-point group hamgrad.solvers)")

@@ -53,8 +53,10 @@ class HamCapture:
     Attributes:
         x: the ham's input ``(B, d, n)`` (the lower bread's output).
         y: the ham's output ``X̄ = D C`` read out by the solver, ``(B, d, n)`` (ridge codes for CD).
-        D: the final dictionary ``(B, d, r)``.
-        C: the final state's codes ``(B, r, n)`` (for ``one-step-coef``, the extra code update the output uses).
+        D: the final dictionary ``(B, d, r)`` (``None`` for a user's solver whose state is not a pair ``(D, C)``;
+            ``info.state`` holds it).
+        C: the final state's codes ``(B, r, n)`` (for ``one-step-coef``, the extra code update the output uses, where
+            the solver has ``coef_step``); ``None`` like ``D``.
         shape: ``(H, W)`` of the feature map.
         info: the solve's :class:`hamgrad.SolveInfo` (per-step residuals and objective).
     """
@@ -216,8 +218,8 @@ class Hamburger(nn.Module):
         y, info = solve(self.solver, z, steps, grad=self.grad, generator=generator, monitor=cap is not None)
         self.backward_solves = info.backward
         if cap is not None:
-            D, C = info.state
-            if self.grad == "one-step-coef":
+            D, C = info.state if len(info.state) == 2 else (None, None)  # a user's solver may keep another state
+            if self.grad == "one-step-coef" and callable(getattr(self.solver, "coef_step", None)):
                 with torch.no_grad():
                     C = self.solver.coef_step(z, info.state)
             cap.x, cap.y, cap.D, cap.C = z.detach(), y.detach(), D, C

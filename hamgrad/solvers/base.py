@@ -212,31 +212,38 @@ class Solver:
 # ---------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type] = {}
 
+#: The entry-point group in which an installed package offers solvers: ``name = "package.module:Class"`` (a class,
+#: a function that returns a solver, or a module that registers its solvers when imported).
+ENTRY_POINT_GROUP = "hamgrad.solvers"
 
-def register_solver(name: str, cls: type, *, overwrite: bool = False) -> type:
+_REQUIRED_METHODS = ("init", "step", "readout")
+
+
+def register_solver(name: str, cls, *, overwrite: bool = False):
     """Register a solver class under ``name`` so that ``get_solver(name, ...)`` (and the CLI) can build it.
 
-    ``cls(...)`` must produce an object with ``init(x, generator=None)``, ``step(x, h)`` and ``readout(x, h)``.
+    ``cls(...)`` must produce an object with ``init(x, generator=None)``, ``step(x, h)`` and ``readout(x, h)`` (a
+    solver that also has ``coef_readout(x, h)`` gets the ``one-step-coef`` gradient mode).
 
     Args:
         name: the registry key (case-insensitive).
-        cls: the solver class.
+        cls: the solver class, or a function that returns a solver (its result is checked when it is built).
         overwrite: replace a solver already registered under ``name``.
 
     Returns:
         ``cls`` (so that ``register_solver`` can be used on a class definition's result).
 
     Raises:
-        TypeError: ``name`` is not a non-empty str, ``cls`` is not a class, or it lacks ``init``/``step``/``readout``.
+        TypeError: ``name`` is not a non-empty str, ``cls`` is not callable, or a class lacking
+            ``init``/``step``/``readout``.
         ValueError: ``name`` is taken and ``overwrite`` is false.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not isinstance(cls, type):
-        raise TypeError(f"cls must be a class, got {type(cls).__name__}")
-    for attr in ("init", "step", "readout"):
-        if not callable(getattr(cls, attr, None)):
-            raise TypeError(f"cls must define {attr}(...), {cls.__name__} does not")
+    if not callable(cls):
+        raise TypeError(f"cls must be a class or a function that returns a solver, got {type(cls).__name__}")
+    if isinstance(cls, type):
+        _check_methods(cls, cls.__name__)
     key = name.lower()
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"a solver named {name!r} is already registered; pass overwrite=True to replace it")
@@ -244,33 +251,87 @@ def register_solver(name: str, cls: type, *, overwrite: bool = False) -> type:
     return cls
 
 
-def get_solver(name: str, **kwargs):
-    """Build a registered solver by name (``"nmf"``, ``"vq"``/``"softvq"``, ``"cd"`` or a user's).
+def _check_methods(obj, label: str) -> None:
+    for attr in _REQUIRED_METHODS:
+        if not callable(getattr(obj, attr, None)):
+            raise TypeError(f"a solver must define {attr}(...), {label} does not")
+
+
+def _entry_points() -> dict:
+    """The ``hamgrad.solvers`` entry points of the installed packages, by lower-case name (not loaded)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name.lower(): ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def solver_factory(name: str):
+    """What :func:`get_solver` calls to build solver ``name``: the registered class or function, after loading the
+    installed entry point of that name if the name is not registered yet.
 
     Args:
-        name: a registered name (case-insensitive; :func:`available_solvers` lists them).
+        name: a name from :func:`available_solvers` (case-insensitive).
+
+    Returns:
+        The registered class (or function).
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: ``name`` is neither registered nor an entry point (the message lists the solvers), or its entry
+            point fails to load (naming it and the error).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        plugins = _entry_points()
+        if key not in plugins:
+            raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())} (register yours "
+                             f"with hamgrad.register_solver, or install it under the entry-point group "
+                             f"{ENTRY_POINT_GROUP})")
+        try:
+            loaded = plugins[key].load()  # a class, a function, or a module that registers its solvers
+        except Exception as err:  # a broken plugin: one line naming it
+            raise ValueError(f"solver {name!r}: loading its entry point {plugins[key].value!r} (group "
+                             f"{ENTRY_POINT_GROUP}) raised {type(err).__name__}: {' '.join(str(err).split())}") from err
+        if key not in _REGISTRY:
+            if not callable(loaded):
+                raise ValueError(f"solver {name!r}: its entry point {plugins[key].value!r} names a module that does "
+                                 f"not register a solver of that name (it should call hamgrad.register_solver)")
+            register_solver(key, loaded)
+    return _REGISTRY[key]
+
+
+def get_solver(name: str, /, **kwargs):
+    """Build a registered solver by name (``"nmf"``, ``"vq"``/``"softvq"``, ``"cd"``, a user's, or an installed
+    package's from the entry-point group ``hamgrad.solvers``).
+
+    Args:
+        name: a name from :func:`available_solvers` (case-insensitive; positional, so a solver may have a
+            constructor argument called ``name``).
         **kwargs: the solver's constructor arguments (e.g. ``rank=8``, ``inv_t=10.0``).
 
     Returns:
         The solver instance.
 
     Raises:
-        TypeError: ``name`` is not a str, or the constructor's own errors for ``kwargs``.
-        ValueError: ``name`` is not registered (the message lists the registered names), or the constructor's own
-            errors for ``kwargs``.
+        TypeError: ``name`` is not a str, a registered function returned no solver (no ``init``/``step``/
+            ``readout``), or the constructor's own errors for ``kwargs``.
+        ValueError: ``name`` is not available (the message lists the solvers), its entry point fails to load, or
+            the constructor's own errors for ``kwargs``.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown solver {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[key](**kwargs)
+    factory = solver_factory(name)
+    solver = factory(**kwargs)
+    if not isinstance(factory, type):
+        _check_methods(solver, f"what {getattr(factory, '__qualname__', factory)!r} returned "
+                               f"({type(solver).__name__})")
+    return solver
 
 
 def available_solvers() -> list[str]:
-    """Names of the registered solvers.
+    """Names of the registered solvers and of the installed packages' solvers (entry-point group
+    ``hamgrad.solvers``, loaded on first use by :func:`get_solver`).
 
     Returns:
-        The registry keys, sorted.
+        The names, lower-case and sorted.
     """
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_entry_points()))
