@@ -212,16 +212,17 @@ class RegionalShapes(Dataset):
                     chosen[k] = candidates[int(valid[:, k].nonzero()[0, 0]), k, :int(counts[k])]
         return chosen
 
-    def _tints(self, generator: torch.Generator) -> torch.Tensor:
-        """``regions`` tints uniform in the tint cube, each at least ``separation`` from those before it."""
+    def _tints(self, generator: torch.Generator) -> np.ndarray:
+        """``regions`` tints uniform in the tint cube, each at least ``separation`` from those before it (candidates
+        drawn 64 at a time, taken in order)."""
         low, high = TINT_RANGE
-        tints = torch.empty(0, 3, dtype=torch.float64)
-        for _ in range(_TRIES):
-            if len(tints) == self.regions:
-                return tints
-            t = low + (high - low) * torch.rand(1, 3, generator=generator, dtype=torch.float64)
-            if not len(tints) or bool(torch.cdist(t, tints).min() >= self.separation):
-                tints = torch.cat([tints, t])
+        tints = []
+        for _ in range(_TRIES // 64):
+            for t in (low + (high - low) * torch.rand(64, 3, generator=generator, dtype=torch.float64)).numpy():
+                if all(np.linalg.norm(t - u) >= self.separation for u in tints):
+                    tints.append(t)
+                    if len(tints) == self.regions:
+                        return np.stack(tints)
         raise RuntimeError(f"could not place {self.regions} tints {self.separation} apart in {_TRIES} draws")
 
     def layout(self, index: int) -> RegionLayout:
@@ -269,7 +270,7 @@ class RegionalShapes(Dataset):
         spacing = 1.0 / F
         hues = (families * spacing + uniform(4, -spacing / 4, spacing / 4)) % 1.0
         colors = _hsv_to_rgb(hues, uniform(5, *_SATURATION_RANGE), uniform(6, *_VALUE_RANGE))
-        tints = self._tints(g).numpy()
+        tints = self._tints(g)
         lo, hi = _BACKGROUND_RANGE
         background = np.full(3, lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64)))
         return RegionLayout(background=background, tints=tints, majorities=majorities.numpy(),
