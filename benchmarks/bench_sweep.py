@@ -1,8 +1,9 @@
 """Sweep benchmark: ``hamgrad ablate`` in one process vs as Ray tasks on N local workers, and Ray's start-up cost.
 
 Run: ``python benchmarks/bench_sweep.py [--size quick|default] [--iters N] [--workers 2] [--threads 1,2]``. The
-sweep is every ham × {one-step, BPTT} plus the baseline, one seed (7 runs), at ``AblationConfig.quick`` (10 iterations
-per run) or the default size (``AblationConfig``, 500 iterations), ``--iters`` replacing the iterations. Prints wall
+sweep is every ham × {one-step, BPTT} in the V1 block plus the baseline, one seed (7 runs: the sweep the README's
+timings measured), at ``AblationConfig.quick`` (10 iterations per run) or the default size (``AblationConfig``, 500
+iterations), ``--iters`` replacing the iterations. Prints wall
 times and their ratios, all measured in this process; nothing is asserted (these machines are shared and noisy).
 
 1. In-process (``workers=1``, no Ray) with each number of torch threads in ``--threads``.
@@ -45,8 +46,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="torch threads of the in-process sweeps (the first is the "
                                                          "reference of the Ray sweep's mIoU)")
     args = parser.parse_args()
-    iters = {} if args.iters is None else {"iters": args.iters}
-    config = AblationConfig.quick(**iters) if args.size == "quick" else AblationConfig(seeds=1, **iters)
+    fields = {"grads": ("one-step", "bptt"), "blocks": ("v1",)}
+    fields.update({} if args.iters is None else {"iters": args.iters})
+    config = AblationConfig.quick(**fields) if args.size == "quick" else AblationConfig(seeds=1, **fields)
     print(f"sweep: {args.size} size, {config.iters} iterations per run, {len(config.runs())} runs; "
           f"{os.cpu_count()} CPU cores (shared)")
 

@@ -29,22 +29,28 @@ def _build_parser() -> argparse.ArgumentParser:
                                                               "those of the other size, which are otherwise refused)")
     figures.set_defaults(func=_cmd_figures)
 
-    ablate = sub.add_parser("ablate", help="resumable one-step vs BPTT sweep of HamNet on the global-context shapes",
-                            description="Train and evaluate HamNet for every solver × gradient mode × K × seed "
-                                        "(plus the no-ham baseline and, with --contexts, other context modules in "
-                                        "the head), in this process or on Ray (--workers, --address); rerun the "
+    ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on the global-context shapes",
+                            description="Train and evaluate HamNet for every solver × gradient mode × block × K × "
+                                        "seed (plus the no-ham baseline and, with --contexts, other context modules "
+                                        "in the head), in this process or on Ray (--workers, --address); rerun the "
                                         "same command to resume a killed sweep.")
     ablate.add_argument("--solvers", default="nmf,vq,cd", help="comma-separated solver names (default nmf,vq,cd)")
-    ablate.add_argument("--grads", default="one-step,bptt", help="comma-separated gradient modes "
-                                                                 "(default one-step,bptt)")
+    ablate.add_argument("--grads", default="one-step-coef,one-step,bptt",
+                        help="comma-separated gradient modes (default one-step-coef,one-step,bptt; one-step-coef is "
+                             "the paper's one-step as the official code computes it)")
+    ablate.add_argument("--blocks", default="v2", help="comma-separated Hamburger blocks: v2 (the official HamNet's) "
+                                                       "and/or v1 (the paper's) (default v2)")
     ablate.add_argument("--seeds", type=int, help="seeds per combination (default 3; 1 with --quick)")
     ablate.add_argument("--steps", help="solver steps K in training, or a comma-separated list of K to sweep, e.g. "
-                                        "6,12,24 (evaluation uses K + 1; default 6)")
+                                        "6,12,24 (evaluation uses K for v2, K + 1 for v1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--no-baseline", action="store_true", help="skip the HamNet(ham=None) baseline runs")
     ablate.add_argument("--contexts", default="", help="comma-separated non-ham context modules to train too: sa "
-                                                       "(self-attention), a2 (double attention), gap (global pooling)")
+                                                       "(self-attention), da (dual attention), a2 (double "
+                                                       "attention), apc (adaptive pyramid context), dm (dynamic "
+                                                       "filters), acf (attentional class feature), gap (global "
+                                                       "pooling)")
     ablate.add_argument("--task", choices=("global", "regional"), default="global",
                         help="the data: global (every shape labelled with the image's majority family, "
                              "GlobalContextShapes; the default) or regional (every shape labelled with its own "
@@ -186,8 +192,8 @@ def _cmd_ablate(args) -> int:
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
              "task": args.task, **regional}
     fields = {k: v for k, v in given.items() if v is not None}
-    fields.update(solvers=names(args.solvers), grads=names(args.grads), baseline=not args.no_baseline,
-                  contexts=names(args.contexts))
+    fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
+                  baseline=not args.no_baseline, contexts=names(args.contexts))
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
     run_ablation(config, args.out, overwrite=args.overwrite, device=args.device, workers=args.workers,
                  address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,

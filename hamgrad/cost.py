@@ -8,7 +8,8 @@
     print(cost.to_markdown(result))
 
 The setting is Table 3's: one feature map of ``channels = 512``, ``d = 512``, ``r = 64``, ``K = 6`` steps in
-training and 7 in inference. A training step is the module's forward in training mode and the backward of a fixed
+training and 7 in inference, the hams in the paper's V1 block (Table 3's 0.50M parameters of Ham (NMF) are V1's two
+512 × 512 convs; V2's cheese would add 0.26M). A training step is the module's forward in training mode and the backward of a fixed
 random output gradient (the input requires a gradient, as inside a network); inference is the forward in evaluation
 mode under ``torch.no_grad()``.
 
@@ -52,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 from ._checks import check_choice, check_device, check_int
 from ._files import atomic_write, write_text
 from .experiments import AblationConfig, load_results
+from .grad import PAPER_MODE, mode_label
 from .nn import CONTEXTS, build_context
 from .profiling import synchronize
 
@@ -99,7 +101,8 @@ class ContextCost:
 
     Attributes:
         name, label: the module's name (``build_context``) and a label (``"sa (math)"`` for a forced SDPA backend).
-        height, width, batch, channels, d, rank, steps: the setting (``steps`` = (train, eval) K, hams only).
+        height, width, batch, channels, d, rank, steps, version: the setting (``steps`` = (train, eval) K and
+            ``version`` the Hamburger block, hams only).
         n: positions ``height · width``.
         params: number of parameters.
         macs: MACs of the inference forward; train_macs: of a training step (forward + backward).
@@ -120,6 +123,7 @@ class ContextCost:
     d: int
     rank: int
     steps: tuple
+    version: str
     params: int
     macs: int
     train_macs: int
@@ -226,8 +230,9 @@ def _sdpa_context(backend):
 
 
 def context_cost(name: str, height: int, width: int | None = None, *, batch: int = 1, channels: int = 512,
-                 d: int = 512, rank: int = 64, steps=(6, 7), grad: str = "one-step", device="cpu",
-                 dtype=torch.float32, repeats: int = 3, seed: int = 0, sdpa_backend: str | None = None) -> ContextCost:
+                 d: int = 512, rank: int = 64, steps=(6, 7), grad: str = "one-step", version: str = "v1",
+                 device="cpu", dtype=torch.float32, repeats: int = 3, seed: int = 0,
+                 sdpa_backend: str | None = None) -> ContextCost:
     """Parameters, MACs, memory and time of one context module (see the module docstring for what each counts).
 
     Args:
@@ -241,6 +246,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         rank: r for the hams and A² (Table 3: 64).
         steps: the hams' solver steps in training and in evaluation (Table 3: (6, 7)).
         grad: the hams' gradient mode (see :func:`hamgrad.solve`).
+        version: the hams' Hamburger block, ``"v1"`` (Table 3's) or ``"v2"``.
         device: where to measure.
         dtype: the floating dtype to measure in.
         repeats: timed calls per median (after one untimed call).
@@ -262,7 +268,8 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = check_device(device)
     torch.manual_seed(seed)
-    module = build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad).to(device=device, dtype=dtype)
+    module = build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad, version=version)
+    module = module.to(device=device, dtype=dtype)
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(batch, channels, height, width, generator=g, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(x.shape, generator=g, device=device, dtype=dtype)
@@ -286,7 +293,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         infer_seconds, infer_wall = _median_seconds(infer, device, repeats)
     return ContextCost(
         name=name, label=name if sdpa_backend is None else f"{name} ({sdpa_backend})", height=height, width=width,
-        n=height * width, batch=batch, channels=channels, d=d, rank=rank, steps=tuple(steps),
+        n=height * width, batch=batch, channels=channels, d=d, rank=rank, steps=tuple(steps), version=version,
         params=sum(p.numel() for p in module.parameters()), macs=macs, train_macs=train_macs,
         train_bytes=train_bytes, infer_bytes=infer_bytes, memory_kind=kind, train_seconds=train_seconds,
         infer_seconds=infer_seconds, time_kind="cpu_process_time" if device.type == "cpu" else "cuda_wall",
@@ -386,7 +393,8 @@ def to_markdown(result: dict) -> str:
     rows = result["rows"]
     first = rows[0]
     lines = [f"Context modules on a ({first['batch']}, {first['channels']}, H, W) map, d = {first['d']}, "
-             f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval; {first['device']}, "
+             f"r = {first['rank']}, K = {first['steps'][0]} train / {first['steps'][1]} eval, hams in the "
+             f"{first['version'].upper()} block; {first['device']}, "
              f"{first['dtype']}; memory: {first['memory_kind']}; time: {first['time_kind']}, median of "
              f"{first['repeats']}", "",
              "| module | H×W | params (M) | MACs (G) | train MB | infer MB | train ms | infer ms |",
@@ -436,8 +444,8 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
     beside its cost as the head of that sweep's HamNet.
 
     The cost is :func:`context_cost` of the module alone on the sweep's head input (``batch_size`` × the encoder's
-    channels × (image_size / output_stride)², with the sweep's d, r, K and gradient mode), measured here and now;
-    the no-context baseline costs 0. ``run_seconds`` is the mean wall time of a whole training run from the sweep's
+    channels × (image_size / output_stride)², with the sweep's d, r, K, gradient mode and block), measured here and
+    now; the no-context baseline costs 0. ``run_seconds`` is the mean wall time of a whole training run from the sweep's
     results (encoder included, on whatever else the machine was doing then).
 
     Args:
@@ -447,7 +455,8 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
 
     Returns:
         plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
-        them: ``label``, ``name``, ``grad``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
+        them: ``label`` (the module, and for a ham its mode, the paper's marked, and block), ``name``, ``grad``,
+        ``block``, ``seeds``, ``miou_best``, ``miou_mean``, ``miou_std``, ``run_seconds``
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
         ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``.
 
@@ -466,21 +475,23 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
     side = config.image_size // config.output_stride
     groups: dict = {}
     for r in results:
-        groups.setdefault((r["solver"], r["grad"]), []).append(r)
+        groups.setdefault((r["solver"], r["grad"], r["block"]), []).append(r)
     rows = []
-    for (name, grad), group in groups.items():
+    k = config.step_values[0]
+    for (name, grad, block), group in groups.items():
         miou = [r["miou"] for r in group]
-        row = {"label": name if grad is None else f"{name} ({grad})", "name": name, "grad": grad,
-               "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
+        row = {"label": name if grad is None else f"{name} ({mode_label(grad)}, {block})", "name": name,
+               "grad": grad, "block": block, "seeds": len(group), "miou_best": max(miou), "miou_mean": statistics.fmean(miou),
                "miou_std": statistics.pstdev(miou),
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
         if name == "none":
             row.update(params=0, macs=0, train_macs=0, train_bytes=0, infer_bytes=0, train_seconds=0.0,
                        infer_seconds=0.0, memory_kind=None, time_kind=None)
         else:
+            steps = (k, k) if block is None else (k, config.eval_steps_for(k, block))  # (K: hams only)
             c = context_cost(name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
-                             steps=(config.steps, config.resolved_eval_steps), grad=grad or "one-step",
-                             device=device, repeats=repeats)
+                             steps=steps, grad=grad or PAPER_MODE, version=block or "v2", device=device,
+                             repeats=repeats)
             row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)

@@ -7,7 +7,8 @@ which steps carry an autograd graph:
 ``bptt``            every step (full backprop through time; memory and time O(K))
 ``one-step``        only the last step: ``∂y/∂x ≈ ∂y/∂h^K · B_{K−1}`` (``(I − J)⁻¹ ≈ I``)
 ``one-step-coef``   K steps without graph, then the solver's code update with D held constant, ``y = D_K C_new``
-                    (the official Hamburger code; solvers with ``coef_readout`` only)
+                    (the paper's one-step as the official Hamburger code computes it; solvers with
+                    ``coef_readout`` only)
 ``truncated:k``     the last k steps (k = 1 is ``one-step``, k = K is ``bptt``)
 ``implicit``        K steps without graph; the backward pass solves ``(I − J_Kᵀ) u = g`` (fixed-point iteration,
                     GMRES or a linear solver of the user's) and returns ``∂y/∂x = uᵀ B_K`` — the
@@ -42,9 +43,11 @@ from .fixed_point import FixedPoint, as_state, flatten_state, state_residual, un
 from .linalg import IdentityOperator, LinearOperator
 
 __all__ = ["solve", "implicit_gradient", "SolveInfo", "BackwardInfo", "LinearSolveResult", "parse_grad_mode",
-           "GRAD_MODES", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
+           "GRAD_MODES", "PAPER_MODE", "mode_label", "ConvergenceWarning", "ConvergenceError", "as_fixed_point"]
 
 GRAD_MODES = ("bptt", "one-step", "one-step-coef", "truncated:k", "implicit")
+#: The paper's one-step gradient, as the official Hamburger code computes it (docs/theory.md §4).
+PAPER_MODE = "one-step-coef"
 ADJOINT_METHODS = ("fixed-point", "gmres")
 
 
@@ -125,6 +128,12 @@ def parse_grad_mode(grad: str, steps: int) -> tuple[str, int]:
     if grad not in graph:
         raise ValueError(f"unknown gradient mode grad={grad!r}; expected one of {GRAD_MODES}")
     return grad, graph[grad]
+
+
+def mode_label(grad: str | None) -> str | None:
+    """A gradient mode's name as tables and figures show it: the mode itself, and ``"one-step-coef (paper)"`` for
+    :data:`PAPER_MODE` (``None``, the mode of a run without a ham, stays ``None``)."""
+    return f"{grad} (paper)" if grad == PAPER_MODE else grad
 
 
 def as_fixed_point(model) -> FixedPoint:

@@ -25,8 +25,9 @@ Each also accepts the plain data the figure's JSON holds (one schema per figure;
 - agreement: ``{"K", "modes": {mode: {"cosine", "norm_ratio", "seconds", "peak_mb"}}, "reference", "label",
   "memory_kind"}``, one list entry per K;
 - accumulative ratio: ``{"k", "before", "after", "before_std", "after_std", "p"}``;
-- sweep (ablation): ``{"table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver", "grad",
-  "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.figures.ablation.from_rows` builds it from rows).
+- sweep (ablation): ``{"table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves": [{"solver",
+  "grad", "block", "steps", "seed", "step", "loss"}], "metric"}`` (:func:`hamgrad.figures.ablation.from_rows` builds
+  it from rows; a ham row without ``block``, from before the block was an axis, is drawn as V1).
 
 Jupyter shows a returned figure as a PNG when it is a cell's value, with no ``%matplotlib`` needed.
 
@@ -46,6 +47,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+
+from .grad import mode_label
 
 __all__ = ["jacobian_spectrum", "vanishing_exploding", "gradient_agreement", "ablation", "ablation_steps",
            "accumulative_ratio", "feature_maps", "context_scaling", "context_tradeoff"]
@@ -301,8 +304,8 @@ def ratio(before, after, *, p: float = 2) -> Figure:
 
 
 def sweep(source) -> Figure:
-    """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver and gradient mode, and the
-    training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
+    """The ablation figure of a sweep: :func:`ablation` (mean and best mIoU per solver, block and gradient mode, and
+    the training curves), or :func:`ablation_steps` (mIoU against K) when the sweep's solver steps K is an axis.
 
     Args:
         source: a sweep folder written by ``hamgrad ablate`` or :func:`hamgrad.experiments.run_ablation` (a path;
@@ -326,7 +329,7 @@ def sweep(source) -> Figure:
         else:
             raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got "
                             f"{type(source).__name__}")
-    ks = {row.get("steps") for row in source["table"] if row["solver"] != "none"}
+    ks = {row.get("steps") for row in source["table"] if row["grad"] is not None}
     return (ablation_steps if len(ks) > 1 else ablation)(source)
 
 
@@ -436,7 +439,7 @@ def gradient_agreement(result: dict) -> Figure:
                   ("peak_mb", f"memory (MB, {result.get('memory_kind', '')})", True))
         for ax, (key, label, log) in zip(axes.ravel(), panels):
             for mode, vals in modes.items():
-                ax.plot(ks, vals[key], marker="o", ms=4, color=colors[mode], label=mode)
+                ax.plot(ks, vals[key], marker="o", ms=4, color=colors[mode], label=mode_label(mode))
             ax.set_xlabel("solver steps K")
             ax.set_ylabel(label)
             if log:
@@ -446,69 +449,90 @@ def gradient_agreement(result: dict) -> Figure:
     return fig
 
 
+def _hams(table: list) -> tuple:
+    """The ``(solver, block)`` pairs of a figure-4 table's ham rows, and their axis label: the solver, and the block
+    too when the table has several. A row without ``block`` (a figure drawn before the block was an axis) is V1's."""
+    hams = list(dict.fromkeys((r["solver"], r.get("block") or "v1") for r in table if r["grad"] is not None))
+    several = len({b for _, b in hams}) > 1
+    return hams, lambda ham: f"{ham[0].upper()} {ham[1].upper()}" if several else ham[0].upper()
+
+
+def _blocks_title(hams: list) -> str:
+    return "/".join(sorted({b.upper() for _, b in hams}))
+
+
 def ablation(result: dict) -> Figure:
-    """Figure 4: the Table-1 analogue (mean with best marked, per solver and gradient mode, no-ham baseline as a
-    line) and the training-loss curves of every run.
+    """Figure 4: the Table-1 analogue (mean with best marked, per solver, Hamburger block and gradient mode, the
+    no-ham baseline as a line) and the training-loss curves of every run. Modes are named as the tables name them,
+    the paper's one-step (``one-step-coef``) marked "(paper)".
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     table, curves = result["table"], result["curves"]
-    grads = sorted({row["grad"] for row in table if row["solver"] != "none"})
-    solvers = [s for s in dict.fromkeys(row["solver"] for row in table) if s != "none"]
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
+    hams, name = _hams(table)
     with _styled():
-        fig, axes = _figure(1, 2, 11, 4, "One-step vs BPTT: HamNet ablation on the global-context shapes")
+        fig, axes = _figure(1, 2, 11, 4, f"Gradient modes in HamNet (Hamburger {_blocks_title(hams)}) on the "
+                                         f"global-context shapes")
         ax0, ax1 = axes[0]
         colors = dict(zip(grads, _palette(len(grads))))
         width = 0.8 / max(len(grads), 1)
         for i, g in enumerate(grads):
-            rows = {r["solver"]: r for r in table if r["grad"] == g}
-            xs = [j + (i - (len(grads) - 1) / 2) * width for j in range(len(solvers))]
-            means = [rows[s]["mean"] if s in rows else np.nan for s in solvers]
-            best = [rows[s]["best"] if s in rows else np.nan for s in solvers]
-            ax0.bar(xs, means, width=width * 0.95, color=colors[g], label=f"{g} (mean)")
+            rows = {(r["solver"], r.get("block") or "v1"): r for r in table if r["grad"] == g}
+            xs = [j + (i - (len(grads) - 1) / 2) * width for j in range(len(hams))]
+            means = [rows[h]["mean"] if h in rows else np.nan for h in hams]
+            best = [rows[h]["best"] if h in rows else np.nan for h in hams]
+            ax0.bar(xs, means, width=width * 0.95, color=colors[g], label=f"{mode_label(g)} (mean)")
             ax0.scatter(xs, best, marker="_", s=200, color="k", zorder=3, label="best" if i == 0 else None)
         for r in table:
             if r["solver"] == "none":
                 ax0.axhline(r["mean"], color="0.3", ls="--", lw=1, label="no ham (mean)")
-        ax0.set_xticks(range(len(solvers)), [s.upper() for s in solvers])
+        ax0.set_xticks(range(len(hams)), [name(h) for h in hams])
         ax0.set_ylabel(f"val {result.get('metric', 'mIoU')} (%)")
         ax0.legend(fontsize=7, loc="lower right")
+        several = len({b for _, b in hams}) > 1
         for c in curves:
             color = colors.get(c["grad"], "0.3")
             ls = {"nmf": "-", "vq": "--", "cd": ":"}.get(c["solver"], "-.")
-            ax1.plot(c["step"], c["loss"], color=color, ls=ls, lw=1, alpha=0.8)
+            faint = several and (c.get("block") or "v1") == "v1"
+            ax1.plot(c["step"], c["loss"], color=color, ls=ls, lw=1, alpha=0.4 if faint else 0.8)
         ax1.set_xlabel("training step")
         ax1.set_ylabel("training loss (cross-entropy)")
         _log_if_spread(ax1, [v for c in curves for v in c["loss"]], decades=1.0)
         for g in grads:
-            ax1.plot([], [], color=colors[g], label=g)
+            ax1.plot([], [], color=colors[g], label=mode_label(g))
         for s, ls in (("nmf", "-"), ("vq", "--"), ("cd", ":"), ("none", "-.")):
             ax1.plot([], [], color="0.3", ls=ls, label=s)
+        if several:
+            ax1.plot([], [], color="0.3", alpha=0.4, label="V1 (faint)")
         ax1.legend(fontsize=7, ncol=2)
     return fig
 
 
 def ablation_steps(result: dict) -> Figure:
-    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver, one line
-    per gradient mode (mean over seeds, the best marked), the no-ham baseline as a dashed line.
+    """Figure 4 when the sweep's solver steps K is an axis: validation mIoU against K, one panel per solver and
+    Hamburger block, one line per gradient mode (mean over seeds, the best marked; the paper's one-step marked
+    "(paper)"), the no-ham baseline as a dashed line.
 
     Returns:
         A matplotlib ``Figure`` (it displays itself in Jupyter).
     """
     table = result["table"]
-    grads = list(dict.fromkeys(row["grad"] for row in table if row["solver"] != "none"))
-    solvers = list(dict.fromkeys(row["solver"] for row in table if row["solver"] != "none"))
-    ks = sorted({row["steps"] for row in table if row["solver"] != "none"})
+    grads = list(dict.fromkeys(row["grad"] for row in table if row["grad"] is not None))
+    hams, name = _hams(table)
+    ks = sorted({row["steps"] for row in table if row["grad"] is not None})
     colors = dict(zip(grads, _palette(len(grads))))
     with _styled():
-        fig, axes = _figure(1, len(solvers), 3.6 * len(solvers), 3.6,
-                            "One-step vs BPTT against the solver steps K (HamNet on the global-context shapes)")
-        for ax, solver in zip(axes[0], solvers):
+        fig, axes = _figure(1, len(hams), 3.6 * len(hams), 3.6,
+                            f"Gradient modes against the solver steps K (HamNet, Hamburger {_blocks_title(hams)}, on "
+                            f"the global-context shapes)")
+        for ax, ham in zip(axes[0], hams):
             for g in grads:
-                rows = sorted((r for r in table if (r["solver"], r["grad"]) == (solver, g)), key=lambda r: r["steps"])
+                rows = sorted((r for r in table if (r["solver"], r.get("block") or "v1", r["grad"]) == (*ham, g)),
+                              key=lambda r: r["steps"])
                 x = [r["steps"] for r in rows]
-                ax.plot(x, [r["mean"] for r in rows], color=colors[g], marker="o", label=f"{g} (mean)")
+                ax.plot(x, [r["mean"] for r in rows], color=colors[g], marker="o", label=f"{mode_label(g)} (mean)")
                 ax.scatter(x, [r["best"] for r in rows], color=colors[g], marker="_", s=150, zorder=3)
             for r in table:
                 if r["solver"] == "none":
@@ -516,8 +540,8 @@ def ablation_steps(result: dict) -> Figure:
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
-            ax.set_title(solver.upper())
-            ax.set_xlabel("solver steps K in training (evaluation K + 1)")
+            ax.set_title(name(ham))
+            ax.set_xlabel("solver steps K in training")
         values = [r[key] for r in table for key in ("mean", "best")]
         for ax in axes[0]:  # one scale for every ham
             ax.set_ylim(min(values) - 3, max(values) + 3)

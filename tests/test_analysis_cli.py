@@ -130,16 +130,16 @@ def test_figures_refuse_to_mix_sizes_and_follow_the_sweep(tmp_path, sweeps, caps
     ("rows", r"results.jsonl line 1 is not a sweep row \(a JSON object with a run_id\)"),
     ("truncated", r"results.jsonl line 2 is not a JSON row \(truncated or damaged file"),
     ("config", r"config.json is not a valid sweep config \(unknown AblationConfig fields \['colour'\]"),
-    ("checkpoint", r"checkpoint .*vq_one-step_K6_seed0/checkpoint.pt cannot be read \(truncated"),
-    ("foreign checkpoint", r"checkpoint .*vq_one-step_K6_seed0/checkpoint.pt was not written by run "
-                           r"vq_one-step_K6_seed0"),
+    ("checkpoint", r"checkpoint .*vq_one-step_v2_K6_seed0/checkpoint.pt cannot be read \(truncated"),
+    ("foreign checkpoint", r"checkpoint .*vq_one-step_v2_K6_seed0/checkpoint.pt was not written by run "
+                           r"vq_one-step_v2_K6_seed0"),
 ])
 def test_figures_damaged_files_are_named(tmp_path, sweeps, capsys, damage, match):
     sweep = tmp_path / "sweep"
     shutil.copytree(sweeps[0], sweep)
     out = tmp_path / "figs"
     assert _figures(out, "--ablation-dir", str(sweep)) == 0
-    results, ckpt = sweep / "results.jsonl", sweep / "runs" / "vq_one-step_K6_seed0" / "checkpoint.pt"
+    results, ckpt = sweep / "results.jsonl", sweep / "runs" / "vq_one-step_v2_K6_seed0" / "checkpoint.pt"
     if damage == "figure":
         (out / "ablation.json").write_text('{"figure": "abl')
     elif damage == "rows":
@@ -172,6 +172,6 @@ def test_figures_ablation_against_steps(tmp_path, capsys):
     assert table == {(r["solver"], r["grad"], r["steps"]): 100 * r["miou"] for r in rows}
     fig = figures.plot("ablation", result)  # one panel per ham, K on the x axis
     assert [ax.get_title() for ax in fig.axes] == ["NMF", "VQ"]
-    assert [ax.get_xlabel() for ax in fig.axes] == ["solver steps K in training (evaluation K + 1)"] * 2
+    assert [ax.get_xlabel() for ax in fig.axes] == ["solver steps K in training"] * 2
     assert sorted(len(line.get_xdata()) for line in fig.axes[0].lines if line.get_label().endswith("(mean)")
                   and "no ham" not in line.get_label()) == [2, 2]

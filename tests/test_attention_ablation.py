@@ -20,7 +20,7 @@ def test_config_with_contexts_round_trips():
     assert AblationConfig.from_dict({"contexts": ["gap"]}).contexts == ("gap",)
     assert AblationConfig().contexts == ()  # a sweep without contexts is what it was
     assert [s.run_id for s in config.runs()] == [
-        "none_seed0", "none_seed1", "nmf_one-step_K6_seed0", "nmf_one-step_K6_seed1", "sa_seed0", "sa_seed1",
+        "none_seed0", "none_seed1", "nmf_one-step_v2_K6_seed0", "nmf_one-step_v2_K6_seed1", "sa_seed0", "sa_seed1",
         "a2_seed0", "a2_seed1", "gap_seed0", "gap_seed1"]
     only = AblationConfig(solvers=(), grads=(), baseline=False, contexts=("sa",))
     assert [s.run_id for s in only.runs()] == ["sa_seed0", "sa_seed1", "sa_seed2"]
@@ -42,7 +42,7 @@ def test_context_sweep_trains_every_module(tmp_path):
     summary = run_ablation(config, tmp_path, progress=False)
     rows = load_results(tmp_path)
     assert [(r["run_id"], r["solver"], r["grad"]) for r in rows] == [
-        ("none_seed0", "none", None), ("nmf_one-step_K6_seed0", "nmf", "one-step"), ("sa_seed0", "sa", None),
+        ("none_seed0", "none", None), ("nmf_one-step_v2_K6_seed0", "nmf", "one-step"), ("sa_seed0", "sa", None),
         ("a2_seed0", "a2", None), ("gap_seed0", "gap", None)]
     text = summary.to_markdown()
     assert "| nmf |" in text and "no ham (baseline" in text and "other context modules" in text
@@ -53,7 +53,7 @@ def test_context_sweep_trains_every_module(tmp_path):
     assert isinstance(load_model(tmp_path, "a2_seed0").block, DoubleAttention)
 
     table = cost.ablation_costs(tmp_path, repeats=1)
-    assert [r["label"] for r in table["rows"]] == ["none", "nmf (one-step)", "sa", "a2", "gap"]
+    assert [r["label"] for r in table["rows"]] == ["none", "nmf (one-step, v2)", "sa", "a2", "gap"]
     by_label = {r["label"]: r for r in table["rows"]}
     assert by_label["none"]["params"] == 0 and by_label["none"]["train_seconds"] == 0
     sa = by_label["sa"]

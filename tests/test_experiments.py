@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,9 +18,12 @@ import torch
 
 import hamgrad as hg
 from hamgrad.cli import main as cli_main
+from hamgrad import plots
 from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class, load_model, load_results,
-                                 mean_iou, pixel_accuracy, run_ablation, summarize)
+                                 mean_iou, pixel_accuracy, read_config, run_ablation, summarize)
 from hamgrad.experiments import runner
+
+LEGACY = Path(__file__).parent / "data" / "legacy_v1_sweep"
 
 
 class Interrupt(BaseException):
@@ -54,10 +58,13 @@ def test_config_round_trip():
     assert data["solvers"] == ["vq", "cd"] and data["eval_steps"] == 9
     assert AblationConfig.from_json(config.to_json()) == config
     assert AblationConfig.from_dict(config.to_dict()) == config
-    assert AblationConfig.from_dict({"seeds": 2}) == AblationConfig(seeds=2)
-    assert AblationConfig().resolved_eval_steps == 7
+    # a stored config without blocks was written before the block was an axis: a V1 sweep
+    assert AblationConfig.from_dict({"seeds": 2}) == AblationConfig(seeds=2, blocks=("v1",))
+    # evaluation steps: K for V2 (settings.py's EVAL_STEPS = TRAIN_STEPS), K + 1 for V1
+    assert (AblationConfig().eval_steps_for(6, "v2"), AblationConfig().eval_steps_for(6, "v1")) == (6, 7)
+    assert AblationConfig().grads == ("one-step-coef", "one-step", "bptt") and AblationConfig().blocks == ("v2",)
     assert [s.run_id for s in AblationConfig(solvers=("nmf",), grads=("truncated:2",), seeds=2).runs()] == [
-        "none_seed0", "none_seed1", "nmf_truncated2_K6_seed0", "nmf_truncated2_K6_seed1"]
+        "none_seed0", "none_seed1", "nmf_truncated2_v2_K6_seed0", "nmf_truncated2_v2_K6_seed1"]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -73,6 +80,9 @@ def test_config_round_trip():
     (dict(solvers=(), grads=(), baseline=False), ValueError, "the sweep is empty"),
     (dict(lr=-1.0), ValueError, "lr must be > 0"),
     (dict(num_families=9), ValueError, "num_families must be <= 6"),
+    (dict(blocks=("v2", "v3")), ValueError, "unknown block 'v3' in blocks"),
+    (dict(blocks=()), ValueError, "blocks must name at least one of"),
+    (dict(blocks="v1"), TypeError, "blocks must be a list of str"),
 ])
 def test_config_bad_values(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -110,9 +120,16 @@ def test_summary_best_and_mean():
     assert (cell.solver, cell.grad, cell.seeds) == ("nmf", "one-step", [0, 1, 2])
     assert cell.miou["best"] == 0.7 and cell.miou["mean"] == pytest.approx(0.6)
     md = summary.to_markdown()
-    assert "| nmf | 70.0 (60.0) | 30.0 (30.0) |" in md
+    assert "| ham | block | one-step | bptt |" in md
+    assert "| nmf | v1 | 70.0 (60.0) | 30.0 (30.0) |" in md  # rows without a block are V1's
     assert "no ham (baseline, HamNet(ham=None)): 40.0 (40.0)" in md
-    assert "nmf/bptt: 1" in md
+    assert "nmf/bptt/v1: 1" in md
+    # each row by its mode, the paper's one-step marked; the blocks on rows of their own
+    rows += [dict(solver="nmf", grad="one-step-coef", block="v2", seed=0, miou=0.8, pixel_acc=0.9, diverged=False)]
+    md = summarize(rows, ["one-step-coef", "one-step"]).to_markdown()
+    assert "| ham | block | one-step-coef (paper) | one-step |" in md
+    assert "| nmf | v1 | – | 70.0 (60.0) |" in md and "| nmf | v2 | 80.0 (80.0) | – |" in md
+    assert "one-step-coef (paper): the paper's one-step gradient as the official Hamburger code computes it" in md
     assert json.loads(json.dumps(summary.to_dict()))["cells"][1]["grad"] is None
 
 
@@ -124,13 +141,13 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path, counted_steps):
         run_ablation(config, tmp_path, progress=False)
     first = load_results(tmp_path)
     assert [r["run_id"] for r in first] == ["none_seed0"]
-    assert torch.load(tmp_path / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert torch.load(tmp_path / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt", weights_only=True)["step"] == 5
 
     counted_steps.update(calls=0, raise_at=None)
     summary = run_ablation(config, tmp_path, progress=False)
     assert counted_steps["calls"] == 5 + 10  # the rest of run 2 from its checkpoint, then run 3; run 1 not retrained
     rows = load_results(tmp_path)
-    assert [r["run_id"] for r in rows] == ["none_seed0", "nmf_one-step_K6_seed0", "nmf_bptt_K6_seed0"]
+    assert [r["run_id"] for r in rows] == ["none_seed0", "nmf_one-step_v2_K6_seed0", "nmf_bptt_v2_K6_seed0"]
     assert rows[0] == first[0]  # the finished run's row (and its timestamp) is untouched
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["run_id"] for r in csv.DictReader(f)] == [r["run_id"] for r in rows]
@@ -160,7 +177,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, counted_steps):
     whole, cut = load_results(tmp_path / "whole")[0], load_results(tmp_path / "cut")[0]
     for key in ("miou", "pixel_acc", "iou", "curve", "final_loss"):
         assert whole[key] == cut[key], key
-    a, b = (load_model(tmp_path / d, "nmf_bptt_K6_seed0") for d in ("whole", "cut"))
+    a, b = (load_model(tmp_path / d, "nmf_bptt_v2_K6_seed0") for d in ("whole", "cut"))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert isinstance(a, hg.nn.HamNet) and not a.training
@@ -186,8 +203,8 @@ def test_refuses_a_folder_with_another_sweep(tmp_path, counted_steps):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is not a folder"):
         run_ablation(config, tmp_path / "file", progress=False)
-    with pytest.raises(ValueError, match="run_id='vq_bptt_K6_seed0' is not a run"):
-        load_model(tmp_path, "vq_bptt_K6_seed0")
+    with pytest.raises(ValueError, match="run_id='vq_bptt_v2_K6_seed0' is not a run"):
+        load_model(tmp_path, "vq_bptt_v2_K6_seed0")
 
 
 def test_cli_ablate(tmp_path, capsys):
@@ -195,7 +212,7 @@ def test_cli_ablate(tmp_path, capsys):
     args = ["ablate", "--quick", "--solvers", "vq", "--grads", "one-step", "--iters", "2", "--out", out]
     assert cli_main(args) == 0
     assert "| vq |" in capsys.readouterr().out
-    assert [r["run_id"] for r in load_results(out)] == ["none_seed0", "vq_one-step_K6_seed0"]
+    assert [r["run_id"] for r in load_results(out)] == ["none_seed0", "vq_one-step_v2_K6_seed0"]
     assert cli_main(args[:-4] + ["--iters", "3", "--out", out]) == 2
     assert "different config" in capsys.readouterr().err
     assert cli_main(["ablate", "--solvers", "nmf", "--grads", "sideways", "--out", out]) == 2
@@ -212,14 +229,14 @@ def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
     run_ablation(config, tmp_path, progress=False)
     lines = _row_lines(tmp_path / "results.jsonl")
     foreign = json.loads(lines[1])
-    foreign.update(run_id="cd_one-step_K6_seed0", solver="cd")  # a run this config does not have
+    foreign.update(run_id="cd_one-step_v2_K6_seed0", solver="cd")  # a run this config does not have
     mismatched = json.loads(lines[1])
-    mismatched.update(run_id="nmf_one-step_K6_seed0", seed=1)  # run id and seed disagree
+    mismatched.update(run_id="nmf_one-step_v2_K6_seed0", seed=1)  # run id and seed disagree
     (tmp_path / "results.jsonl").write_text("\n".join([lines[1], lines[0], lines[1], json.dumps(foreign)]) + "\n")
-    with pytest.warns(UserWarning, match=r"ignored 2 row\(s\): line 3: a repeated row of run nmf_one-step_K6_seed0; "
-                                         r"line 4 \(run cd_one-step_K6_seed0\): its run is not in the sweep's config"):
+    with pytest.warns(UserWarning, match=r"ignored 2 row\(s\): line 3: a repeated row of run nmf_one-step_v2_K6_seed0; "
+                                         r"line 4 \(run cd_one-step_v2_K6_seed0\): its run is not in the sweep's config"):
         rows = load_results(tmp_path)
-    assert [r["run_id"] for r in rows] == ["nmf_one-step_K6_seed0", "none_seed0"]
+    assert [r["run_id"] for r in rows] == ["nmf_one-step_v2_K6_seed0", "none_seed0"]
     (tmp_path / "results.jsonl").write_text(json.dumps(mismatched) + "\n")
     with pytest.warns(UserWarning, match=r"does not match its run: seed=1 \(expected 0\)"):
         assert load_results(tmp_path) == []
@@ -230,7 +247,7 @@ def test_repeated_and_foreign_rows_are_dropped_with_a_warning(tmp_path):
     (tmp_path / "results.jsonl").write_text("\n".join([lines[0], lines[0], json.dumps(foreign)]) + "\n")
     with pytest.warns(UserWarning, match="ignored 2 row"):
         summary = run_ablation(config, tmp_path, progress=False)
-    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0", "nmf_one-step_K6_seed0"]
+    assert [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0", "nmf_one-step_v2_K6_seed0"]
     assert [(c.solver, c.seeds) for c in summary.cells] == [("none", [0]), ("nmf", [0])]
     assert "cd" not in (tmp_path / "summary.md").read_text()
 
@@ -252,34 +269,34 @@ def test_damaged_sweep_files_are_named(tmp_path, damage, match):
 
 def test_checkpoint_of_another_run_or_config_is_never_resumed(tmp_path, counted_steps):
     config = _tiny()
-    counted_steps["raise_at"] = 17  # nmf_one-step_K6_seed0 stops after its checkpoint at step 5
+    counted_steps["raise_at"] = 17  # nmf_one-step_v2_K6_seed0 stops after its checkpoint at step 5
     with pytest.raises(Interrupt):
         run_ablation(config, tmp_path, progress=False)
     runs = tmp_path / "runs"
-    good = (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").read_bytes()
+    good = (runs / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").read_bytes()
     counted_steps.update(calls=0, raise_at=None)
     # another run's checkpoint copied in its place
-    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(
+    (runs / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").write_bytes(
         (runs / "none_seed0" / "checkpoint.pt").read_bytes())
-    with pytest.raises(ValueError, match=r"checkpoint .*nmf_one-step_K6_seed0.checkpoint.pt was not written by run "
-                                         r"nmf_one-step_K6_seed0 of this sweep's config \(it names run 'none_seed0'\)"):
+    with pytest.raises(ValueError, match=r"checkpoint .*nmf_one-step_v2_K6_seed0.checkpoint.pt was not written by run "
+                                         r"nmf_one-step_v2_K6_seed0 of this sweep's config \(it names run 'none_seed0'\)"):
         run_ablation(config, tmp_path, progress=False)
     # the same run of another config (lr differs)
     other = tmp_path / "other"
     run_ablation(_tiny(lr=1e-3, baseline=False), other, progress=False)
     counted_steps["calls"] = 0
-    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(
-        (other / "runs" / "nmf_one-step_K6_seed0" / "checkpoint.pt").read_bytes())
-    with pytest.raises(ValueError, match="it names run 'nmf_one-step_K6_seed0' of another config"):
+    (runs / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").write_bytes(
+        (other / "runs" / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match="it names run 'nmf_one-step_v2_K6_seed0' of another config"):
         run_ablation(config, tmp_path, progress=False)
     # a truncated checkpoint
-    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(good[:len(good) // 2])
+    (runs / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").write_bytes(good[:len(good) // 2])
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.pt cannot be read \(truncated"):
         run_ablation(config, tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read"):
-        load_model(tmp_path, "nmf_one-step_K6_seed0")
+        load_model(tmp_path, "nmf_one-step_v2_K6_seed0")
     assert counted_steps["calls"] == 0 and [r["run_id"] for r in load_results(tmp_path)] == ["none_seed0"]
-    (runs / "nmf_one-step_K6_seed0" / "checkpoint.pt").write_bytes(good)
+    (runs / "nmf_one-step_v2_K6_seed0" / "checkpoint.pt").write_bytes(good)
     run_ablation(config, tmp_path, progress=False)
     assert counted_steps["calls"] == 5 + 10
 
@@ -313,7 +330,7 @@ def test_second_driver_refused_then_ctrl_c_then_resume(tmp_path, capsys):
             "--out", str(out)]
     first = _hamgrad(*args)
     try:
-        _wait_for(out / "runs" / "nmf_bptt_K6_seed0" / "checkpoint.pt", first)
+        _wait_for(out / "runs" / "nmf_bptt_v2_K6_seed0" / "checkpoint.pt", first)
         assert cli_main(args) == 2
         err = capsys.readouterr().err.strip()
         assert re.fullmatch(rf"hamgrad ablate: error: out_dir='{out}' is being written by another hamgrad ablate "
@@ -328,11 +345,11 @@ def test_second_driver_refused_then_ctrl_c_then_resume(tmp_path, capsys):
     assert stderr.strip().splitlines()[-1] == "hamgrad ablate: interrupted: resume with the same command"
     assert "Traceback" not in stderr
     assert load_results(out) == []
-    step = torch.load(out / "runs" / "nmf_bptt_K6_seed0" / "checkpoint.pt", weights_only=True)["step"]
+    step = torch.load(out / "runs" / "nmf_bptt_v2_K6_seed0" / "checkpoint.pt", weights_only=True)["step"]
     assert 5 <= step < 60
     assert cli_main(args) == 0  # the lock was released; the run resumes from its checkpoint
     rows = load_results(out)
-    assert [r["run_id"] for r in rows] == ["nmf_bptt_K6_seed0"] and rows[0]["curve"]["step"][-1] == 60
+    assert [r["run_id"] for r in rows] == ["nmf_bptt_v2_K6_seed0"] and rows[0]["curve"]["step"][-1] == 60
 
 
 def test_lock_of_a_dead_driver_is_taken_over(tmp_path):
@@ -386,11 +403,10 @@ def test_cli_out_without_permission(tmp_path, monkeypatch, capsys):
 def test_steps_axis_config():
     config = AblationConfig(solvers=("nmf",), grads=("one-step", "truncated:2"), seeds=1, steps=[2, 6])
     assert config.steps == (2, 6) and AblationConfig.from_json(config.to_json()) == config
-    assert [s.run_id for s in config.runs()] == ["none_seed0", "nmf_one-step_K2_seed0", "nmf_truncated2_K2_seed0",
-                                                 "nmf_one-step_K6_seed0", "nmf_truncated2_K6_seed0"]
-    assert (config.eval_steps_for(2), AblationConfig(steps=(2, 6), eval_steps=9).eval_steps_for(2)) == (3, 9)
-    with pytest.raises(ValueError, match="is a sweep axis"):
-        config.resolved_eval_steps
+    assert [s.run_id for s in config.runs()] == ["none_seed0", "nmf_one-step_v2_K2_seed0", "nmf_truncated2_v2_K2_seed0",
+                                                 "nmf_one-step_v2_K6_seed0", "nmf_truncated2_v2_K6_seed0"]
+    assert (config.eval_steps_for(2, "v2"), config.eval_steps_for(2, "v1"),
+            AblationConfig(steps=(2, 6), eval_steps=9).eval_steps_for(2, "v2")) == (2, 3, 9)
     for kwargs, error, match in [(dict(steps=(1, 6), grads=("truncated:2",)), ValueError, "k must satisfy"),
                                  (dict(steps=(6, 6)), ValueError, "steps has duplicates"),
                                  (dict(steps=()), ValueError, "non-empty tuple"),
@@ -400,21 +416,30 @@ def test_steps_axis_config():
             AblationConfig(**kwargs)
 
 
-def test_steps_axis_sweep_rows_models_and_summary(tmp_path, capsys):
+def test_steps_and_blocks_axes_rows_models_and_summary(tmp_path, capsys):
     out = tmp_path / "k"
     assert cli_main(["ablate", "--quick", "--solvers", "nmf", "--grads", "one-step,bptt", "--steps", "1,3",
-                     "--iters", "5", "--out", str(out)]) == 0
+                     "--blocks", "v1,v2", "--iters", "5", "--out", str(out)]) == 0
     rows = load_results(out)
-    assert [(r["run_id"], r["steps"], r["eval_steps"]) for r in rows] == [
-        ("none_seed0", None, None), ("nmf_one-step_K1_seed0", 1, 2), ("nmf_bptt_K1_seed0", 1, 2),
-        ("nmf_one-step_K3_seed0", 3, 4), ("nmf_bptt_K3_seed0", 3, 4)]
-    for r in rows[1:]:  # each run's network was built with its K (training) and K + 1 (evaluation)
-        assert load_model(out, r["run_id"]).hamburger.steps == (r["steps"], r["steps"] + 1)
+    assert [(r["run_id"], r["block"], r["steps"], r["eval_steps"]) for r in rows] == [
+        ("none_seed0", None, None, None),
+        ("nmf_one-step_K1_seed0", "v1", 1, 2), ("nmf_bptt_K1_seed0", "v1", 1, 2),
+        ("nmf_one-step_v2_K1_seed0", "v2", 1, 1), ("nmf_bptt_v2_K1_seed0", "v2", 1, 1),
+        ("nmf_one-step_K3_seed0", "v1", 3, 4), ("nmf_bptt_K3_seed0", "v1", 3, 4),
+        ("nmf_one-step_v2_K3_seed0", "v2", 3, 3), ("nmf_bptt_v2_K3_seed0", "v2", 3, 3)]
+    for r in rows[1:]:  # each run's network was built with its block, K (training) and evaluation steps
+        block = load_model(out, r["run_id"]).hamburger
+        assert (block.version, block.steps) == (r["block"], (r["steps"], r["eval_steps"]))
+    with open(out / "results.csv", newline="") as f:
+        assert [(r["run_id"], r["block"]) for r in csv.DictReader(f)] == [
+            (r["run_id"], r["block"] or "") for r in rows]
     printed = capsys.readouterr().out
-    assert "| ham | mode | K = 1 | K = 3 |" in printed
+    assert "| ham | block | mode | K = 1 | K = 3 |" in printed
     entry = lambda r: f"{100 * r['miou']:.1f} ({100 * r['miou']:.1f})"  # one seed: best = mean
     by_id = {r["run_id"]: r for r in rows}
-    assert (f"| nmf | bptt | {entry(by_id['nmf_bptt_K1_seed0'])} | {entry(by_id['nmf_bptt_K3_seed0'])} |"
+    assert (f"| nmf | v2 | bptt | {entry(by_id['nmf_bptt_v2_K1_seed0'])} | {entry(by_id['nmf_bptt_v2_K3_seed0'])} |"
+            in printed)
+    assert (f"| nmf | v1 | bptt | {entry(by_id['nmf_bptt_K1_seed0'])} | {entry(by_id['nmf_bptt_K3_seed0'])} |"
             in printed)
     assert cli_main(["ablate", "--steps", "6,x", "--out", str(out)]) == 2
     assert "--steps must be an int or comma-separated ints" in capsys.readouterr().err
@@ -430,30 +455,30 @@ def test_raising_run_is_retried_then_recorded_as_failed(tmp_path, monkeypatch, c
         calls.append(spec.run_id)
         if spec.run_id == "none_seed0" and calls.count("none_seed0") == 1:
             raise RuntimeError("transient")
-        if spec.run_id == "nmf_one-step_K6_seed0":
+        if spec.run_id == "nmf_one-step_v2_K6_seed0":
             raise MemoryError("out of memory")
         return original(config, spec, *args)
 
     monkeypatch.setattr(runner, "_run", flaky)
     with pytest.warns(UserWarning) as caught:
         summary = run_ablation(config, tmp_path, progress=False, retries=2)
-    assert calls == ["none_seed0"] * 2 + ["nmf_one-step_K6_seed0"] * 3
+    assert calls == ["none_seed0"] * 2 + ["nmf_one-step_v2_K6_seed0"] * 3
     assert [str(w.message) for w in caught] == [
         "run none_seed0 failed (attempt 1 of 3): RuntimeError: transient; trying again",
-        "run nmf_one-step_K6_seed0 failed (attempt 1 of 3): MemoryError: out of memory; trying again",
-        "run nmf_one-step_K6_seed0 failed (attempt 2 of 3): MemoryError: out of memory; trying again",
-        "run nmf_one-step_K6_seed0 failed (attempt 3 of 3): MemoryError: out of memory; recorded as failed"]
+        "run nmf_one-step_v2_K6_seed0 failed (attempt 1 of 3): MemoryError: out of memory; trying again",
+        "run nmf_one-step_v2_K6_seed0 failed (attempt 2 of 3): MemoryError: out of memory; trying again",
+        "run nmf_one-step_v2_K6_seed0 failed (attempt 3 of 3): MemoryError: out of memory; recorded as failed"]
     rows = load_results(tmp_path)
-    assert [(r["run_id"], r["status"]) for r in rows] == [("none_seed0", "ok"), ("nmf_one-step_K6_seed0", "failed")]
+    assert [(r["run_id"], r["status"]) for r in rows] == [("none_seed0", "ok"), ("nmf_one-step_v2_K6_seed0", "failed")]
     assert rows[1]["error"] == "MemoryError: out of memory" and rows[1]["attempts"] == 3 and rows[1]["miou"] is None
     assert [c.solver for c in summary.cells] == ["none"]
     assert "failed runs (1, not in the tables" in summary.to_markdown()
-    assert "- nmf_one-step_K6_seed0: MemoryError: out of memory" in (tmp_path / "summary.md").read_text()
+    assert "- nmf_one-step_v2_K6_seed0: MemoryError: out of memory" in (tmp_path / "summary.md").read_text()
     # the next call tries the failed run again (only it) and its row replaces the failed one
     monkeypatch.setattr(runner, "_run", original)
     run_ablation(config, tmp_path, progress=False)
     again = load_results(tmp_path)
-    assert [(r["run_id"], r["status"]) for r in again] == [("none_seed0", "ok"), ("nmf_one-step_K6_seed0", "ok")]
+    assert [(r["run_id"], r["status"]) for r in again] == [("none_seed0", "ok"), ("nmf_one-step_v2_K6_seed0", "ok")]
     assert again[0] == rows[0]
 
 
@@ -522,19 +547,19 @@ def test_ray_sweep_matches_the_sequential_one(tmp_path, ray_address, sequential)
 def test_ray_raising_run_is_retried_then_failed_then_rerun(tmp_path, ray_address, sequential):
     config, reference = sequential
     (tmp_path / "config.json").write_text(config.to_json())  # a sweep that has not started
-    blocked = tmp_path / "runs" / "vq_bptt_K6_seed0"
+    blocked = tmp_path / "runs" / "vq_bptt_v2_K6_seed0"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where the run's folder goes: the run raises in its worker")
     with pytest.warns(UserWarning) as caught:
         summary = run_ablation(config, tmp_path, progress=False, workers=2, retries=1)
-    failures = [str(w.message) for w in caught if "vq_bptt_K6_seed0 failed" in str(w.message)]
-    assert [m.split(": ")[0] for m in failures] == ["run vq_bptt_K6_seed0 failed (attempt 1 of 2)",
-                                                    "run vq_bptt_K6_seed0 failed (attempt 2 of 2)"]
+    failures = [str(w.message) for w in caught if "vq_bptt_v2_K6_seed0 failed" in str(w.message)]
+    assert [m.split(": ")[0] for m in failures] == ["run vq_bptt_v2_K6_seed0 failed (attempt 1 of 2)",
+                                                    "run vq_bptt_v2_K6_seed0 failed (attempt 2 of 2)"]
     assert "FileExistsError" in failures[-1] and failures[-1].endswith("recorded as failed")
     rows = load_results(tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
-    assert [r["run_id"] for r in failed] == ["vq_bptt_K6_seed0"] and str(blocked) in failed[0]["error"]
-    assert "- vq_bptt_K6_seed0: FileExistsError" in summary.to_markdown()
+    assert [r["run_id"] for r in failed] == ["vq_bptt_v2_K6_seed0"] and str(blocked) in failed[0]["error"]
+    assert "- vq_bptt_v2_K6_seed0: FileExistsError" in summary.to_markdown()
     blocked.unlink()
     run_ablation(config, tmp_path, progress=False, workers=2)
     again = load_results(tmp_path)
@@ -572,3 +597,43 @@ def test_ray_driver_killed_then_rerun(tmp_path, ray_address, sequential):
     _same(rows, reference)  # nothing lost, nothing duplicated, and resumed runs end where an unbroken run does
     assert rows[:len(before)] == before
     assert any(r["resumed_from"] > 0 for r in rows[len(before):]), "no unfinished run resumed from its checkpoint"
+
+
+# ---------------------------------------------------------------------- sweeps written before the block was an axis
+def test_sweep_from_before_the_block_axis_loads_summarises_and_resumes(tmp_path, counted_steps, capsys):
+    """tests/data/legacy_v1_sweep was written by hamgrad at commit 635807a, before blocks existed (config.json
+    without ``blocks``, rows without ``block``, evaluation at K + 1, checkpoints naming that config):
+    ``AblationConfig.quick(solvers=("nmf",), grads=("one-step", "bptt"), iters=10)`` killed after the bptt run's
+    checkpoint at step 5 (the baseline's checkpoint removed). legacy_v1_sweep_expected.json holds the bptt row of the
+    same sweep run without interruption by that commit (one torch thread)."""
+    out = tmp_path / "sweep"
+    shutil.copytree(LEGACY, out)
+    config_text = (out / "config.json").read_text()
+    raw = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    config = read_config(out)
+    assert config.blocks == ("v1",) and config.grads == ("one-step", "bptt") and config.eval_steps is None
+    assert [s.run_id for s in config.runs()] == ["none_seed0", "nmf_one-step_K6_seed0", "nmf_bptt_K6_seed0"]
+    rows = load_results(out)
+    assert [(r["run_id"], r["block"], r["eval_steps"]) for r in rows] == [("none_seed0", None, None),
+                                                                         ("nmf_one-step_K6_seed0", "v1", 7)]
+    entry = f"{100 * raw[1]['miou']:.1f} ({100 * raw[1]['miou']:.1f})"
+    assert f"| nmf | v1 | {entry} | – |" in summarize(rows, config.grads).to_markdown()
+    assert [t.get_text() for t in plots.sweep(out).axes[0].get_xticklabels()] == ["NMF"]
+    ham = load_model(out, "nmf_one-step_K6_seed0").hamburger
+    assert (ham.version, ham.steps, ham.grad, ham.cheese) == ("v1", (6, 7), "one-step", None)
+
+    # resumed with the command it was started with, plus --blocks v1 (the default block is now v2)
+    args = ["ablate", "--quick", "--solvers", "nmf", "--grads", "one-step,bptt", "--iters", "10", "--out", str(out)]
+    assert cli_main(args) == 2
+    assert "blocks: ['v1'] -> ['v2']" in capsys.readouterr().err
+    assert cli_main(args + ["--blocks", "v1"]) == 0
+    assert counted_steps["calls"] == 5  # the rest of the bptt run, from its checkpoint; nothing else retrained
+    rows = load_results(out)
+    assert [{k: v for k, v in r.items() if k != "block"} for r in rows[:2]] == raw  # the finished rows, untouched
+    resumed = rows[2]
+    assert (resumed["run_id"], resumed["block"], resumed["eval_steps"], resumed["resumed_from"]) == (
+        "nmf_bptt_K6_seed0", "v1", 7, 5)
+    expected = json.loads((LEGACY.parent / "legacy_v1_sweep_expected.json").read_text())["nmf_bptt_K6_seed0"]
+    for key in ("miou", "pixel_acc", "iou", "curve", "final_loss"):
+        assert resumed[key] == expected[key], key  # what an uninterrupted run of the old code gave, bit for bit
+    assert (out / "config.json").read_text() == config_text  # still the old file: it keeps meaning V1

@@ -1,4 +1,5 @@
-"""Gradient modes of hg.solve against independent truths: gradcheck, plain autograd loops, converged BPTT."""
+"""Gradient modes of hg.solve against independent truths: gradcheck, plain autograd loops, converged BPTT
+(``one-step-coef`` against a transcription of the official code: tests/test_official.py)."""
 
 import json
 import warnings
@@ -90,37 +91,6 @@ def test_one_step_is_truncated_1_and_bptt_is_truncated_K(device, s):
     y1, _ = hg.solve(s, x, steps=K, grad="one-step", h0=h0)
     yb, _ = hg.solve(s, x, steps=K, grad="bptt", h0=h0)
     assert not torch.allclose(_grad(y1, x), _grad(yb, x), rtol=1e-3)
-
-
-def _coef_reference(s, x, D, C, x_norm=None):
-    """Independent transcription of the official code's last code update (docs/theory.md §4), D and C constants.
-
-    VQ's column norm of x carries no graph; ``x_norm`` fixes it to a constant so that gradcheck sees a true function.
-    """
-    D, C = D.detach(), C.detach()
-    if isinstance(s, hg.NMF):
-        return D @ (C * (D.mT @ x) / (D.mT @ D @ C + s.eps))
-    if isinstance(s, hg.SoftVQ):
-        xn = x / (torch.linalg.vector_norm(x.detach(), dim=-2, keepdim=True) if x_norm is None else x_norm)
-        Dn = D / torch.linalg.vector_norm(D, dim=-2, keepdim=True)
-        return D @ torch.softmax(s.inv_t * Dn.mT @ xn, dim=-2)
-    eye = torch.eye(D.shape[-1], dtype=D.dtype, device=D.device)
-    return D @ torch.linalg.inv(D.mT @ D + s.beta * eye) @ D.mT @ x
-
-
-@pytest.mark.parametrize("s", _solvers(), ids=lambda s: s.name)
-def test_one_step_coef_matches_official_definition(device, s):
-    x = _x_for(s, device)
-    h0 = _h0(s, x)
-    with torch.no_grad():
-        hK = hg.FixedPoint.from_solver(s).unroll(x, h0, K)[-1]
-    x_norm = torch.linalg.vector_norm(x.detach(), dim=-2, keepdim=True)
-    assert gradcheck(lambda x: _coef_reference(s, x, *hK, x_norm=x_norm), (x,))
-    y, info = hg.solve(s, x, steps=K, grad="one-step-coef", h0=h0)
-    y_ref = _coef_reference(s, x, *hK)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(_grad(y, x), _grad(y_ref, x))
-    assert info.graph_steps == 0
 
 
 # ---------------------------------------------------------------- implicit on a contractive user F

@@ -1,5 +1,5 @@
-"""Hamburger and HamNet: every solver × gradient mode forward/backward, capture, reproducibility, bad input, and
-that HamNet can fit a tiny batch."""
+"""Hamburger and HamNet: every solver × gradient mode × block forward/backward, capture, reproducibility, bad input,
+the defaults, and that HamNet can fit a tiny batch (the blocks against the official code: tests/test_official.py)."""
 
 import warnings
 
@@ -13,26 +13,32 @@ from hamgrad.nn import HamCapture, Hamburger, HamNet
 
 SOLVERS = ["nmf", "vq", "cd"]
 MODES = ["bptt", "one-step", "one-step-coef", "truncated:2", "implicit"]
+VERSIONS = ["v1", "v2"]
 
 
 def _ham(solver="nmf", grad="one-step", **kw):
     return Hamburger(8, d=16, solver=solver, rank=4, steps=(3, 4), grad=grad, **kw)
 
 
+def _upper(ham, y):
+    """The block after the ham: (V2: the cheese, then) the upper bread."""
+    return ham.upper_bread(y if ham.cheese is None else ham.cheese(y))
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("grad", MODES)
-def test_hamburger_forward_backward(solver, grad, device):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_hamburger_forward_backward(solver, grad, version, device):
     torch.manual_seed(0)
-    ham = _ham(solver, grad).to(device)
+    ham = _ham(solver, grad, version=version).to(device)
     x = torch.randn(2, 8, 5, 6, device=device, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hg.ConvergenceWarning)  # implicit mode on a non-contractive ham may warn
         out = ham(x)
         assert out.shape == x.shape
         out.square().mean().backward()
-    grads = [x.grad, ham.lower_bread.weight.grad, ham.upper_bread[0].weight.grad]
-    for g in grads:
-        assert g is not None and torch.isfinite(g).all()
+    for name, p in [("x", x), *ham.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
     # the gradient reaches the lower bread through the ham, not only through the residual
     assert ham.lower_bread.weight.grad.abs().sum() > 0
 
@@ -50,9 +56,10 @@ def test_steps_follow_training_mode():
 
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("grad", ["one-step", "one-step-coef"])
-def test_capture_records_input_output_and_state(solver, grad):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_capture_records_input_output_and_state(solver, grad, version):
     torch.manual_seed(1)
-    ham = _ham(solver, grad)
+    ham = _ham(solver, grad, version=version)
     x = torch.randn(3, 8, 5, 6)
     with ham.capture() as cap:
         out = ham(x)
@@ -62,8 +69,8 @@ def test_capture_records_input_output_and_state(solver, grad):
     assert cap.D.shape == (3, 16, 4) and cap.C.shape == (3, 4, 30)
     assert not any(t.requires_grad for t in (cap.x, cap.y, cap.D, cap.C))
     assert len(cap.info.residuals) == 3
-    # the recorded output is what the block used: redo the upper bread and residual from it
-    redo = F.relu(x + ham.upper_bread(cap.y.reshape(3, 16, 5, 6)))
+    # the recorded output is what the block used: redo the cheese, upper bread and residual from it
+    redo = F.relu(x + _upper(ham, cap.y.reshape(3, 16, 5, 6)))
     torch.testing.assert_close(out.detach(), redo)
     # the recorded input is the lower bread's output
     z = ham.lower_bread(x)
@@ -103,11 +110,22 @@ def test_float64():
     (dict(grad="truncated:5"), "k must satisfy"),
     (dict(steps=(3, 4, 5)), "steps must be an int or a"),
     (dict(steps=(0, 4)), "steps\\[0\\] must be >= 1"),
+    (dict(version="v3"), "version must be one of \\('v1', 'v2'\\), got 'v3'"),
 ])
 def test_hamburger_bad_arguments(kwargs, match):
     args = dict(d=16, solver="nmf", rank=4, steps=(3, 4), grad="one-step") | kwargs
     with pytest.raises(ValueError, match=match):
         Hamburger(8, **args)
+
+
+def test_defaults_are_the_official_hamnet():
+    # DESIGN's contract: the official settings.py (V2, K = 6 in training and in evaluation) and its gradient
+    ham = Hamburger(8)
+    assert (ham.d, ham.rank, ham.steps, ham.grad, ham.version) == (512, 64, (6, 6), "one-step-coef", "v2")
+    model = HamNet(4, width=8, d=16, rank=4)
+    assert (model.hamburger.steps, model.hamburger.grad, model.hamburger.version) == ((6, 6), "one-step-coef", "v2")
+    assert HamNet(4, width=8, d=16, rank=4, version="v1").hamburger.cheese is None  # the block passes through
+    assert hg.grad.mode_label("one-step-coef") == "one-step-coef (paper)" and hg.grad.mode_label("bptt") == "bptt"
 
 
 def test_hamburger_bad_input():

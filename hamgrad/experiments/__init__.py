@@ -1,4 +1,5 @@
-"""Ablations: the resumable one-step vs BPTT sweep over HamNet, its configuration, metrics and summary table."""
+"""Ablations: the resumable gradient-mode sweep over HamNet (ham × mode × block × K × seed), its configuration,
+metrics and summary table."""
 
 from .config import AblationConfig, RunSpec
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from .._checks import check_int
 from ..data import GlobalContextShapes, RegionalShapes
-from ..grad import parse_grad_mode
+from ..grad import PAPER_MODE, parse_grad_mode
 from ..nn import CONTEXTS
+from ..nn.hamburger import VERSIONS
 from ..solvers import available_solvers
 
 __all__ = ["AblationConfig", "RunSpec", "TASKS"]
@@ -21,15 +22,16 @@ TASKS = {"global": GlobalContextShapes, "regional": RegionalShapes}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of a sweep: a solver, gradient mode and solver steps K (all ``None`` for the no-ham
-    baseline) and a seed; or a non-ham context module (``context``: ``"sa"``, ``"a2"``, ``"gap"``; then ``solver``,
-    ``grad`` and ``steps`` are ``None``)."""
+    """One training run of a sweep: a solver, gradient mode, solver steps K and Hamburger block (``"v1"`` or
+    ``"v2"``; all ``None`` for the no-ham baseline) and a seed; or a non-ham context module (``context``: ``"sa"``,
+    ``"a2"``, ``"gap"``; then ``solver``, ``grad``, ``steps`` and ``block`` are ``None``)."""
 
     solver: str | None
     grad: str | None
     seed: int
     steps: int | None = None
     context: str | None = None
+    block: str | None = None
 
     @property
     def module(self) -> str:
@@ -38,14 +40,16 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """A file-name-safe identifier, e.g. ``nmf_one-step_K6_seed0``, ``nmf_truncated2_K12_seed1``,
-        ``none_seed0``, ``sa_seed0``."""
+        """A file-name-safe identifier, e.g. ``nmf_one-step-coef_v2_K6_seed0``, ``nmf_truncated2_v2_K12_seed1``,
+        ``none_seed0``, ``sa_seed0``. A V1 run's id names no block (``nmf_one-step_K6_seed0``): V1 runs keep the ids
+        they had before the block was a sweep axis, so that sweeps written then resume."""
         if self.context is not None:
             return f"{self.context}_seed{self.seed}"
         if self.solver is None:
             return f"none_seed{self.seed}"
+        block = "" if self.block in (None, "v1") else f"_{self.block}"
         k = "" if self.steps is None else f"_K{self.steps}"
-        return f"{self.solver}_{self.grad.replace(':', '')}{k}_seed{self.seed}"
+        return f"{self.solver}_{self.grad.replace(':', '')}{block}{k}_seed{self.seed}"
 
 
 def _number(value, name: str, minimum: float, inclusive: bool) -> float:
@@ -66,20 +70,30 @@ def _names(value, name: str) -> tuple:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """A one-step vs BPTT sweep: every solver × gradient mode × seed, plus the no-ham baseline per seed.
+    """A gradient-mode sweep: every solver × gradient mode × Hamburger block × seed, plus the no-ham baseline per
+    seed.
 
     Sweep:
         solvers: registered solver names (``"nmf"``, ``"vq"``, ``"cd"``, ...).
-        grads: gradient modes (``hg.GRAD_MODES``; ``"truncated:k"`` with ``1 <= k <= steps``).
+        grads: gradient modes (``hg.GRAD_MODES``; ``"truncated:k"`` with ``1 <= k <= steps``); the default is the
+            paper's one-step as the official code computes it (``"one-step-coef"``), hamgrad's ``"one-step"`` (the
+            whole last step differentiated) and ``"bptt"``.
+        blocks: Hamburger blocks (``"v2"``, the official HamNet's, and/or ``"v1"``, the paper's; see
+            :class:`hamgrad.nn.Hamburger`). A stored config without ``blocks`` (written before the block was an
+            axis) is a V1 sweep.
         seeds: number of seeds per combination (seeds ``0 … seeds−1``); a run with seed s starts from the same
             encoder weights and batch order for every combination.
         baseline: also train ``HamNet(ham=None)`` for each seed.
-        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"a2"`` double
-            attention, ``"gap"`` global pooling; see :mod:`hamgrad.nn.attention`), one run per module and seed, with
-            the same training budget, sized by ``d`` (and ``rank`` for A²).
+        contexts: non-ham context modules in the Hamburger's place (``"sa"`` self-attention, ``"da"`` dual
+            attention, ``"a2"`` double attention, ``"apc"`` adaptive pyramid context, ``"dm"`` dynamic filters,
+            ``"acf"`` attentional class feature, ``"gap"`` global pooling; see :data:`hamgrad.nn.CONTEXTS`), one run
+            per module and seed, with the same training budget, sized by ``d`` (and ``rank`` for A²; ACF's coarse
+            head predicts the dataset's classes).
     Model (:class:`hamgrad.nn.HamNet`):
         steps: solver steps K in training, an int or a tuple of them (a sweep axis: every solver × mode × seed runs at
-            each K); eval_steps: in evaluation (``None``: K + 1, the paper's 6/7; an int: the same for every K).
+            each K); eval_steps: in evaluation (``None``: K for V2, as the official settings.py's
+            ``EVAL_STEPS = TRAIN_STEPS = 6``, and K + 1 for V1, the paper's 6/7 and what sweeps written before the
+            block axis used; an int: the same for every K and block).
         width, output_stride, d, rank: network width, output stride (4 or 8), ham channels, ham rank (< d).
     Training (AdamW, linear warm-up over the first 5% of iterations then cosine decay to 0):
         iters, batch_size, lr, weight_decay.
@@ -97,7 +111,8 @@ class AblationConfig:
     """
 
     solvers: tuple = ("nmf", "vq", "cd")
-    grads: tuple = ("one-step", "bptt")
+    grads: tuple = (PAPER_MODE, "one-step", "bptt")
+    blocks: tuple = ("v2",)
     seeds: int = 3
     baseline: bool = True
     contexts: tuple = ()
@@ -128,6 +143,10 @@ class AblationConfig:
     def __post_init__(self):
         object.__setattr__(self, "solvers", _names(self.solvers, "solvers"))
         object.__setattr__(self, "grads", _names(self.grads, "grads"))
+        object.__setattr__(self, "blocks", _names(self.blocks, "blocks"))
+        for b in self.blocks:
+            if b not in VERSIONS:
+                raise ValueError(f"unknown block {b!r} in blocks; expected names from {VERSIONS}")
         object.__setattr__(self, "contexts", _names(self.contexts, "contexts"))
         for c in self.contexts:
             if c not in CONTEXTS:
@@ -161,8 +180,9 @@ class AblationConfig:
             check_int(self.steps, "steps", 1)
         for k in self.step_values:
             for g in self.grads:
-                parse_grad_mode(g, k)
-                parse_grad_mode(g, self.eval_steps_for(k))
+                for b in self.blocks:
+                    parse_grad_mode(g, k)
+                    parse_grad_mode(g, self.eval_steps_for(k, b))
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
         if not self.solvers and not self.baseline and not self.contexts:
@@ -171,6 +191,8 @@ class AblationConfig:
         if bool(self.solvers) != bool(self.grads):
             raise ValueError(f"solvers and grads must both be empty or both non-empty, got solvers={self.solvers} "
                              f"and grads={self.grads}")
+        if self.solvers and not self.blocks:
+            raise ValueError(f"blocks must name at least one of {VERSIONS} when solvers are given, got ()")
         if self.output_stride not in (4, 8):
             raise ValueError(f"output_stride must be 4 or 8, got {self.output_stride!r}")
         if self.rank >= self.d:
@@ -193,16 +215,12 @@ class AblationConfig:
         """The training solver steps K of the sweep, as a tuple (one value when ``steps`` is an int)."""
         return self.steps if isinstance(self.steps, tuple) else (self.steps,)
 
-    def eval_steps_for(self, steps: int) -> int:
-        """The evaluation's solver steps for training steps K = ``steps``: ``eval_steps``, or K + 1 when ``None``."""
-        return steps + 1 if self.eval_steps is None else self.eval_steps
-
-    @property
-    def resolved_eval_steps(self) -> int:
-        """The evaluation's solver steps of a sweep with one K (see :meth:`eval_steps_for`)."""
-        if isinstance(self.steps, tuple):
-            raise ValueError(f"steps={self.steps} is a sweep axis: use eval_steps_for(K) for each K")
-        return self.eval_steps_for(self.steps)
+    def eval_steps_for(self, steps: int, block: str) -> int:
+        """The evaluation's solver steps for training steps K = ``steps`` in ``block``: ``eval_steps``, or when it is
+        ``None`` K for ``"v2"`` (the official settings.py) and K + 1 for ``"v1"`` (the paper's 6/7)."""
+        if self.eval_steps is not None:
+            return self.eval_steps
+        return steps + 1 if block == "v1" else steps
 
     @property
     def num_classes(self) -> int:
@@ -213,11 +231,12 @@ class AblationConfig:
     def task_name(self) -> str:
         """The task and its dataset's arguments in words, as the summary names them."""
         data = f"{self.num_families} families, {self.image_size}×{self.image_size} images"
+        ds = self.dataset()
         if self.task == "regional":
-            low, high = self.shapes_per_region
+            low, high = ds.shapes_per_region
             return (f"regional (RegionalShapes: R = {self.regions} regions of {low}–{high} shapes, tint separation "
                     f"{self.separation}, {data})")
-        low, high = (self.num_shapes, self.num_shapes) if isinstance(self.num_shapes, int) else self.num_shapes
+        low, high = ds.num_shapes
         return f"global (GlobalContextShapes: {low}–{high} shapes, {data})"
 
     def dataset(self) -> GlobalContextShapes | RegionalShapes:
@@ -230,11 +249,11 @@ class AblationConfig:
         return GlobalContextShapes(self.train_samples + self.val_samples, num_shapes=self.num_shapes, **common)
 
     def runs(self) -> list[RunSpec]:
-        """The sweep's runs in training order: the baselines (one per seed: no ham, no K) first, then
-        K × solver × grad × seed (the smallest K first), then context × seed."""
+        """The sweep's runs in training order: the baselines (one per seed: no ham, no K, no block) first, then
+        K × block × solver × grad × seed (the smallest K first), then context × seed."""
         baseline = [RunSpec(None, None, s) for s in range(self.seeds)] if self.baseline else []
-        return baseline + [RunSpec(solver, grad, s, k) for k in self.step_values for solver in self.solvers
-                           for grad in self.grads for s in range(self.seeds)] + \
+        return baseline + [RunSpec(solver, grad, s, k, block=b) for k in self.step_values for b in self.blocks
+                           for solver in self.solvers for grad in self.grads for s in range(self.seeds)] + \
             [RunSpec(None, None, s, context=c) for c in self.contexts for s in range(self.seeds)]
 
     @classmethod
@@ -251,14 +270,15 @@ class AblationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AblationConfig":
-        """The inverse of :meth:`to_dict`; unknown keys are an error (missing ones take their defaults)."""
+        """The inverse of :meth:`to_dict`; unknown keys are an error. A missing ``blocks`` means ``("v1",)`` (a config
+        written before the block was an axis describes a V1 sweep); other missing keys take their defaults."""
         if not isinstance(data, dict):
             raise TypeError(f"data must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown AblationConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return cls(**{"blocks": ("v1",), **data})
 
     def to_json(self) -> str:
         """The configuration as indented JSON."""

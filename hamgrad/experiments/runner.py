@@ -48,12 +48,14 @@ __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_m
 
 #: Columns of ``results.csv`` (``results.jsonl`` rows also hold ``iou`` per class and the training ``curve``).
 #: ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why, after ``attempts`` tries); ``resumed_from`` is the
-#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` are ``None`` for the
-#: no-ham baseline. ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``,
-#: or ``none``. ``miou_disagree``/``pixel_acc_disagree`` score the validation images whose regional majorities
-#: disagree (``AblationConfig.task == "regional"``; ``None`` for the global task).
-CSV_COLUMNS = ("run_id", "status", "solver", "grad", "seed", "steps", "eval_steps", "iters", "miou", "pixel_acc",
-               "miou_disagree", "pixel_acc_disagree", "final_loss", "diverged", "train_seconds", "eval_seconds", "resumed_from", "finished_at", "error")
+#: training step the run last resumed from (0: trained from the start); ``steps``/``eval_steps`` and ``block`` (the
+#: Hamburger's version, ``"v1"`` or ``"v2"``) are ``None`` for the no-ham baseline and the context modules.
+#: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
+#: ``miou_disagree``/``pixel_acc_disagree`` score the validation images whose regional majorities disagree
+#: (``AblationConfig.task == "regional"``; ``None`` for the global task).
+CSV_COLUMNS = ("run_id", "status", "solver", "grad", "block", "seed", "steps", "eval_steps", "iters", "miou",
+               "pixel_acc", "miou_disagree", "pixel_acc_disagree", "final_loss", "diverged", "train_seconds",
+               "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
 #: Keys of a finished (``status == "ok"``) row besides the run's identity.
@@ -99,7 +101,7 @@ def _row_problem(row: dict, spec: RunSpec | None) -> str | None:
     """Why ``row`` is not a row of run ``spec`` (``None`` when it is)."""
     if spec is None:
         return "its run is not in the sweep's config"
-    expected = {"solver": spec.module, "grad": spec.grad, "seed": spec.seed}
+    expected = {"solver": spec.module, "grad": spec.grad, "seed": spec.seed, "block": spec.block}
     if spec.steps is not None:  # (the baseline has no K; its rows from before K was an axis say the config's)
         expected["steps"] = spec.steps
     wrong = [f"{k}={row.get(k)!r} (expected {v!r})" for k, v in expected.items() if row.get(k) != v]
@@ -116,7 +118,8 @@ def load_results(out_dir) -> list[dict]:
     """The rows of the sweep in ``out_dir`` (from ``results.jsonl``), in the order they were recorded, checked
     against its ``config.json``: a repeated row of a run is dropped, and a row of a run that is not in the config
     (or that does not match its run) is ignored, each with a warning. Rows have ``status`` ``"ok"`` or
-    ``"failed"`` (then ``error`` holds the run's last error and the metrics are ``None``).
+    ``"failed"`` (then ``error`` holds the run's last error and the metrics are ``None``), and ``block``: a ham row
+    written before the block was an axis (it has no ``block``) is a V1 row and reads ``"v1"``.
 
     Args:
         out_dir: the sweep's folder.
@@ -146,6 +149,8 @@ def load_results(out_dir) -> list[dict]:
         if row["run_id"] in seen:
             ignored.append(f"line {number}: a repeated row of run {row['run_id']}")
             continue
+        if "block" not in row:  # written before the block was an axis: a V1 run (or no ham)
+            row["block"] = "v1" if row.get("grad") is not None else None
         problem = _row_problem(row, specs.get(row["run_id"]))
         if problem:
             ignored.append(f"line {number} (run {row['run_id']}): {problem}")
@@ -275,10 +280,12 @@ def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     Returns:
         The :class:`HamNet` with the run's head (a ham, a context module, or none) and K.
     """
-    k = config.step_values[0] if spec.steps is None else spec.steps  # the baseline has no ham: K is unused
+    if spec.solver is None:  # the baseline or a context module: no ham, so no K, mode or block
+        return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=None,
+                      d=config.d, rank=config.rank, context=spec.context)
     return HamNet(config.num_classes, width=config.width, output_stride=config.output_stride, ham=spec.solver,
-                  d=config.d, rank=config.rank, steps=(k, config.eval_steps_for(k)), grad=spec.grad or "one-step",
-                  context=spec.context)
+                  d=config.d, rank=config.rank, steps=(spec.steps, config.eval_steps_for(spec.steps, spec.block)),
+                  grad=spec.grad, version=spec.block)
 
 
 def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
@@ -352,12 +359,22 @@ def _load_checkpoint(path: Path, config: AblationConfig, spec: RunSpec, device) 
         raise ValueError(f"checkpoint {path} cannot be read (truncated or not a hamgrad checkpoint: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}); delete it to restart run "
                          f"{spec.run_id}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("run_id") != spec.run_id or ckpt.get("config") != config.to_json():
+    ours = isinstance(ckpt, dict) and ckpt.get("run_id") == spec.run_id and _same_config(ckpt.get("config"), config)
+    if not ours:
         owner = ckpt.get("run_id") if isinstance(ckpt, dict) else None
         raise ValueError(f"checkpoint {path} was not written by run {spec.run_id} of this sweep's config (it names "
                          f"run {owner!r}{'' if owner is None else ' of another config' if owner == spec.run_id else ''}"
                          f"); delete it to restart the run")
     return ckpt
+
+
+def _same_config(text, config: AblationConfig) -> bool:
+    """Whether ``text`` (a checkpoint's config JSON) is ``config``: compared as configs, so that a checkpoint written
+    before a field existed matches the config read from the same sweep's ``config.json``."""
+    try:
+        return AblationConfig.from_json(text) == config
+    except (TypeError, ValueError):
+        return False
 
 
 def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config: AblationConfig, seed: int,
@@ -382,8 +399,9 @@ def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config:
 
 def _identity(config: AblationConfig, spec: RunSpec) -> dict:
     """The columns of a row that name its run."""
-    return {"run_id": spec.run_id, "solver": spec.module, "grad": spec.grad, "seed": spec.seed,
-            "steps": spec.steps, "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps)}
+    return {"run_id": spec.run_id, "solver": spec.module, "grad": spec.grad, "block": spec.block, "seed": spec.seed,
+            "steps": spec.steps,
+            "eval_steps": None if spec.steps is None else config.eval_steps_for(spec.steps, spec.block)}
 
 
 def _run(config: AblationConfig, spec: RunSpec, run_dir: Path, device: torch.device, bar) -> dict:

@@ -1,11 +1,14 @@
-"""The Table-1-style summary of a sweep: best (mean) over seeds per solver and gradient mode (and per solver steps K
-when K is a sweep axis), plus the baseline and the runs that failed."""
+"""The Table-1-style summary of a sweep: best (mean) over seeds per solver, Hamburger block and gradient mode (and per
+solver steps K when K is a sweep axis), plus the baseline and the runs that failed. Columns and rows name each mode,
+and the paper's one-step (``one-step-coef``, the official code's rule) is marked "(paper)"."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+
+from ..grad import PAPER_MODE, mode_label
 
 __all__ = ["Summary", "SummaryCell", "summarize"]
 
@@ -15,9 +18,9 @@ _METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)",
 
 @dataclass
 class SummaryCell:
-    """One solver × gradient mode × solver steps K (``solver="none"``, ``grad=None``, ``steps=None`` for the
-    baseline; ``solver`` a context module's name, ``grad=None`` and ``steps=None`` for a context run) over its
-    finished seeds.
+    """One solver × gradient mode × solver steps K × Hamburger block (``solver="none"``, ``grad=None``,
+    ``steps=None``, ``block=None`` for the baseline; ``solver`` a context module's name and the rest ``None`` for a
+    context run) over its finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
     [0, 1]; ``miou_disagree`` the same for the mIoU on the images whose regional majorities disagree (``None`` for
@@ -31,6 +34,7 @@ class SummaryCell:
     pixel_acc: dict
     diverged: int
     steps: int | None = None
+    block: str | None = None
     miou_disagree: dict | None = None
 
 
@@ -38,11 +42,11 @@ class SummaryCell:
 class Summary:
     """The cells of a sweep in the order their first run finished, and the runs recorded as failed (``run_id`` and
     ``error``). ``to_markdown()`` names the ``task`` and renders Table 1 for mIoU and for pixel accuracy (and, for
-    the regional task, for the mIoU on the images whose regional majorities disagree): with one K, rows are solvers
-    and columns gradient modes; with several, rows are solver × mode and columns K (the metric against K per mode).
-    Entries are best (mean) over seeds in percent; the no-ham baseline, the other context modules and the task's
-    closed-form ``ceiling`` (:meth:`hamgrad.data.RegionalShapes.global_ceiling`, when given) follow each table on
-    their own lines."""
+    the regional task, for the mIoU on the images whose regional majorities disagree): with one K, rows are solver ×
+    block and columns gradient modes; with several, rows are solver × block × mode and columns K (the metric against K
+    per mode). Entries are best (mean) over seeds in percent; the no-ham baseline, the other context modules and the
+    task's closed-form ``ceiling`` (:meth:`hamgrad.data.RegionalShapes.global_ceiling`, when given) follow each table
+    on their own lines."""
 
     grads: list
     cells: list = field(default_factory=list)
@@ -62,24 +66,26 @@ class Summary:
     def to_markdown(self) -> str:
         lines = [] if self.task is None else [f"task: {self.task}", ""]
         ks = self.steps
-        solvers = list(dict.fromkeys(c.solver for c in self.cells if c.grad is not None))
+        hams = list(dict.fromkeys((c.solver, c.block) for c in self.cells if c.grad is not None))
         for key, title in _METRICS.items():
             if key == "miou_disagree" and not any(c.miou_disagree for c in self.cells):
                 continue
             if len(ks) <= 1:
                 at = f", K = {ks[0]}" if ks else ""
                 lines += [f"{title}{at}, best (mean) over seeds", "",
-                          "| ham | " + " | ".join(self.grads) + " |", "|---" * (len(self.grads) + 1) + "|"]
-                for solver in solvers:
-                    entries = [self._entry(solver, g, ks[0] if ks else None, key) for g in self.grads]
-                    lines.append(f"| {solver} | " + " | ".join(entries) + " |")
+                          "| ham | block | " + " | ".join(map(mode_label, self.grads)) + " |",
+                          "|---" * (len(self.grads) + 2) + "|"]
+                for solver, block in hams:
+                    entries = [self._entry(solver, g, ks[0] if ks else None, key, block) for g in self.grads]
+                    lines.append(f"| {solver} | {block} | " + " | ".join(entries) + " |")
             else:
                 lines += [f"{title} against solver steps K, best (mean) over seeds", "",
-                          "| ham | mode | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|"]
-                for solver in solvers:
+                          "| ham | block | mode | " + " | ".join(f"K = {k}" for k in ks) + " |",
+                          "|---" * (len(ks) + 3) + "|"]
+                for solver, block in hams:
                     for g in self.grads:
-                        entries = [self._entry(solver, g, k, key) for k in ks]
-                        lines.append(f"| {solver} | {g} | " + " | ".join(entries) + " |")
+                        entries = [self._entry(solver, g, k, key, block) for k in ks]
+                        lines.append(f"| {solver} | {block} | {mode_label(g)} | " + " | ".join(entries) + " |")
             lines.append("")
             if any(c.grad is None and c.solver == "none" for c in self.cells):
                 lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, None, key)}", ""]
@@ -88,13 +94,19 @@ class Summary:
                 lines += ["other context modules (HamNet(context=...)): "
                           + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
             if self.ceiling is not None and self.ceiling.get(key) is not None:
-                share = f" (the {100 * self.ceiling['disagree_fraction']:.0f}% that disagree)" if key == "miou_disagree" else ""
+                part = self.ceiling["disagree_fraction"]
+                share = f" (the {100 * part:.0f}% that disagree)" if key == "miou_disagree" else ""
                 lines += [f"global ceiling (closed form: the best one label for all shape pixels of each image, what "
                           f"one pooled vector can carry){share}: {100 * self.ceiling[key]:.1f}", ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
         lines.append(f"seeds per entry: {', '.join(map(str, seeds)) or '0'}")
-        diverged = [f"{c.solver}/{c.grad}" + (f"/K{c.steps}" if len(ks) > 1 else "") + f": {c.diverged}"
-                    for c in self.cells if c.diverged]
+        if PAPER_MODE in self.grads:
+            lines.append(f"{mode_label(PAPER_MODE)}: the paper's one-step gradient as the official Hamburger code "
+                         f"computes it (K steps without graph, then one code update with the bases held constant)")
+        diverged = []
+        for c in (c for c in self.cells if c.diverged):
+            name = [c.solver, str(c.grad)] + ([c.block] if c.block else []) + ([f"K{c.steps}"] if len(ks) > 1 else [])
+            diverged.append(f"{'/'.join(name)}: {c.diverged}")
         if diverged:
             lines.append("diverged runs (loss NaN/Inf): " + ", ".join(diverged))
         if self.failed:
@@ -102,9 +114,9 @@ class Summary:
             lines += [f"- {f['run_id']}: {f['error']}" for f in self.failed]
         return "\n".join(lines) + "\n"
 
-    def _entry(self, solver: str, grad: str | None, steps: int | None, key: str) -> str:
+    def _entry(self, solver: str, grad: str | None, steps: int | None, key: str, block: str | None = None) -> str:
         for c in self.cells:
-            if c.solver == solver and c.grad == grad and (grad is None or c.steps == steps):
+            if c.solver == solver and c.grad == grad and (grad is None or (c.steps, c.block) == (steps, block)):
                 stats = getattr(c, key)
                 if stats is None:
                     return "–"
@@ -120,12 +132,12 @@ def _stats(values: list) -> dict:
 
 
 def summarize(rows: list, grads: list | tuple, task: str | None = None, ceiling: dict | None = None) -> Summary:
-    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode and K.
+    """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode, K and block.
 
     Args:
         rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged`` (and
-            ``steps``, ``status``, ``miou_disagree``; rows with ``status == "failed"`` are listed in ``failed``, not
-            in the cells).
+            ``steps``, ``block``, ``status``, ``miou_disagree``; a ham row without ``block`` is a V1 row; rows with
+            ``status == "failed"`` are listed in ``failed``, not in the cells).
         grads: the table's columns, in order.
         task: the task's name, printed first (``AblationConfig.task_name``).
         ceiling: the task's closed-form global ceiling (:meth:`hamgrad.data.RegionalShapes.global_ceiling`),
@@ -140,12 +152,14 @@ def summarize(rows: list, grads: list | tuple, task: str | None = None, ceiling:
         if row.get("status", "ok") == "failed":
             summary.failed.append({"run_id": row["run_id"], "error": row.get("error")})
         else:
-            steps = row.get("steps") if row["grad"] is not None else None
-            groups.setdefault((row["solver"], row["grad"], steps), []).append(row)
-    for (solver, grad, steps), group in groups.items():
+            ham = row["grad"] is not None
+            key = (row["solver"], row["grad"], row.get("steps") if ham else None,
+                   row.get("block", "v1") if ham else None)
+            groups.setdefault(key, []).append(row)
+    for (solver, grad, steps, block), group in groups.items():
         disagree = [r.get("miou_disagree") for r in group]
         summary.cells.append(SummaryCell(
-            solver=solver, grad=grad, steps=steps, seeds=sorted(r["seed"] for r in group),
+            solver=solver, grad=grad, steps=steps, block=block, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
             diverged=sum(bool(r["diverged"]) for r in group),
             miou_disagree=_stats(disagree) if any(v is not None for v in disagree) else None))

@@ -10,6 +10,7 @@ import torch
 
 from ..experiments import AblationConfig, load_model, load_results, read_config, run_ablation
 from ..fixed_point import FixedPoint
+from ..grad import PAPER_MODE
 from ..solvers import CD, NMF, SoftVQ
 
 
@@ -49,7 +50,8 @@ def trajectories(quick: bool):
 
 # ---------------------------------------------------------------------- figures 4–6: the ablation sweep
 def ablation_config(quick: bool) -> AblationConfig:
-    """The sweep behind figures 4–6: every ham × {one-step, BPTT} plus the baseline.
+    """The sweep behind figures 4–6: every ham × {one-step-coef (the paper's), one-step, BPTT} in the V2 block, plus
+    the baseline (:class:`hamgrad.experiments.AblationConfig`'s defaults).
 
     Args:
         quick: the CI size (a few iterations) instead of the full one (2 seeds × 300 iterations).
@@ -104,13 +106,13 @@ def sweep_source(quick: bool, folder) -> dict:
 
 
 def trained_hamnet(quick: bool, folder, progress: bool):
-    """The first finished NMF one-step run of the sweep (or the first ham run), with the sweep's validation data:
-    ``(model, images, labels, run_id)``."""
+    """The first finished NMF run of the sweep trained with the paper's one-step (``one-step-coef``; or the first ham
+    run), with the sweep's validation data: ``(model, images, labels, run_id)``."""
     out, rows = sweep(quick, folder, progress)
     ham_rows = [r for r in rows if r["grad"] is not None]  # not the baseline, nor a context module's run
     if not ham_rows:
         raise ValueError(f"the sweep in {str(out)!r} has no finished run with a ham")
-    row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == "one-step"), ham_rows[0])
+    row = next((r for r in ham_rows if r["solver"] == "nmf" and r["grad"] == PAPER_MODE), ham_rows[0])
     config = read_config(out)
     model = load_model(out, row["run_id"])
     ds = config.dataset()

@@ -1,5 +1,6 @@
-"""Figure 4: the one-step vs BPTT ablation of HamNet (the Table-1 analogue and the training curves, or mIoU against
-the solver steps K when K is an axis of the sweep), from a sweep of :func:`hamgrad.experiments.run_ablation`."""
+"""Figure 4: the gradient-mode ablation of HamNet (the Table-1 analogue and the training curves, or mIoU against the
+solver steps K when K is an axis of the sweep), per ham, mode and Hamburger block, from a sweep of
+:func:`hamgrad.experiments.run_ablation`."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ def from_rows(rows) -> dict:
 
     Args:
         rows: the rows of :func:`hamgrad.experiments.load_results` (dicts with ``solver``, ``grad``, ``steps``,
-            ``seed``, ``miou`` and ``curve``).
+            ``block``, ``seed``, ``miou`` and ``curve``; a ham row without ``block`` is a V1 row).
 
     Returns:
-        ``{"metric": "mIoU", "table": [{"solver", "grad", "steps", "best", "mean", "n"}], "curves": [{"solver",
-        "grad", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per solver × mode × K (K is
-        ``None`` for the no-ham baseline).
+        ``{"metric": "mIoU", "table": [{"solver", "grad", "block", "steps", "best", "mean", "n"}], "curves":
+        [{"solver", "grad", "block", "steps", "seed", "step", "loss"}]}``, mIoU in percent; one table row per
+        solver × mode × block × K (block and K are ``None`` for the no-ham baseline and the context modules).
 
     Raises:
         ValueError: when a row lacks one of those keys, or no run finished.
@@ -38,12 +39,18 @@ def from_rows(rows) -> dict:
     rows = _common.finished(rows, "rows")
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["solver"], r["grad"], r.get("steps") if r["grad"] else None), []).append(100 * r["miou"])
-    table = [{"solver": s, "grad": g, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
-             for (s, g, k), v in groups.items()]
-    curves = [{"solver": r["solver"], "grad": r["grad"], "steps": r.get("steps"), "seed": r["seed"],
+        groups.setdefault(_cell(r), []).append(100 * r["miou"])
+    table = [{"solver": s, "grad": g, "block": b, "steps": k, "best": max(v), "mean": float(np.mean(v)), "n": len(v)}
+             for (s, g, b, k), v in groups.items()]
+    curves = [{**dict(zip(("solver", "grad", "block", "steps"), _cell(r))), "seed": r["seed"],
                "step": r["curve"]["step"], "loss": r["curve"]["loss"]} for r in rows]
     return {"metric": "mIoU", "table": table, "curves": curves}
+
+
+def _cell(row: dict) -> tuple:
+    """``(solver, grad, block, steps)`` of a row; block and K only for a ham (a ham row without a block is V1's)."""
+    ham = row["grad"] is not None
+    return (row["solver"], row["grad"], row.get("block", "v1") if ham else None, row.get("steps") if ham else None)
 
 
 def read(folder) -> dict:

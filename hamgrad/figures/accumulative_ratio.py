@@ -35,7 +35,8 @@ def block_accumulative_ratio(model, images, run_id: str | None = None) -> dict:
 
 
 def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict:
-    """Figure 5's numbers for the sweep's first finished NMF one-step HamNet (or its first ham run).
+    """Figure 5's numbers for the sweep's first finished NMF HamNet trained with the paper's one-step
+    (``one-step-coef``; or its first ham run).
 
     Args:
         quick: the CI size of the built-in sweep (see :func:`hamgrad.figures.ablation.compute`).

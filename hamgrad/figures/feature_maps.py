@@ -39,7 +39,8 @@ def block_feature_maps(model, images, labels, run_id: str | None = None) -> dict
 
 
 def compute(quick: bool, ablation_dir=None, progress: bool = False, **_) -> dict:
-    """Figure 6's numbers for the sweep's first finished NMF one-step HamNet (or its first ham run).
+    """Figure 6's numbers for the sweep's first finished NMF HamNet trained with the paper's one-step
+    (``one-step-coef``; or its first ham run).
 
     Args:
         quick: the CI size of the built-in sweep (see :func:`hamgrad.figures.ablation.compute`).

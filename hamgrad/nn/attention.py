@@ -1,6 +1,8 @@
-"""Context modules beside the Hamburger, with its interface: ``(B, channels, H, W) → (B, channels, H, W)``.
+"""Attention modules beside the Hamburger, with its interface: ``(B, channels, H, W) → (B, channels, H, W)``, and the
+registry of every context module by name.
 
-Every module here has the Hamburger's breads and residual, so parameter counts and costs compare::
+Every module here has the V1 Hamburger's breads and residual (the frame of :mod:`hamgrad.nn._block`;
+``Hamburger(version="v1")``), so parameter counts and costs compare with it::
 
     z   = conv1x1_{channels→width}(x), flattened to (B, width, n = H·W)    lower bread (width depends on the module)
     y   = mix(z)                                                            the global mixing, (B, d, n)
@@ -20,77 +22,23 @@ The mixing:
 - :class:`GlobalPool` — a control: the lower bread's output averaged over the positions and added back at every
   position (``y = mean_n(z) 1ᵀ``), the cheapest global signal, with no low-rank structure.
 
-:func:`build_context` builds any of them, or a :class:`~hamgrad.nn.Hamburger` for a solver name, by name
-(:data:`CONTEXTS` lists the non-ham names).
+The other rows of Table 3 (DA, APC, DM, ACF) are in :mod:`hamgrad.nn.context`. :func:`build_context` builds any
+context module, or a :class:`~hamgrad.nn.Hamburger` for a solver name, by name (:data:`CONTEXTS` lists the non-ham
+names).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_int
 from ..solvers import available_solvers
-from .hamburger import Hamburger, capturing
+from ._block import ContextCapture, _ContextBlock
+from .context import AdaptivePyramidContext, AttentionalClassFeature, DualAttention, DynamicFilters
+from .hamburger import Hamburger
 
 __all__ = ["SelfAttention", "DoubleAttention", "GlobalPool", "ContextCapture", "CONTEXTS", "build_context"]
-
-
-@dataclass
-class ContextCapture:
-    """What a context module mixed and produced in the most recent forward pass inside its ``capture()``.
-
-    The attribute names are :class:`~hamgrad.nn.HamCapture`'s, so figure code reads either. All tensors are detached;
-    ``n = H·W`` positions flattened row-major.
-
-    Attributes:
-        x: the features the module mixes ``(B, d, n)``: the values V (self-attention), the features A (A²), the
-            lower bread's output (global pooling).
-        y: the mixed features ``(B, d, n)`` (what the upper bread receives).
-        D: A²'s gathered descriptors ``G`` ``(B, d, r)``; ``None`` for the others.
-        C: A²'s distribution weights ``softmax_r(V)`` ``(B, r, n)`` (the analogue of the ham's codes); ``None`` for
-            the others.
-        shape: ``(H, W)`` of the feature map.
-    """
-
-    x: torch.Tensor | None = None
-    y: torch.Tensor | None = None
-    D: torch.Tensor | None = None
-    C: torch.Tensor | None = None
-    shape: tuple | None = None
-
-
-class _ContextBlock(nn.Module):
-    """Breads, residual and capture shared by the modules here; subclasses define ``_mix(z) -> (x, y, D, C)``."""
-
-    def __init__(self, channels: int, d: int, width: int):
-        super().__init__()
-        self.channels = check_int(channels, "channels", 1)
-        self.d = check_int(d, "d", 1)
-        self.lower_bread = nn.Conv2d(channels, width, 1)
-        self.upper_bread = nn.Sequential(nn.Conv2d(d, channels, 1, bias=False), nn.BatchNorm2d(channels))
-        self._capture: ContextCapture | None = None
-
-    def capture(self):
-        """Context manager yielding a :class:`ContextCapture` filled by each forward pass inside it (the last one
-        wins)."""
-        return capturing(self, ContextCapture())
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Map ``x`` ``(B, channels, H, W)`` to the same shape. ``generator`` is accepted so that every context
-        module is called like :class:`~hamgrad.nn.Hamburger`; these modules draw no random numbers."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape (B, channels={self.channels}, H, W), got {tuple(x.shape)}")
-        B, _, H, W = x.shape
-        mixed, y, D, C = self._mix(self.lower_bread(x).flatten(2))
-        cap = self._capture
-        if cap is not None:
-            cap.x, cap.y, cap.shape = mixed.detach(), y.detach(), (H, W)
-            cap.D, cap.C = (None if t is None else t.detach() for t in (D, C))
-        return F.relu(x + self.upper_bread(y.reshape(B, self.d, H, W)))
 
 
 class SelfAttention(_ContextBlock):
@@ -113,7 +61,7 @@ class SelfAttention(_ContextBlock):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, d={self.d}"
 
-    def _mix(self, z):
+    def _mix(self, z, x):
         # (B, 1 head, n, d) each, contiguous in d: the layout torch's fused kernels (flash attention on CPU) take
         q, k, v = z.transpose(1, 2).contiguous().unsqueeze(1).split(self.d, dim=3)
         y = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2)
@@ -142,7 +90,7 @@ class DoubleAttention(_ContextBlock):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, d={self.d}, rank={self.rank}"
 
-    def _mix(self, z):
+    def _mix(self, z, x):
         A, maps, vectors = z.split((self.d, self.rank, self.rank), dim=1)
         G = A @ maps.softmax(dim=2).transpose(1, 2)  # gather: (B, d, r)
         C = vectors.softmax(dim=1)  # distribute: each position's weights over the r descriptors
@@ -167,27 +115,31 @@ class GlobalPool(_ContextBlock):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, d={self.d}"
 
-    def _mix(self, z):
+    def _mix(self, z, x):
         return z, z.mean(dim=2, keepdim=True).expand_as(z), None, None
 
 
 #: The non-ham context modules by name (solver names build a Hamburger, see :func:`build_context`).
-CONTEXTS = {"sa": SelfAttention, "a2": DoubleAttention, "gap": GlobalPool}
+CONTEXTS = {"sa": SelfAttention, "a2": DoubleAttention, "gap": GlobalPool, "da": DualAttention,
+            "apc": AdaptivePyramidContext, "dm": DynamicFilters, "acf": AttentionalClassFeature}
 
 
-def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, steps=(6, 7), grad: str = "one-step",
-                  solver_kwargs: dict | None = None) -> nn.Module:
-    """A context module by name: ``"sa"``, ``"a2"``, ``"gap"`` (see :data:`CONTEXTS`) or a registered solver name
-    (``"nmf"``, ``"vq"``, ``"cd"``, ...), which builds ``Hamburger(channels, d, solver=name, rank, steps, grad,
-    solver_kwargs)``.
+def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, classes: int = 19, steps=(6, 6),
+                  grad: str = "one-step-coef", version: str = "v2", solver_kwargs: dict | None = None) -> nn.Module:
+    """A context module by name: ``"sa"``, ``"a2"``, ``"gap"``, ``"da"``, ``"apc"``, ``"dm"``, ``"acf"`` (see
+    :data:`CONTEXTS`) or a registered solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...), which builds
+    ``Hamburger(channels, d, solver=name, rank, steps, grad, version, solver_kwargs)`` (the defaults are the
+    Hamburger's).
 
     Args:
         name: the module's name.
         channels: its input and output channels.
-        d: its inner channels.
-        rank: r for the hams and A² (unused by self-attention and global pooling).
+        d: its inner channels (per branch for DA, APC and DM).
+        rank: r for the hams and A² (unused by the others).
+        classes: the coarse segmentation's classes of ACF (unused by the others).
         steps: the Hamburger's solver steps (used only for a solver name).
         grad: the Hamburger's gradient mode (used only for a solver name).
+        version: the Hamburger's block, ``"v1"`` or ``"v2"`` (used only for a solver name).
         solver_kwargs: the Hamburger's solver arguments (used only for a solver name).
 
     Returns:
@@ -198,8 +150,11 @@ def build_context(name: str, channels: int, *, d: int = 512, rank: int = 64, ste
     """
     if name in CONTEXTS:
         cls = CONTEXTS[name]
-        return cls(channels, d=d, rank=rank) if cls is DoubleAttention else cls(channels, d=d)
+        if cls is DoubleAttention:
+            return cls(channels, d=d, rank=rank)
+        return cls(channels, d=d, classes=classes) if cls is AttentionalClassFeature else cls(channels, d=d)
     if name in available_solvers():
-        return Hamburger(channels, d=d, solver=name, rank=rank, steps=steps, grad=grad, solver_kwargs=solver_kwargs)
+        return Hamburger(channels, d=d, solver=name, rank=rank, steps=steps, grad=grad, version=version,
+                         solver_kwargs=solver_kwargs)
     raise ValueError(f"unknown context module name={name!r}; expected one of {sorted(CONTEXTS)} or a registered "
                      f"solver {available_solvers()}")

@@ -4,14 +4,15 @@
 
     encoder   log2(output_stride) stages of [3×3 conv stride 2, 3×3 conv], BatchNorm + ReLU;
               stage i has width·2^i channels
-    head      squeeze 1×1 conv → context module (a Hamburger, or self-attention, A², global pooling; or nothing)
+    head      squeeze 1×1 conv → context module (a Hamburger, or another module of CONTEXTS; or nothing)
               → align 3×3 conv → 1×1 classifier
     output    logits upsampled bilinearly to the input size
 
 The encoder is deliberately shallow: its receptive field (19 pixels at output stride 4, 43 at 8, before the align
 conv) is local, so any global reasoning must come from the head's context module. ``HamNet(ham=None)`` is the
 baseline with the same encoder and head minus the Hamburger block; ``HamNet(context="sa")`` puts self-attention (or
-``"a2"``, ``"gap"``, see :mod:`hamgrad.nn.attention`) where the Hamburger was.
+``"a2"``, ``"gap"``, ``"da"``, ``"apc"``, ``"dm"``, ``"acf"``, see :mod:`hamgrad.nn.attention` and
+:mod:`hamgrad.nn.context`) where the Hamburger was.
 """
 
 from __future__ import annotations
@@ -44,15 +45,20 @@ class HamNet(nn.Module):
         output_stride: 4 or 8 (2 or 3 stride-2 stages); the ham sees ``(H / output_stride) · (W / output_stride)``
             positions.
         ham: a solver name (``"nmf"``, ``"vq"``, ``"cd"``, ...) or ``None`` for the baseline without the block.
-        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next four); ``d`` also
+        d: channels of the ham (see :class:`Hamburger`; ignored when ``ham=None``, as are the next five); ``d`` also
             sizes the other context modules.
         rank: r, the number of bases of the ham (and of A²).
-        steps: ``(train, eval)`` numbers of solver steps K, or one int for both.
-        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES``.
+        steps: ``(train, eval)`` numbers of solver steps K, or one int for both (default 6 and 6, the official
+            settings.py's).
+        grad: the gradient mode through the K steps, one of ``hg.GRAD_MODES`` (default the paper's one-step,
+            ``"one-step-coef"``).
+        version: the Hamburger block, ``"v2"`` (the official HamNet's, with the cheese) or ``"v1"`` (the paper's).
         solver_kwargs: further keyword arguments of the solver (e.g. ``{"inv_t": 100.0}`` for ``"vq"``).
         context: another context module in the Hamburger's place, by name: ``"sa"`` (:class:`SelfAttention`),
-            ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`); a solver name is the same as
-            ``ham=``. ``None`` (the default): the head is the one ``ham`` names.
+            ``"a2"`` (:class:`DoubleAttention`), ``"gap"`` (:class:`GlobalPool`), ``"da"`` (:class:`DualAttention`),
+            ``"apc"`` (:class:`AdaptivePyramidContext`), ``"dm"`` (:class:`DynamicFilters`), ``"acf"``
+            (:class:`AttentionalClassFeature`, whose coarse segmentation predicts ``num_classes`` classes); a solver
+            name is the same as ``ham=``. ``None`` (the default): the head is the one ``ham`` names.
 
     ``forward(images, generator=None)`` maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)``;
     ``H`` and ``W`` must be multiples of ``output_stride``. ``generator`` seeds the ham's random initial state.
@@ -78,8 +84,8 @@ class HamNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, output_stride: int = 4,
-                 ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 7), grad: str = "one-step",
-                 solver_kwargs: dict | None = None, context: str | None = None):
+                 ham: str | None = "nmf", d: int = 64, rank: int = 8, steps=(6, 6), grad: str = "one-step-coef",
+                 version: str = "v2", solver_kwargs: dict | None = None, context: str | None = None):
         super().__init__()
         check_steps(num_classes, "num_classes")
         check_steps(in_channels, "in_channels")
@@ -99,7 +105,8 @@ class HamNet(nn.Module):
         if context is not None and ham not in (None, "nmf"):
             raise ValueError(f"give the head's module once: ham={ham!r} and context={context!r} were both given")
         name = ham if context is None else context
-        block = None if name is None else build_context(name, c_in, d=d, rank=rank, steps=steps, grad=grad,
+        block = None if name is None else build_context(name, c_in, d=d, rank=rank, classes=num_classes,
+                                                        steps=steps, grad=grad, version=version,
                                                         solver_kwargs=solver_kwargs)
         # a Hamburger keeps its attribute name (and so the state-dict keys of existing checkpoints)
         self.hamburger = block if isinstance(block, Hamburger) else None
@@ -109,7 +116,7 @@ class HamNet(nn.Module):
 
     @property
     def block(self) -> nn.Module | None:
-        """The head's context module (a :class:`Hamburger`, an attention module, global pooling) or ``None``."""
+        """The head's context module (a :class:`Hamburger` or a module of :data:`CONTEXTS`) or ``None``."""
         return self.hamburger if self.hamburger is not None else self.context
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

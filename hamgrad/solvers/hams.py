@@ -110,8 +110,8 @@ class SoftVQ(Solver):
         return _weighted_means(x, C, self.eps), C
 
     def _coef_codes(self, x, D, C):
-        # The official code normalises x by a column norm computed without graph.
-        return self._cos_codes(D, x / x.detach().norm(dim=-2, keepdim=True).clamp_min(self.eps))
+        # As the official VQ2D.compute_coef: x over (eps + its column norm), the norm computed without graph.
+        return self._cos_codes(D, x / (x.detach().norm(dim=-2, keepdim=True) + self.eps))
 
 
 class CD(Solver):
