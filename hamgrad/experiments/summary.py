@@ -94,8 +94,8 @@ class Summary:
                 lines += ["other context modules (HamNet(context=...)): "
                           + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
             if self.ceiling is not None and self.ceiling.get(key) is not None:
-                part = self.ceiling["disagree_fraction"]
-                share = f" (the {100 * part:.0f}% that disagree)" if key == "miou_disagree" else ""
+                share = (f" (the {100 * self.ceiling['disagree_fraction']:.0f}% that disagree)"
+                         if key == "miou_disagree" else "")
                 lines += [f"global ceiling (closed form: the best one label for all shape pixels of each image, what "
                           f"one pooled vector can carry){share}: {100 * self.ceiling[key]:.1f}", ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
