@@ -55,7 +55,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="the data: global (every shape labelled with the image's majority family, "
                              "GlobalContextShapes; the default) or regional (every shape labelled with its own "
                              "region's majority, RegionalShapes)")
-    ablate.add_argument("--regions", type=int, help="regions per image of the regional task (default 4)")
+    ablate.add_argument("--image-size", type=int, help="height and width of the images (default 64; 32 with --quick)")
+    ablate.add_argument("--train-samples", type=int, help="training items (default 1000; 16 with --quick); the next "
+                                                          "200 (8 with --quick) evaluate")
+    ablate.add_argument("--regions", type=int, help="regions per image of the regional task (default 2)")
     ablate.add_argument("--shapes-per-region", help="shapes per region of the regional task, N or LOW,HIGH "
                                                     "(default 3,4)")
     ablate.add_argument("--separation", type=float, help="least RGB distance between two region tints of the "
@@ -190,7 +193,7 @@ def _cmd_ablate(args) -> int:
     if given_regional and args.task != "regional":
         raise ValueError(f"{', '.join(given_regional)}: only for the regional task (add --task regional)")
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
-             "task": args.task, **regional}
+             "image_size": args.image_size, "train_samples": args.train_samples, "task": args.task, **regional}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts))

@@ -151,7 +151,7 @@ class RegionalShapes(Dataset):
     #: PyTorch's default ``ignore_index`` for cross-entropy; no label of this dataset uses it.
     ignore_index = -100
 
-    def __init__(self, num_samples: int, size: int = 64, regions: int = 4, num_families: int = 3,
+    def __init__(self, num_samples: int, size: int = 64, regions: int = 2, num_families: int = 3,
                  shapes_per_region=(3, 4), separation: float = 0.15, noise: float = 0.05, seed: int = 0):
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.size = check_int(size, "size", 16)

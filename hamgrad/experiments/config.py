@@ -133,7 +133,7 @@ class AblationConfig:
     num_shapes: tuple = (5, 9)
     noise: float = 0.05
     task: str = "global"
-    regions: int = 4
+    regions: int = 2
     shapes_per_region: tuple = (3, 4)
     separation: float = 0.15
     train_samples: int = 1000
