@@ -210,7 +210,7 @@ def test_one_region_is_a_global_majority_task():
     (dict(num_samples=0), ValueError, "num_samples"),
     (dict(num_samples=2.0), TypeError, "num_samples"),
     (dict(num_samples=4, size=15), ValueError, "size"),
-    (dict(num_samples=4, size=24), ValueError, "size=24 is too small"),
+    (dict(num_samples=4, size=20), ValueError, "size=20 is too small"),
     (dict(num_samples=4, regions=0), ValueError, "regions"),
     (dict(num_samples=4, regions=2.0), TypeError, "regions"),
     (dict(num_samples=4, num_families=1), ValueError, "num_families"),
