@@ -57,6 +57,18 @@ def _build_parser() -> argparse.ArgumentParser:
                                                        "attention), apc (adaptive pyramid context), dm (dynamic "
                                                        "filters), acf (attentional class feature), gap (global "
                                                        "pooling)")
+    ablate.add_argument("--task", choices=("global", "regional"), default="global",
+                        help="the data: global (every shape labelled with the image's majority family, "
+                             "GlobalContextShapes; the default) or regional (every shape labelled with its own "
+                             "region's majority, RegionalShapes)")
+    ablate.add_argument("--image-size", type=int, help="height and width of the images (default 64; 32 with --quick)")
+    ablate.add_argument("--train-samples", type=int, help="training items (default 1000; 16 with --quick); the next "
+                                                          "200 (8 with --quick) evaluate")
+    ablate.add_argument("--regions", type=int, help="regions per image of the regional task (default 2)")
+    ablate.add_argument("--shapes-per-region", help="shapes per region of the regional task, N or LOW,HIGH "
+                                                    "(default 3,4)")
+    ablate.add_argument("--separation", type=float, help="least RGB distance between two region tints of the "
+                                                         "regional task (default 0.15)")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
@@ -223,8 +235,24 @@ def _cmd_ablate(args) -> int:
 
     for spec in args.imports:
         _import_user_module(spec)
+
+    def shapes(text: str):
+        try:
+            counts = tuple(int(t) for t in names(text))
+        except ValueError:
+            counts = ()
+        if len(counts) not in (1, 2):
+            raise ValueError(f"--shapes-per-region must be N or LOW,HIGH, got {text!r}")
+        return counts if len(counts) == 2 else counts[0]
+
+    regional = {"regions": args.regions, "separation": args.separation,
+                "shapes_per_region": None if args.shapes_per_region is None else shapes(args.shapes_per_region)}
+    given_regional = [f"--{k.replace('_', '-')}" for k, v in regional.items() if v is not None]
+    if given_regional and args.task != "regional":
+        raise ValueError(f"{', '.join(given_regional)}: only for the regional task (add --task regional)")
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
-             "probe_every": args.probe_every}
+             "probe_every": args.probe_every, "image_size": args.image_size, "train_samples": args.train_samples,
+             "task": args.task, **regional}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts),

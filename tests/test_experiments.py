@@ -145,7 +145,7 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path, counted_steps):
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["run_id"] for r in csv.DictReader(f)] == [r["run_id"] for r in rows]
     assert len(summary.cells) == 3
-    assert (tmp_path / "summary.md").read_text().startswith("mIoU (%)")
+    assert (tmp_path / "summary.md").read_text().startswith("task: global (GlobalContextShapes: 5–9 shapes")
     assert json.loads((tmp_path / "summary.json").read_text())["grads"] == ["one-step", "bptt"]
     assert AblationConfig.from_json((tmp_path / "config.json").read_text()) == config
     for r in rows:

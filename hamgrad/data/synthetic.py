@@ -77,6 +77,32 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v[:, None] - (v * s)[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+def _shape_masks(size: int, layout) -> np.ndarray:
+    """(n, size, size) bool masks of the shapes of ``layout`` (its ``centers``, ``angles``, ``sides``, ``kinds``),
+    each computed on the square patch of pixels that holds its circumscribed circle."""
+    n = len(layout.sides)
+    patch = min(size, int(np.ceil(2 * (_CIRCUMRADIUS[layout.kinds] * layout.sides).max(initial=0.0))) + 2)
+    corner = np.clip(np.floor(layout.centers - patch / 2).astype(np.int64), 0, size - patch)  # (n, 2) top, left
+    rows = corner[:, 0, None] + np.arange(patch)  # (n, patch)
+    cols = corner[:, 1, None] + np.arange(patch)
+    dy = (rows + 0.5)[:, :, None] - layout.centers[:, 0, None, None]
+    dx = (cols + 0.5)[:, None, :] - layout.centers[:, 1, None, None]
+    cos, sin = np.cos(layout.angles)[:, None, None], np.sin(layout.angles)[:, None, None]
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx
+    side = layout.sides[:, None, None]
+    square = np.maximum(np.abs(u), np.abs(v)) <= side / 2
+    disc = u * u + v * v <= side * side / math.pi
+    inradius = _CIRCUMRADIUS[2] * side / 2
+    triangle = np.ones_like(square)
+    for k in range(3):  # the three edges' outward normals, 120 degrees apart
+        phi = math.pi / 2 + 2 * math.pi * k / 3
+        triangle &= u * math.cos(phi) + v * math.sin(phi) <= inradius
+    kind = layout.kinds[:, None, None]
+    masks = np.zeros((n, size, size), dtype=bool)
+    masks[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = \
+        np.where(kind == 0, square, np.where(kind == 1, disc, triangle))
+    return masks
+
 class GlobalContextShapes(Dataset):
     """Coloured shapes whose per-pixel label is the image's majority colour family (see the module docstring).
 
@@ -134,8 +160,6 @@ class GlobalContextShapes(Dataset):
                              f"so size >= {self.grid * _MIN_CELL}")
         self.noise = check_nonnegative(noise, "noise")
         self.seed = check_int(seed, "seed", 0)
-        centres = np.arange(self.size, dtype=np.float64) + 0.5
-        self._yy, self._xx = np.meshgrid(centres, centres, indexing="ij")
 
     @property
     def num_classes(self) -> int:
@@ -200,20 +224,7 @@ class GlobalContextShapes(Dataset):
         Returns:
             A bool array ``(n, size, size)``, one disjoint mask per shape.
         """
-        dy = self._yy[None] - layout.centers[:, 0, None, None]
-        dx = self._xx[None] - layout.centers[:, 1, None, None]
-        cos, sin = np.cos(layout.angles)[:, None, None], np.sin(layout.angles)[:, None, None]
-        u, v = cos * dx + sin * dy, cos * dy - sin * dx
-        side = layout.sides[:, None, None]
-        square = np.maximum(np.abs(u), np.abs(v)) <= side / 2
-        disc = u * u + v * v <= side * side / math.pi
-        inradius = _CIRCUMRADIUS[2] * side / 2
-        triangle = np.ones_like(square)
-        for k in range(3):  # the three edges' outward normals, 120 degrees apart
-            phi = math.pi / 2 + 2 * math.pi * k / 3
-            triangle &= u * math.cos(phi) + v * math.sin(phi) <= inradius
-        kind = layout.kinds[:, None, None]
-        return np.where(kind == 0, square, np.where(kind == 1, disc, triangle))
+        return _shape_masks(self.size, layout)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = check_index(index, self.num_samples)

@@ -8,16 +8,19 @@ import math
 from dataclasses import dataclass
 
 from .._checks import check_int
-from ..data import GlobalContextShapes
+from ..data import GlobalContextShapes, RegionalShapes
 from ..grad import PAPER_MODE, parse_grad_mode
 from ..nn import CONTEXTS
 from ..nn.hamburger import VERSIONS
 from ..solvers import available_solvers, get_solver
 
-__all__ = ["AblationConfig", "RunSpec", "MAX_RUNS"]
+__all__ = ["AblationConfig", "RunSpec", "MAX_RUNS", "TASKS"]
 
 #: The most runs one sweep may have (a typo such as ``--seeds 100000000`` is refused before anything is built).
 MAX_RUNS = 100_000
+
+#: The sweep's datasets by task name (``AblationConfig.task``).
+TASKS = {"global": GlobalContextShapes, "regional": RegionalShapes}
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,15 @@ class AblationConfig:
             encoder and the lower bread, and ρ(J_K). ``None`` or 0: no probes. The default, 50, gives 10
             points over 500 iterations for 6–8% of a run's CPU time at the default size
             (``benchmarks/bench_probes.py``).
-    Data (:class:`hamgrad.data.GlobalContextShapes`; the first ``train_samples`` items train, the next
-    ``val_samples`` evaluate):
-        image_size, num_families, num_shapes (an int or an inclusive ``(low, high)``), noise, train_samples,
-        val_samples, data_seed.
+    Data (the first ``train_samples`` items train, the next ``val_samples`` evaluate):
+        task: ``"global"`` (:class:`hamgrad.data.GlobalContextShapes`: every shape labelled with the image's
+            majority family; the default, and the meaning of a ``config.json`` without this field) or
+            ``"regional"`` (:class:`hamgrad.data.RegionalShapes`: every shape labelled with its own region's
+            majority, so that one pooled vector per image is not enough).
+        image_size, num_families, noise, train_samples, val_samples, data_seed: both tasks.
+        num_shapes: shapes per image (an int or an inclusive ``(low, high)``), the global task only.
+        regions, shapes_per_region, separation: the regional task only (R regions, shapes per region, the least
+            RGB distance between two region tints).
     """
 
     solvers: tuple = ("nmf", "vq", "cd")
@@ -157,6 +165,10 @@ class AblationConfig:
     num_families: int = 3
     num_shapes: tuple = (5, 9)
     noise: float = 0.05
+    task: str = "global"
+    regions: int = 2
+    shapes_per_region: tuple = (3, 4)
+    separation: float = 0.15
     train_samples: int = 1000
     val_samples: int = 200
     data_seed: int = 0
@@ -173,8 +185,11 @@ class AblationConfig:
             if c not in CONTEXTS:
                 raise ValueError(f"unknown context module {c!r} in contexts; expected names from {sorted(CONTEXTS)} "
                                  f"(the hams go in solvers)")
-        if isinstance(self.num_shapes, list):
-            object.__setattr__(self, "num_shapes", tuple(self.num_shapes))
+        for name in ("num_shapes", "shapes_per_region"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         if isinstance(self.steps, list):
             object.__setattr__(self, "steps", tuple(self.steps))
         if isinstance(self.steps, tuple):
@@ -235,7 +250,7 @@ class AblationConfig:
                              f"{positions}")
         _number(self.lr, "lr", 0.0, inclusive=False)
         _number(self.weight_decay, "weight_decay", 0.0, inclusive=True)
-        self.dataset()  # the dataset checks image_size, num_families, num_shapes and noise
+        self.dataset()  # the task's dataset checks image_size, num_families, noise and its own arguments
         for s in self.solvers:  # the constructor checks its arguments now, not in every run of the sweep
             try:
                 solver = get_solver(s, rank=self.rank, **dict(self.solver_args))
@@ -265,11 +280,26 @@ class AblationConfig:
         """Background plus one class per colour family."""
         return self.num_families + 1
 
-    def dataset(self) -> GlobalContextShapes:
-        """The sweep's data: items ``[0, train_samples)`` train, the next ``val_samples`` evaluate."""
-        return GlobalContextShapes(self.train_samples + self.val_samples, size=self.image_size,
-                                   num_families=self.num_families, num_shapes=self.num_shapes, noise=self.noise,
-                                   seed=self.data_seed)
+    @property
+    def task_name(self) -> str:
+        """The task and its dataset's arguments in words, as the summary names them."""
+        data = f"{self.num_families} families, {self.image_size}×{self.image_size} images"
+        ds = self.dataset()
+        if self.task == "regional":
+            low, high = ds.shapes_per_region
+            return (f"regional (RegionalShapes: R = {self.regions} regions of {low}–{high} shapes, tint separation "
+                    f"{self.separation}, {data})")
+        low, high = ds.num_shapes
+        return f"global (GlobalContextShapes: {low}–{high} shapes, {data})"
+
+    def dataset(self) -> GlobalContextShapes | RegionalShapes:
+        """The sweep's data, the task's dataset: items ``[0, train_samples)`` train, the next ``val_samples``
+        evaluate."""
+        common = dict(size=self.image_size, num_families=self.num_families, noise=self.noise, seed=self.data_seed)
+        if self.task == "regional":
+            return RegionalShapes(self.train_samples + self.val_samples, regions=self.regions,
+                                  shapes_per_region=self.shapes_per_region, separation=self.separation, **common)
+        return GlobalContextShapes(self.train_samples + self.val_samples, num_shapes=self.num_shapes, **common)
 
     def runs(self) -> list[RunSpec]:
         """The sweep's runs in training order: the baselines (one per seed: no ham, no K, no block) first, then

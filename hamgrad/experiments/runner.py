@@ -76,8 +76,11 @@ __all__ = ["run_ablation", "load_results", "read_config", "load_model", "build_m
 #: optimizer step was skipped for that (the iteration still counts); ``steps``/``eval_steps`` and ``block`` (the
 #: Hamburger's version, ``"v1"`` or ``"v2"``) are ``None`` for the no-ham baseline and the context modules.
 #: ``solver`` names the head's module: a solver, a context module of ``AblationConfig.contexts``, or ``none``.
+#: ``miou_disagree``/``pixel_acc_disagree`` score the validation images whose regional majorities disagree
+#: (``AblationConfig.task == "regional"``; ``None`` for the global task).
 CSV_COLUMNS = ("run_id", "status", "solver", "grad", "block", "seed", "steps", "eval_steps", "iters", "miou",
-               "pixel_acc", "final_loss", "diverged", "skipped_steps", "unconverged_backward", "train_seconds",
+               "pixel_acc", "miou_disagree", "pixel_acc_disagree", "final_loss", "diverged", "skipped_steps",
+               "unconverged_backward", "train_seconds",
                "eval_seconds", "resumed_from", "finished_at", "error")
 _OWN_FILES = ("config.json", "results.jsonl", "results.csv", "summary.md", "summary.json")
 _LOCK = "ablate.lock"
@@ -461,6 +464,22 @@ def _data(config: AblationConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(labels).to(torch.uint8)
 
 
+def _validation(config: AblationConfig) -> range:
+    return range(config.train_samples, config.train_samples + config.val_samples)
+
+
+@functools.lru_cache(maxsize=1)
+def _disagreeing(config: AblationConfig) -> torch.Tensor | None:
+    """Which validation items' regional majorities disagree (the regional task; ``None`` for the global task)."""
+    return config.dataset().disagreeing(_validation(config)) if config.task == "regional" else None
+
+
+def _global_ceiling(config: AblationConfig) -> dict | None:
+    """The regional task's closed-form one-label-per-image ceiling on the validation items (``None`` for the global
+    task, where one label per image is right)."""
+    return config.dataset().global_ceiling(_validation(config)) if config.task == "regional" else None
+
+
 def build_model(config: AblationConfig, spec: RunSpec) -> HamNet:
     """The untrained :class:`HamNet` of one run of the sweep (draws its weights from torch's global RNG).
 
@@ -574,17 +593,23 @@ def _same_training(text, config: AblationConfig) -> bool:
 
 
 def _evaluate(model: HamNet, images: torch.Tensor, labels: torch.Tensor, config: AblationConfig, seed: int,
-              device: torch.device) -> torch.Tensor:
-    """The confusion matrix on the validation items (the ham's initial state drawn from a generator seeded ``seed``)."""
+              device: torch.device, flagged: torch.Tensor | None = None) -> tuple:
+    """The confusion matrices on the validation items, over all of them and over those ``flagged`` (a bool per item;
+    ``None``: no second matrix); the ham's initial state is drawn from a generator seeded ``seed``."""
     model.eval()
     generator = torch.Generator(device).manual_seed(seed)
     conf = torch.zeros(config.num_classes, config.num_classes, dtype=torch.long, device=device)
+    part = None if flagged is None else conf.clone()
     with torch.no_grad():
         for i in range(0, len(images), config.batch_size):
             x = images[i:i + config.batch_size].to(device)
             y = labels[i:i + config.batch_size].to(device).long()
-            conf += confusion_matrix(model(x, generator=generator).argmax(1), y, config.num_classes)
-    return conf.cpu()
+            pred = model(x, generator=generator).argmax(1)
+            conf += confusion_matrix(pred, y, config.num_classes)
+            if part is not None:
+                keep = flagged[i:i + config.batch_size].to(device)
+                part += confusion_matrix(pred[keep], y[keep], config.num_classes)
+    return conf.cpu(), None if part is None or int(part.sum()) == 0 else part.cpu()
 
 
 def _identity(config: AblationConfig, spec: RunSpec) -> dict:
@@ -670,12 +695,15 @@ def _train_and_evaluate(config: AblationConfig, spec: RunSpec, run_dir: Path, de
                 _save_checkpoint(ckpt_path, config, spec, model, optimizer, state, batches, device)
 
     start = time.perf_counter()
-    conf = _evaluate(model, images[n_train:], labels[n_train:], config, spec.seed, device)
+    conf, disagree = _evaluate(model, images[n_train:], labels[n_train:], config, spec.seed, device,
+                               _disagreeing(config))
     iou = iou_per_class(conf)
     losses = state["curve"]["loss"]
     return {
         **_identity(config, spec), "status": "ok", "iters": config.iters,
         "miou": mean_iou(conf), "pixel_acc": pixel_accuracy(conf),
+        "miou_disagree": None if disagree is None else mean_iou(disagree),
+        "pixel_acc_disagree": None if disagree is None else pixel_accuracy(disagree),
         "iou": [None if math.isnan(v) else v for v in iou.tolist()],
         "final_loss": losses[-1] if losses else None, "diverged": state["diverged"],
         "skipped_steps": state["skipped_steps"], "unconverged_backward": state["unconverged_backward"],
@@ -701,12 +729,15 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
                  gpus_per_run: float = 0, retries: int = 1, verbose: bool = False) -> Summary:
     """Train and evaluate every run of ``config`` (see :class:`AblationConfig`), resumably, into ``out_dir``.
 
-    Each run trains :class:`hamgrad.nn.HamNet` on :class:`hamgrad.data.GlobalContextShapes` with seed-controlled
-    weights, batches and ham initialisations, evaluates mIoU and pixel accuracy on the validation items, and appends
-    one row to ``results.jsonl``/``results.csv``; the Table-1-style summary is rewritten after every run. Calling
-    it again on the same folder resumes the sweep (see the module docstring); finished runs are skipped, runs
-    recorded as failed are tried again. A config that adds runs to the folder's sweep (more seeds, solvers, modes,
-    K values or context modules, every other field the same) grows it: its finished runs are kept.
+    Each run trains :class:`hamgrad.nn.HamNet` on the task's dataset (``config.task``:
+    :class:`hamgrad.data.GlobalContextShapes` or :class:`hamgrad.data.RegionalShapes`) with seed-controlled weights,
+    batches and ham initialisations, evaluates mIoU and pixel accuracy on the validation items (for the regional task
+    also on those whose regional majorities disagree), and appends one row to ``results.jsonl``/``results.csv``; the
+    Table-1-style summary (naming the task, and for the regional task its closed-form global ceiling) is rewritten
+    after every run. Calling it again on the same folder resumes the sweep (see the module docstring); finished runs
+    are skipped, runs recorded as failed are tried again.
+    A config that adds runs to the folder's sweep (more seeds, solvers, modes, blocks, K values or context modules,
+    every other field the same) grows it: its finished runs are kept.
 
     With ``workers=1`` and no ``address`` the runs train one after another in this process (Ray is not imported).
     Otherwise each run is a Ray task (``pip install 'hamgrad[ray]'``): up to ``workers`` at once, each reserving
@@ -786,6 +817,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
         _remove_temporaries(out)  # this driver is the only writer of the folder's own files
         _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
         done = {r["run_id"] for r in rows if r["status"] == "ok"}
+        tabulate = functools.partial(summarize, grads=config.grads, task=config.task_name,
+                                     ceiling=_global_ceiling(config))
         pending = [spec for spec in config.runs() if spec.run_id not in done]
         for run_id in done:  # (an unfinished run's next writer cleans its folder, once no other writer holds it)
             _remove_temporaries(out / "runs" / run_id)
@@ -800,14 +833,14 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
             rows[:] = [r for r in rows if r["run_id"] != row["run_id"]] + [row]  # a failed row gives way
             with _stop_on_full_storage():
                 _write_results(out, rows)
-                _write_summary(out, summarize(rows, config.grads))
+                _write_summary(out, tabulate(rows))
 
         if pending and workers == 1 and address is None:
             _run_here(config, pending, out, device, retries, progress, record, total=len(config.runs()))
         elif pending:
             _run_on_ray(config, pending, out, device, retries, progress, record, workers=workers, address=address,
                         cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, verbose=verbose, token=lock.token)
-        summary = summarize(rows, config.grads)
+        summary = tabulate(rows)
         with _stop_on_full_storage():
             _write_summary(out, summary)
     finally:

@@ -12,7 +12,8 @@ from ..grad import PAPER_MODE, mode_label
 
 __all__ = ["Summary", "SummaryCell", "summarize", "finished_rows", "ablation_table"]
 
-_METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)"}
+_METRICS = {"miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)",
+            "miou_disagree": "mIoU (%) on the validation images whose regional majorities disagree"}
 _ROW_KEYS = ("solver", "grad", "seed", "miou", "curve")
 
 
@@ -23,7 +24,8 @@ class SummaryCell:
     context run) over its finished seeds.
 
     ``miou`` and ``pixel_acc`` map ``"best"``, ``"mean"`` and ``"std"`` (population, over seeds) to fractions in
-    [0, 1]; ``diverged`` counts the runs whose training loss became NaN or Inf; ``skipped_steps`` of
+    [0, 1]; ``miou_disagree`` the same for the mIoU on the images whose regional majorities disagree (``None`` for
+    the global task); ``diverged`` counts the runs whose training loss became NaN or Inf; ``skipped_steps`` of
     ``trained_steps`` training steps (over the seeds) skipped their optimizer step because an implicit backward
     solve did not converge.
     """
@@ -38,21 +40,28 @@ class SummaryCell:
     block: str | None = None
     skipped_steps: int = 0
     trained_steps: int = 0
+    miou_disagree: dict | None = None
 
 
 @dataclass
 class Summary:
     """The cells of a sweep in the order their first run finished, and the runs recorded as failed (``run_id`` and
-    ``error``). ``to_markdown()`` renders Table 1 for mIoU and for pixel accuracy: with one K, rows are solver × block
-    and columns gradient modes; with several, rows are solver × block × mode and columns K (the metric against K per
-    mode). Entries are best (mean) over seeds in percent; the no-ham baseline follows each table on its own line."""
+    ``error``). ``to_markdown()`` names the ``task`` and renders Table 1 for mIoU and for pixel accuracy (and, for
+    the regional task, for the mIoU on the images whose regional majorities disagree): with one K, rows are solver ×
+    block and columns gradient modes; with several, rows are solver × block × mode and columns K (the metric against K
+    per mode). Entries are best (mean) over seeds in percent; the no-ham baseline, the other context modules and the
+    task's closed-form ``ceiling`` (:meth:`hamgrad.data.RegionalShapes.global_ceiling`, when given) follow each table
+    on their own lines."""
 
     grads: list
     cells: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    task: str | None = None
+    ceiling: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"grads": list(self.grads), "cells": [asdict(c) for c in self.cells], "failed": list(self.failed)}
+        return {"task": self.task, "ceiling": self.ceiling, "grads": list(self.grads),
+                "cells": [asdict(c) for c in self.cells], "failed": list(self.failed)}
 
     @property
     def steps(self) -> list:
@@ -60,10 +69,12 @@ class Summary:
         return sorted({c.steps for c in self.cells if c.grad is not None and c.steps is not None})
 
     def to_markdown(self) -> str:
-        lines = []
+        lines = [] if self.task is None else [f"task: {self.task}", ""]
         ks = self.steps
         hams = list(dict.fromkeys((c.solver, c.block) for c in self.cells if c.grad is not None))
         for key, title in _METRICS.items():
+            if key == "miou_disagree" and not any(c.miou_disagree for c in self.cells):
+                continue
             if len(ks) <= 1:
                 at = f", K = {ks[0]}" if ks else ""
                 lines += [f"{title}{at}, best (mean) over seeds", "",
@@ -87,6 +98,11 @@ class Summary:
             if contexts:
                 lines += ["other context modules (HamNet(context=...)): "
                           + ", ".join(f"{c} {self._entry(c, None, None, key)}" for c in contexts), ""]
+            if self.ceiling is not None and self.ceiling.get(key) is not None:
+                share = (f" (the {100 * self.ceiling['disagree_fraction']:.0f}% that disagree)"
+                         if key == "miou_disagree" else "")
+                lines += [f"global ceiling (closed form: the best one label for all shape pixels of each image, what "
+                          f"one pooled vector can carry){share}: {100 * self.ceiling[key]:.1f}", ""]
         seeds = sorted({len(c.seeds) for c in self.cells})
         lines.append(f"seeds per entry: {', '.join(map(str, seeds)) or '0'}")
         if PAPER_MODE in self.grads:
@@ -115,6 +131,8 @@ class Summary:
         for c in self.cells:
             if c.solver == solver and c.grad == grad and (grad is None or (c.steps, c.block) == (steps, block)):
                 stats = getattr(c, key)
+                if stats is None:
+                    return "–"
                 return f"{100 * stats['best']:.1f} ({100 * stats['mean']:.1f})"
         return "–"
 
@@ -126,20 +144,23 @@ def _stats(values: list) -> dict:
     return {"best": max(finite), "mean": statistics.fmean(finite), "std": statistics.pstdev(finite)}
 
 
-def summarize(rows: list, grads: list | tuple) -> Summary:
+def summarize(rows: list, grads: list | tuple, task: str | None = None, ceiling: dict | None = None) -> Summary:
     """Group result rows (as :func:`hamgrad.experiments.run_ablation` writes them) by solver, mode, K and block.
 
     Args:
         rows: dicts with at least ``solver``, ``grad``, ``seed``, ``miou``, ``pixel_acc`` and ``diverged`` (and
-            ``steps``, ``block``, ``status``; a ham row without ``block`` is a V1 row; rows with
+            ``steps``, ``block``, ``status``, ``miou_disagree``; a ham row without ``block`` is a V1 row; rows with
             ``status == "failed"`` are listed in ``failed``, not in the cells).
         grads: the table's columns, in order.
+        task: the task's name, printed first (``AblationConfig.task_name``).
+        ceiling: the task's closed-form global ceiling (:meth:`hamgrad.data.RegionalShapes.global_ceiling`),
+            printed under each table; ``None`` for none.
 
     Returns:
         A :class:`Summary` (``.to_markdown()``, ``.to_dict()``).
     """
     groups: dict = {}
-    summary = Summary(grads=list(grads))
+    summary = Summary(grads=list(grads), task=task, ceiling=ceiling)
     for row in rows:
         if row.get("status", "ok") == "failed":
             summary.failed.append({"run_id": row["run_id"], "error": row.get("error")})
@@ -149,12 +170,14 @@ def summarize(rows: list, grads: list | tuple) -> Summary:
                    row.get("block", "v1") if ham else None)
             groups.setdefault(key, []).append(row)
     for (solver, grad, steps, block), group in groups.items():
+        disagree = [r.get("miou_disagree") for r in group]
         summary.cells.append(SummaryCell(
             solver=solver, grad=grad, steps=steps, block=block, seeds=sorted(r["seed"] for r in group),
             miou=_stats([r["miou"] for r in group]), pixel_acc=_stats([r["pixel_acc"] for r in group]),
             diverged=sum(bool(r["diverged"]) for r in group),
             skipped_steps=sum(r.get("skipped_steps") or 0 for r in group),
-            trained_steps=sum(r.get("iters") or 0 for r in group)))
+            trained_steps=sum(r.get("iters") or 0 for r in group),
+            miou_disagree=_stats(disagree) if any(v is not None for v in disagree) else None))
     return summary
 
 
