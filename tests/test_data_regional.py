@@ -97,6 +97,17 @@ def test_tints_are_continuous_in_range_and_separated():
         assert np.histogram(every[:, channel], bins=4, range=TINT_RANGE)[0].min() > 0.1 * len(every)
 
 
+@pytest.mark.parametrize("regions, separation", [(2, 0.35), (2, 0.4), (3, 0.3), (5, 0.25)])
+def test_tints_at_wide_separations_never_dead_end(regions, separation):
+    """A first tint near the cube's centre leaves no room for a second one more than half the diagonal (0.35) away
+    (the old draw failed on 12 of these 400 items at R = 2, separation 0.4): the draw must start again."""
+    ds = RegionalShapes(400, regions=regions, separation=separation, seed=1)
+    for i in range(len(ds)):
+        t = ds.layout(i).tints
+        distances = np.linalg.norm(t[:, None] - t[None], axis=-1)[np.triu_indices(regions, 1)]
+        assert distances.min() >= separation
+
+
 def test_labels_are_the_regional_majorities_and_the_oracle_that_knows_the_regions_scores_100():
     """The oracle: count the families of each region from the layout (its regions and families), label every shape
     pixel with its region's strict majority; scored with the ablation's metrics it gets mIoU and pixel accuracy 1."""

@@ -214,15 +214,19 @@ class RegionalShapes(Dataset):
 
     def _tints(self, generator: torch.Generator) -> np.ndarray:
         """``regions`` tints uniform in the tint cube, each at least ``separation`` from those before it (candidates
-        drawn 64 at a time, taken in order)."""
+        drawn 64 at a time, taken in order). A batch that cannot extend the set starts it again: the first tints can
+        leave no room for the next (a tint at the cube's centre has no partner farther than half its diagonal)."""
         low, high = TINT_RANGE
         tints = []
         for _ in range(_TRIES // 64):
+            placed = len(tints)
             for t in (low + (high - low) * torch.rand(64, 3, generator=generator, dtype=torch.float64)).numpy():
                 if all(np.linalg.norm(t - u) >= self.separation for u in tints):
                     tints.append(t)
                     if len(tints) == self.regions:
                         return np.stack(tints)
+            if len(tints) == placed:
+                tints = []
         raise RuntimeError(f"could not place {self.regions} tints {self.separation} apart in {_TRIES} draws")
 
     def layout(self, index: int) -> RegionLayout:
