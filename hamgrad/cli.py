@@ -149,6 +149,11 @@ def _build_parser() -> argparse.ArgumentParser:
                                     "figure context_cost.png (an older one is removed with one size); a table of the "
                                     "other size (quick or full) there is refused unless --force")
     cost.add_argument("--force", action="store_true", help="replace a cost table of the other size in --out")
+    cost.add_argument("--ablation-dir", help="instead of the map sizes: accuracy per unit of cost of a context sweep "
+                                             "(hamgrad ablate --contexts ...), each module's mIoU beside its cost as "
+                                             "the head of that sweep's HamNet (the sweep fixes the sizes, K, mode and "
+                                             "block; --repeats and --device apply); --out gets context_ablation.json, "
+                                             ".md and .png")
     _add_solver_options(cost, None)  # (a user's solver among --contexts)
     cost.set_defaults(func=_cmd_cost)
     return parser
@@ -449,9 +454,11 @@ def _cmd_cost(args) -> int:
 
     for spec in args.imports:
         _import_user_module(spec)
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a folder, got an empty string")
+    if args.ablation_dir is not None:
+        return _cost_of_ablation(args)
     if args.out is not None:
-        if not args.out.strip():
-            raise ValueError("--out must name a folder, got an empty string")
         saved = Path(args.out) / "context_cost.json"
         if saved.is_file() and not args.force:  # checked before anything is measured
             try:
@@ -485,6 +492,22 @@ def _cmd_cost(args) -> int:
 
         fig = context_scaling(result) if len(sides) > 1 else None
         for path in cost.save(result, args.out, fig=fig):
+            print(f"wrote {path}")
+    return 0
+
+
+def _cost_of_ablation(args) -> int:
+    """``hamgrad cost --ablation-dir``: :func:`hamgrad.cost.ablation_costs`, printed and optionally saved."""
+    from . import cost
+    from .plots import context_tradeoff
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    table = cost.ablation_costs(args.ablation_dir, repeats=args.repeats, device=args.device)
+    markdown = cost.ablation_markdown(table)
+    print(markdown)
+    if args.out:
+        for path in cost.save(table, args.out, "context_ablation", fig=context_tradeoff(table), markdown=markdown):
             print(f"wrote {path}")
     return 0
 

@@ -762,10 +762,12 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
         device: where to measure the costs.
 
     Returns:
-        plain data: ``sweep``, ``shape`` (the head input), ``config``, and ``rows`` in the order the sweep finished
+        plain data: ``sweep``, ``task`` (the sweep's task in words), ``shape`` (the head input), ``config``, and
+        ``rows`` in the order the sweep finished
         them: ``label`` (the module, and for a ham its mode, the paper's marked, block and, in a sweep over K, its K),
         ``name``, ``grad``, ``block``, ``steps`` (K; ``None`` without a ham), ``seeds``, ``miou_best``, ``miou_mean``,
-        ``miou_std``, ``run_seconds``
+        ``miou_std``, ``run_seconds``, on the regional task ``miou_disagree_mean`` (the images whose regional majorities
+        disagree),
         and the cost fields ``params``, ``macs``, ``train_macs``, ``train_bytes``, ``infer_bytes``,
         ``train_seconds``, ``infer_seconds``, ``memory_kind``, ``time_kind``; ``failed``: the run ids of the runs
         recorded as failed (left out of the rows).
@@ -799,6 +801,8 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
                "miou_mean": statistics.fmean(miou),
                "miou_std": statistics.pstdev(miou),
                "run_seconds": statistics.fmean(r["train_seconds"] for r in group)}
+        if config.task == "regional":  # the images whose regional majorities disagree
+            row["miou_disagree_mean"] = statistics.fmean(r["miou_disagree"] for r in group)
         if name == "none":
             row.update(params=0, macs=0, train_macs=0, train_bytes=0, infer_bytes=0, train_seconds=0.0,
                        infer_seconds=0.0, memory_kind=None, time_kind=None)
@@ -810,20 +814,25 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
             row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)
-    return {"sweep": str(out), "shape": [config.batch_size, channels, side, side], "config": config.to_dict(),
+    return {"sweep": str(out), "task": config.task_name, "shape": [config.batch_size, channels, side, side],
+            "config": config.to_dict(),
             "rows": rows, "failed": failed, "torch": torch.__version__}
 
 
 def ablation_markdown(result: dict) -> str:
     """The :func:`ablation_costs` result as a markdown table."""
     b, c, h, w = result["shape"]
-    lines = [f"Context ablation: validation mIoU (%) beside the context module's cost on its ({b}, {c}, {h}, {w}) "
-             f"input", "",
-             "| module | mIoU best (mean ± std) | seeds | run time (s) | params (k) | MACs (M) | train step (ms) | "
-             "train MB | infer (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+    disagree = all("miou_disagree_mean" in r for r in result["rows"])
+    lines = [f"Context ablation on the task {result['task']}: validation mIoU (%) beside the context module's cost on "
+             f"its ({b}, {c}, {h}, {w}) input", "",
+             "| module | mIoU best (mean ± std) | " + ("mIoU where the regions disagree (mean) | " if disagree else "")
+             + "seeds | run time (s) | params (k) | MACs (M) | train step (ms) | train MB | infer (ms) |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if disagree else "")]
     for r in result["rows"]:
         lines.append(f"| {r['label']} | {100 * r['miou_best']:.1f} ({100 * r['miou_mean']:.1f} ± "
-                     f"{100 * r['miou_std']:.1f}) | {r['seeds']} | {r['run_seconds']:.0f} | {r['params'] / 1e3:.1f} | "
+                     f"{100 * r['miou_std']:.1f}) | "
+                     + (f"{100 * r['miou_disagree_mean']:.1f} | " if disagree else "")
+                     + f"{r['seeds']} | {r['run_seconds']:.0f} | {r['params'] / 1e3:.1f} | "
                      f"{r['macs'] / 1e6:.1f} | {1e3 * r['train_seconds']:.2f} | {r['train_bytes'] / 2**20:.2f} | "
                      f"{1e3 * r['infer_seconds']:.2f} |")
     return "\n".join(lines) + "\n"

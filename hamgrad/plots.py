@@ -953,7 +953,9 @@ def context_tradeoff(result: dict) -> Figure:
     rows = result["rows"]
     st = style.styles(r["label"] for r in rows)
     with style.theme():
-        fig = _figure(10.5, 4.8, "Context ablation: validation mIoU against the context module's cost")
+        task = result.get("task", "").split(" (")[0]  # "global" / "regional" (older results name none)
+        fig = _figure(10.5, 4.8, f"Context ablation{f' ({task} task)' if task else ''}: validation mIoU against "
+                                 f"the context module's cost")
         axes = fig.subplots(1, 2, sharey=True)
         for ax, key, name in ((axes[0], "train_seconds", "context module: training-step time (ms)"),
                               (axes[1], "train_bytes", "context module: training peak memory (MB)")):

@@ -74,6 +74,28 @@ def test_cli_ablate_contexts(tmp_path, capsys):
     assert "unknown context module 'attention'" in capsys.readouterr().err
 
 
+def test_cli_cost_of_a_regional_context_sweep(tmp_path, capsys):
+    """``hamgrad cost --ablation-dir``: the sweep's task named, the disagreeing images' mIoU read from its rows, the
+    table, JSON and figure written to --out."""
+    sweep, out = tmp_path / "sweep", tmp_path / "figs"
+    assert cli_main(["ablate", "--quick", "--task", "regional", "--solvers", "nmf", "--grads", "one-step",
+                     "--contexts", "gap", "--iters", "2", "--out", str(sweep)]) == 0
+    capsys.readouterr()
+    assert cli_main(["cost", "--ablation-dir", str(sweep), "--repeats", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on the task regional (RegionalShapes: R = 2 regions" in text
+    assert "mIoU where the regions disagree (mean)" in text
+    rows = {r["run_id"]: r for r in load_results(sweep)}
+    saved = json.loads((out / "context_ablation.json").read_text())
+    by = {r["label"]: r for r in saved["rows"]}
+    assert set(by) == {"none", "nmf (one-step, v2)", "gap"}
+    assert by["gap"]["miou_disagree_mean"] == rows["gap_seed0"]["miou_disagree"]
+    assert f"| gap | {100 * rows['gap_seed0']['miou']:.1f} (" in text
+    assert (out / "context_ablation.png").stat().st_size > 0 and (out / "context_ablation.md").read_text() in text
+    assert cli_main(["cost", "--ablation-dir", str(tmp_path / "nothing")]) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+
+
 def test_figures_5_and_6_for_a_context_module(tmp_path):
     """The accumulative ratio and feature maps of a trained HamNet whose head is self-attention or A², with the
     ratio of the block's input held against a float64 SVD of the encoder's output."""
