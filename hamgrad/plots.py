@@ -977,5 +977,5 @@ def context_tradeoff(result: dict) -> Figure:
             s = {**st[r["label"]], "markersize": 8}
             handles.append(Line2D([], [], color=s["color"], lw=1.2, ls=(0, (1, 1.5)), label=f"{r['label']} (no cost)")
                            if r["train_seconds"] <= 0 else _handle(s, r["label"], line=False))
-        _legend(fig, handles, where="right upper", ncol=1, title="context module")
+        _legend(fig, handles, where="right center", ncol=1, title="context module")
     return fig
