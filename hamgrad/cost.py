@@ -311,7 +311,8 @@ def _sdpa_context(backend):
     return sdpa_kernel([kinds[backend]])
 
 
-def _build(name: str, channels: int, d: int, rank: int, steps, grad: str, version: str, table3: bool):
+def _build(name: str, channels: int, d: int, rank: int, steps, grad: str, version: str, table3: bool,
+           solver_kwargs: dict | None = None):
     """The module of a cost row: :func:`hamgrad.nn.build_context`'s, except, with ``table3``, the rows Table 3
     configures its own way: ``"a2"`` with c_m = c_n = d and ``"apc"`` with d/2 channels per scale; ``"a2-r"`` is
     A² with ``rank`` maps (``build_context("a2")``)."""
@@ -321,14 +322,15 @@ def _build(name: str, channels: int, d: int, rank: int, steps, grad: str, versio
         return build_context("a2", channels, d=d, rank=d)
     if table3 and name == "apc":
         return build_context("apc", channels, d=max(d // 2, 1))
-    return build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad, version=version)
+    return build_context(name, channels, d=d, rank=rank, steps=steps, grad=grad, version=version,
+                         solver_kwargs=solver_kwargs)
 
 
 class _Case:
     """One module on one input, ready for its training step, its inference forward and the counts."""
 
     def __init__(self, name, height, width, *, batch, channels, d, rank, steps, grad, version, table3, device, dtype,
-                 seed, sdpa_backend):
+                 seed, sdpa_backend, solver_kwargs=None):
         self.name, self.backend, self.device = name, sdpa_backend, device
         self.setting = dict(height=height, width=width, n=height * width, batch=batch, channels=channels, d=d,
                             rank=rank, steps=tuple(steps), grad=grad, version=version, table3=table3)
@@ -336,7 +338,8 @@ class _Case:
         if sdpa_backend is not None:
             self.label += f" ({sdpa_backend})"
         torch.manual_seed(seed)
-        self.module = _build(name, channels, d, rank, steps, grad, version, table3).to(device=device, dtype=dtype)
+        self.module = _build(name, channels, d, rank, steps, grad, version, table3,
+                             solver_kwargs).to(device=device, dtype=dtype)
         self.g = torch.Generator(device=device).manual_seed(seed)
         self.x = torch.randn(batch, channels, height, width, generator=self.g, device=device, dtype=dtype,
                              requires_grad=True)
@@ -454,7 +457,7 @@ def _check_args(height, width, batch, repeats, sdpa_backend, dtype):
 def context_cost(name: str, height: int, width: int | None = None, *, batch: int = 1, channels: int = 512,
                  d: int = 512, rank: int = 64, steps=(6, 7), grad: str = PAPER_MODE, version: str = "v1",
                  table3: bool = True, device="cpu", dtype=torch.float32, repeats: int = 3, seed: int = 0,
-                 sdpa_backend: str | None = None) -> ContextCost:
+                 sdpa_backend: str | None = None, solver_kwargs: dict | None = None) -> ContextCost:
     """Parameters, MACs, memory and time of one context module (see the module docstring for what each counts).
 
     Args:
@@ -481,6 +484,7 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
         seed: seeds the module's weights, the input, the output gradient and the hams' initial states.
         sdpa_backend: one of :data:`SDPA_BACKENDS`; forces scaled-dot-product attention's kernel (``"math"``
             materialises the attention matrix). The row's label says which.
+        solver_kwargs: keyword arguments of a ham's solver (e.g. ``{"inv_t": 10.0}``); ignored by the other rows.
 
     Returns:
         a :class:`ContextCost`.
@@ -496,7 +500,8 @@ def context_cost(name: str, height: int, width: int | None = None, *, batch: int
     steps = (check_int(steps[0], "steps[0]", 1), check_int(steps[1], "steps[1]", 1))  # before anything is measured
     device = check_device(device)
     case = _Case(name, height, width, batch=batch, channels=channels, d=d, rank=rank, steps=steps, grad=grad,
-                 version=version, table3=table3, device=device, dtype=dtype, seed=seed, sdpa_backend=sdpa_backend)
+                 version=version, table3=table3, device=device, dtype=dtype, seed=seed, sdpa_backend=sdpa_backend,
+                 solver_kwargs=solver_kwargs)
     return _measure([case], repeats, device, seed)[0]
 
 
@@ -752,7 +757,8 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
 
     The cost is :func:`context_cost` of the module alone on the sweep's head input (``batch_size`` × the encoder's
     channels × (image_size / output_stride)², with the sweep's d, r, K, gradient mode and block, each module as the
-    sweep built it), measured here and now; the no-context baseline costs 0. ``run_seconds`` is the mean wall time of
+    sweep built it, the hams with the sweep's ``solver_args``), measured here and now; the no-context baseline costs
+    0. ``run_seconds`` is the mean wall time of
     a whole training run from the sweep's
     results (encoder included, on whatever else the machine was doing then).
 
@@ -810,7 +816,7 @@ def ablation_costs(out_dir, *, repeats: int = 5, device="cpu") -> dict:
             steps = (k, k) if block is None else (k, config.eval_steps_for(k, block))  # (K: hams only)
             c = context_cost(name, side, batch=config.batch_size, channels=channels, d=config.d, rank=config.rank,
                              steps=steps, grad=grad or PAPER_MODE, version=block or "v2", table3=False,
-                             device=device, repeats=repeats)
+                             device=device, repeats=repeats, solver_kwargs=dict(config.solver_args) if grad else None)
             row.update({k: getattr(c, k) for k in ("params", "macs", "train_macs", "train_bytes", "infer_bytes",
                                                    "train_seconds", "infer_seconds", "memory_kind", "time_kind")})
         rows.append(row)

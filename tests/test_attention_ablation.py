@@ -96,6 +96,26 @@ def test_cli_cost_of_a_regional_context_sweep(tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
 
 
+def test_ablation_costs_build_the_hams_with_the_sweeps_solver_args(tmp_path, monkeypatch):
+    """A sweep trained with ``solver_args`` is costed with the same solvers: the ham that ``ablation_costs`` measures
+    is built with them (here VQ's temperature), the other modules without."""
+    config = AblationConfig.quick(solvers=("vq",), grads=("one-step",), contexts=("gap",), iters=2, log_every=1,
+                                  checkpoint_every=1, solver_args={"inv_t": 10.0})
+    run_ablation(config, tmp_path, progress=False)
+    built = {}
+    real = cost.build_context
+
+    def spy(name, *args, **kwargs):
+        module = real(name, *args, **kwargs)
+        built[name] = module
+        return module
+
+    monkeypatch.setattr(cost, "build_context", spy)
+    cost.ablation_costs(tmp_path, repeats=1)
+    assert built["vq"].solver.inv_t == 10.0 and load_model(tmp_path, "vq_one-step_v2_K6_seed0").block.solver.inv_t == 10.0
+    assert set(built) == {"vq", "gap"}
+
+
 def test_figures_5_and_6_for_a_context_module(tmp_path):
     """The accumulative ratio and feature maps of a trained HamNet whose head is self-attention or A², with the
     ratio of the block's input held against a float64 SVD of the encoder's output."""
