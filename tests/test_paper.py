@@ -100,6 +100,7 @@ def check_ablation(r: dict) -> None:
     expected = {(s, g, b) for s in config["solvers"] for g in config["grads"] for b in config.get("blocks", ["v1"])}
     if config["baseline"]:
         expected.add(("none", None, None))
+    expected |= {(c, None, None) for c in config.get("contexts", [])}  # the other context modules of the sweep
     assert cells == expected
     for row in r["table"]:
         assert row["n"] == config["seeds"]

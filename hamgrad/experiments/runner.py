@@ -1030,14 +1030,14 @@ def _run_on_ray(config, pending, out, device, retries, progress, record, *, work
     if started:
         level = logging.INFO if verbose else logging.ERROR
         logging.getLogger("ray").setLevel(level)  # Ray's own lines (what ray.init's logging_level also sets)
-        if not verbose:  # and its C++ core's (e.g. a retry loop's warnings), read when ray.init starts it
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         if address is None:  # a new instance of this process's own, never a cluster found on the machine
             ray.init(address="local", num_cpus=math.ceil(workers * cpus_per_run),
                      num_gpus=math.ceil(workers * gpus_per_run), include_dashboard=False, log_to_driver=verbose,
                      logging_level=level)
         else:
             resolved = _resolve_address(address)
+            if not verbose:  # the C++ core's retry warnings while it connects (the variable costs one line of its own)
+                os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
             try:
                 ray.init(address=resolved, log_to_driver=verbose, logging_level=level)
             except ConnectionError as err:
