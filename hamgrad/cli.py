@@ -30,7 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_solver_options(figures, None)  # (a sweep of a user's solver behind figures 4-6)
     figures.set_defaults(func=_cmd_figures)
 
-    ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on the global-context shapes",
+    ablate = sub.add_parser("ablate", help="resumable gradient-mode sweep of HamNet on a procedural segmentation task",
                             description="Train and evaluate HamNet for every solver × gradient mode × block × K × "
                                         "seed (plus the no-ham baseline and, with --contexts, other context modules "
                                         "in the head), in this process or on Ray (--workers, --address); rerun the "

@@ -407,9 +407,10 @@ def _sweep_figure_data(source, key: str, from_rows) -> dict:
     if isinstance(source, dict) and key in source:
         return source
     if isinstance(source, (str, os.PathLike)):
-        from .experiments import load_results
+        from .experiments import load_results, read_config
 
-        return from_rows(load_results(source), f"the sweep folder {str(source)!r}")
+        data = from_rows(load_results(source), f"the sweep folder {str(source)!r}")
+        return {"config": read_config(source).to_dict(), **data}  # (the config names the task)
     if isinstance(source, (list, tuple)):
         return from_rows(source)
     raise TypeError(f"source must be a sweep folder, its rows or the figure's plain data, got {type(source).__name__}")
@@ -705,6 +706,14 @@ def _blocks_title(hams: list) -> str:
     return "/".join(sorted({b.upper() for _, b in hams}))
 
 
+def _task_title(result: dict) -> str:
+    """The sweep's task as a title names it (from the figure data's ``config``; rows alone: the global task)."""
+    config = result.get("config") or {}
+    if config.get("task") == "regional":
+        return f"on the regional task (R = {config.get('regions')})"
+    return "on the global-context shapes"
+
+
 def _ham_of(row: dict) -> tuple:
     return row["solver"], row.get("block") or "v1"
 
@@ -725,7 +734,7 @@ def ablation(result: dict) -> Figure:
     baseline = [r for r in table if r["solver"] == "none"]
     with style.theme():
         fig = _figure(max(11, 2.6 * len(hams)), 7.6, f"Gradient modes in HamNet (Hamburger {_blocks_title(hams)}) "
-                                                     f"on the global-context shapes")
+                                                     f"{_task_title(result)}")
         gs = fig.add_gridspec(2, max(len(hams), 1), height_ratios=(1.15, 1))
         ax0 = fig.add_subplot(gs[0, :])
         width = 0.8 / max(len(grads), 1)
@@ -787,7 +796,7 @@ def ablation_steps(result: dict) -> Figure:
     st = style.styles(s for s, _ in hams)
     with style.theme():
         fig = _figure(max(3.6 * len(hams), 6.4), 4.4, f"Gradient modes against the solver steps K (HamNet, Hamburger "
-                                                      f"{_blocks_title(hams)}, on the global-context shapes)")
+                                                      f"{_blocks_title(hams)}, {_task_title(result)})")
         axes = np.atleast_1d(fig.subplots(1, len(hams), sharey=True))
         for ax, ham in zip(axes, hams):
             for g in grads:

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from hamgrad import plots
 from hamgrad.cli import main as cli_main
 from hamgrad.data import GlobalContextShapes, RegionalShapes
 from hamgrad.experiments import (AblationConfig, confusion_matrix, load_model, load_results, mean_iou,
@@ -72,6 +73,8 @@ def test_regional_sweep_rows_summary_and_ceiling(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["task"] == config.task_name and saved["ceiling"] == ceiling
     assert saved["cells"][0]["miou_disagree"]["best"] == pytest.approx(rows[0]["miou_disagree"])
+    # figure 4 of the sweep names its task (it said "global-context shapes" for every sweep)
+    assert plots.sweep(tmp_path).get_suptitle().endswith("on the regional task (R = 2)")
 
 
 def test_global_sweep_has_no_disagreeing_rows_nor_ceiling(tmp_path):
