@@ -22,6 +22,7 @@ import torch
 import hamgrad as hg
 from hamgrad.cli import main as cli_main
 from hamgrad import plots
+from hamgrad.grad import ConvergenceWarning
 from hamgrad.experiments import (AblationConfig, confusion_matrix, iou_per_class, load_model, load_results,
                                  mean_iou, pixel_accuracy, read_config, run_ablation, summarize)
 from hamgrad.experiments import runner
@@ -897,7 +898,8 @@ def test_the_ablation_counts_and_records_unconverged_implicit_backward_solves(tm
     # its rows said status ok
     config = _tiny(solvers=("nmf",), grads=("implicit", "one-step"), iters=5, log_every=5, checkpoint_every=5,
                    baseline=False)
-    summary = run_ablation(config, tmp_path, progress=False)
+    with pytest.warns(ConvergenceWarning, match="implicit backward"):  # each skipped step says why
+        summary = run_ablation(config, tmp_path, progress=False)
     rows = {r["grad"]: r for r in load_results(tmp_path)}
     implicit, one_step = rows["implicit"], rows["one-step"]
     assert implicit["status"] == "ok" and implicit["unconverged_backward"] == implicit["skipped_steps"] > 0
