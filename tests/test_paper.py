@@ -322,3 +322,52 @@ def test_paper_is_a_deprecated_alias(monkeypatch):
     with pytest.warns(DeprecationWarning, match="hamgrad.paper is deprecated; use hamgrad.figures"):
         paper = importlib.import_module("hamgrad.paper")
     assert paper.__all__ and all(getattr(paper, name) is getattr(figures, name) for name in paper.__all__)
+
+
+def _readme_table(header_start: str) -> list[list[str]]:
+    """The cells of the README table whose header row starts with ``header_start`` (separator row dropped)."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _cell(row: dict) -> str:
+    return f"{row['best']:.1f} ({row['mean']:.1f})"
+
+
+def _by_key(folder: str) -> dict:
+    return {(r["solver"], r["grad"], r["steps"]): r for r in _load(REPO / "figures" / folder, "ablation")["table"]}
+
+
+def test_readme_table1_analogue_is_the_committed_sweeps():
+    """Every number of the README's Table-1 analogue (both tasks) is the committed figure 4 JSON's, rounded."""
+    tasks = [_by_key("."), _by_key("regional")]
+    rows = _readme_table("| ham (V2, K = 6) |")
+    hams = {"NMF": "nmf", "VQ": "vq", "CD": "cd"}
+    others = {"no context": "none", "GAP": "gap", "SA": "sa"}
+    checked = 0
+    for name, *cells in rows:
+        for t, table in enumerate(tasks):
+            if name in hams:
+                for g, grad in enumerate(("one-step-coef", "one-step", "bptt")):
+                    assert cells[3 * t + g] == _cell(table[(hams[name], grad, 6)]), (name, t, grad)
+                    checked += 1
+            elif name in others:
+                assert cells[3 * t] == _cell(table[(others[name], None, None)]), (name, t)
+                checked += 1
+    assert checked == 2 * (9 + 3)
+
+
+def test_readme_k_table_is_the_committed_k_sweep():
+    table = _by_key("k-sweep")
+    rows = _readme_table("| ham (V2) | mode | K = 6 |")
+    assert len(rows) == 9
+    for name, mode, *cells in rows:
+        grad = mode.split(" ")[0]
+        for K, cell in zip((6, 12, 24), cells):
+            assert cell == _cell(table[(name.lower(), grad, K)]), (name, grad, K)
