@@ -57,12 +57,23 @@ def test_shapes_dtypes_ranges(size, regions, num_families, shapes_per_region):
         assert len(set(layout.cells.tolist())) == len(layout.cells), "one tile per grid cell"
 
 
+def _tiles(ds: RegionalShapes, layout) -> list:
+    """Each shape's tile as a (size, size) mask: its grid cell less a gutter of a tenth of a cell on each side."""
+    cell, grid = ds.size / ds.grid, ds.grid
+    centres = np.arange(ds.size) + 0.5
+    tiles = []
+    for c in layout.cells:
+        r0, c0 = (c // grid) * cell, (c % grid) * cell
+        inside_rows = np.abs(centres - r0 - cell / 2) <= 0.4 * cell
+        inside_cols = np.abs(centres - c0 - cell / 2) <= 0.4 * cell
+        tiles.append(inside_rows[:, None] & inside_cols[None, :])
+    return tiles
+
+
 def test_noise_free_pixels_are_grey_tints_and_shape_colours():
     """Every pixel is the background grey, its tile's region tint, or its shape's colour; every tile shows its tint
     around its shape, and tiles are the grid cells less a gutter of a tenth of a cell."""
     ds = RegionalShapes(5, regions=3, shapes_per_region=(3, 5), noise=0.0, seed=2)
-    cell, grid = ds.size / ds.grid, ds.grid
-    centres = np.arange(ds.size) + 0.5
     for i in range(5):
         x, _ = ds[i]
         pixels = x.permute(1, 2, 0).numpy().astype(np.float64)
@@ -71,16 +82,35 @@ def test_noise_free_pixels_are_grey_tints_and_shape_colours():
         assert masks.sum(axis=0).max() <= 1 and all(m.any() for m in masks)
         covered = masks.any(axis=0)
         expected = np.broadcast_to(layout.background, pixels.shape).copy()
-        for k, c in enumerate(layout.cells):
-            r0, c0 = (c // grid) * cell, (c % grid) * cell
-            inside_rows = np.abs(centres - r0 - cell / 2) <= 0.4 * cell
-            inside_cols = np.abs(centres - c0 - cell / 2) <= 0.4 * cell
-            tile = inside_rows[:, None] & inside_cols[None, :]
+        for k, tile in enumerate(_tiles(ds, layout)):
             assert (masks[k] <= tile).all(), "a shape lies inside its tile"
             assert (tile & ~covered).sum() >= tile.sum() / 2, "the tint shows around the shape"
             expected[tile] = layout.tints[layout.regions[k]]
             expected[masks[k]] = layout.colors[k]
         np.testing.assert_allclose(pixels, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("regions", [1, 2, 4])
+def test_region_map_is_each_tiles_region_and_agrees_with_labels_and_tints(regions):
+    """The region map is the region of each shape's tile (the geometry above), -1 elsewhere; on shape pixels the
+    label is 1 + that region's majority, and the tint pixels of region k have region k's tint."""
+    ds = RegionalShapes(6, regions=regions, noise=0.0, seed=4)
+    for i in range(len(ds)):
+        layout, (x, y) = ds.layout(i), ds[i]
+        expected = np.full((ds.size, ds.size), -1)
+        for k, tile in enumerate(_tiles(ds, layout)):
+            expected[tile] = layout.regions[k]
+        got = ds.region_map(i)
+        assert got.dtype == torch.int64 and got.shape == (ds.size, ds.size)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert set(got.unique().tolist()) == {-1, *range(regions)}
+        shape = y.numpy() > 0
+        np.testing.assert_array_equal(y.numpy()[shape], 1 + layout.majorities[expected[shape]])
+        pixels = x.permute(1, 2, 0).numpy()
+        tint = (expected >= 0) & ~shape
+        np.testing.assert_allclose(pixels[tint], layout.tints[expected[tint]], atol=1e-6)
+    with pytest.raises(IndexError):
+        ds.region_map(6)
 
 
 def test_tints_are_continuous_in_range_and_separated():

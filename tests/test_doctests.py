@@ -14,6 +14,7 @@ MODULES = [
     "hamgrad.fixed_point",          # FixedPoint: one-step, BPTT and implicit against (1 − J)⁻¹
     "hamgrad.linalg",               # operator algebra: (I − J)⁻¹ by GMRES against the 2 × 2 inverse
     "hamgrad.analysis.ratio",       # accumulative_ratio against known singular values
+    "hamgrad.analysis.codes",       # code_information: an exact split explains all, one code nothing
     "hamgrad.nn.hamburger",
     "hamgrad.nn.hamnet",
     "hamgrad.data.synthetic",

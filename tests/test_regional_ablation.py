@@ -2,6 +2,8 @@
 the disagreeing images, the summary's task line and global ceiling, and the CLI flags."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from hamgrad.cli import main as cli_main
 from hamgrad.data import GlobalContextShapes, RegionalShapes
 from hamgrad.experiments import (AblationConfig, confusion_matrix, load_model, load_results, mean_iou,
                                  pixel_accuracy, read_config, run_ablation, summarize)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_task_selects_the_dataset_and_old_configs_keep_their_meaning():
@@ -45,7 +49,7 @@ def test_config_errors(kwargs, error, match):
         AblationConfig(**kwargs)
 
 
-def test_regional_sweep_rows_summary_and_ceiling(tmp_path):
+def test_regional_sweep_rows_summary_and_ceiling(tmp_path, capsys):
     config = AblationConfig.quick(task="regional", solvers=("nmf",), grads=("one-step",), contexts=("gap",),
                                   iters=4, val_samples=12)
     summary = run_ablation(config, tmp_path, progress=False)
@@ -75,6 +79,13 @@ def test_regional_sweep_rows_summary_and_ceiling(tmp_path):
     assert saved["cells"][0]["miou_disagree"]["best"] == pytest.approx(rows[0]["miou_disagree"])
     # figure 4 of the sweep names its task (it said "global-context shapes" for every sweep)
     assert plots.sweep(tmp_path).get_suptitle().endswith("on the regional task (R = 2)")
+    # the README's code-information example on this sweep: one line for the ham run, none for GAP or the baseline
+    code = re.search(r"<!-- code-information -->\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    capsys.readouterr()
+    exec(compile(code.replace('"runs/table1-regional"', repr(str(tmp_path))), "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    ham = next(row["run_id"] for row in rows if row["solver"] == "nmf")
+    assert len(lines) == 1 and re.fullmatch(rf"{ham}: [01]\.\d{{3}} \(chance [01]\.\d{{3}}\)", lines[0])
 
 
 def test_global_sweep_has_no_disagreeing_rows_nor_ceiling(tmp_path):

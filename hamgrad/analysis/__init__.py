@@ -8,11 +8,13 @@
 - :mod:`.flow`: :func:`gradient_flow` → :class:`GradientFlow`; :func:`implicit_jacobian`.
 - :mod:`.agreement`: :func:`compare_gradients` → :class:`GradientComparison`.
 - :mod:`.ratio`: :func:`accumulative_ratio` → a tensor.
+- :mod:`.codes`: :func:`code_information` → :class:`CodeInformation` (what a block's codes know of a labelling).
 
 Every result object has ``.to_dict()`` (plain data for JSON, plots and notebooks).
 """
 
 from .agreement import GradientComparison, ModeGradient, compare_gradients
+from .codes import CodeInformation, code_information
 from .flow import GradientFlow, gradient_flow, implicit_jacobian
 from .linearize import register_linearization
 from .operators import IdentityOperator, InverseOperator, JacobianOperator, LinearOperator, jacobian, unrolled_jacobian
@@ -26,4 +28,5 @@ __all__ = [
     "GradientFlow", "gradient_flow", "implicit_jacobian",
     "GradientComparison", "ModeGradient", "compare_gradients",
     "accumulative_ratio",
+    "CodeInformation", "code_information",
 ]

@@ -294,6 +294,29 @@ class RegionalShapes(Dataset):
         """(size, size) index of the shape on each pixel, -1 where there is none."""
         return np.where(masks.any(axis=0), masks.argmax(axis=0), -1)
 
+    def _tile_of(self, layout: RegionLayout) -> np.ndarray:
+        """(size, size) index of the shape whose tile covers each pixel, -1 on the gutter between the tiles."""
+        tile_of = np.full(self.grid * self.grid + 1, -1)  # index -1: the gutter (no cell)
+        tile_of[layout.cells] = np.arange(len(layout.cells))
+        return tile_of[self._tile_cell]
+
+    def region_map(self, index: int) -> torch.Tensor:
+        """The region of every pixel of item ``index``: what an oracle that knows the regions sees.
+
+        Args:
+            index: an item index, ``-len(self) <= index < len(self)``.
+
+        Returns:
+            An int64 ``(size, size)`` map: the region (``0 … regions − 1``) of the tile under each pixel (its tint
+            and its shape), ``-1`` on the grey gutter between the tiles and on empty cells.
+
+        Raises:
+            TypeError: when ``index`` is not an int.
+            IndexError: when ``index`` is out of range.
+        """
+        layout = self.layout(index)
+        return torch.from_numpy(np.append(layout.regions, -1)[self._tile_of(layout)])
+
     @staticmethod
     def _label(layout: RegionLayout, shape_of: np.ndarray) -> torch.Tensor:
         """The label map: ``1 +`` the region's majority on each shape's pixels, 0 elsewhere (int64)."""
@@ -304,9 +327,7 @@ class RegionalShapes(Dataset):
         g = _generator(self.seed, check_index(index, self.num_samples))
         layout = self._draw(g)
         shape_of = self._shape_of(self.masks(layout))
-        tile_of = np.full(self.grid * self.grid + 1, -1)  # the shape whose tile fills each cell (index -1: gutter)
-        tile_of[layout.cells] = np.arange(len(layout.cells))
-        tile = tile_of[self._tile_cell]
+        tile = self._tile_of(layout)
         colours = np.concatenate([layout.tints[layout.regions], layout.colors, layout.background[None]])
         n = len(layout.cells)
         image = colours[np.where(shape_of >= 0, n + shape_of, np.where(tile >= 0, tile, 2 * n))]
