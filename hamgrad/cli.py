@@ -69,6 +69,11 @@ def _build_parser() -> argparse.ArgumentParser:
                                                     "(default 3,4)")
     ablate.add_argument("--separation", type=float, help="least RGB distance between two region tints of the "
                                                          "regional task (default 0.15)")
+    ablate.add_argument("--encoder-from", help="SWEEP/RUN_ID: every run starts from the encoder of that finished run "
+                                               "of another sweep (e.g. runs/table1-regional/sa_seed0) instead of "
+                                               "drawing its own")
+    ablate.add_argument("--freeze-encoder", action="store_true",
+                        help="with --encoder-from: keep that encoder as it is, so that only the head trains")
     ablate.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
     ablate.add_argument("--out", required=True, help="the sweep's folder, e.g. runs/NAME")
     ablate.add_argument("--overwrite", action="store_true",
@@ -261,7 +266,8 @@ def _cmd_ablate(args) -> int:
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts),
-                  solver_args=_parse_solver_args(args.solver_args))
+                  solver_args=_parse_solver_args(args.solver_args), encoder_from=args.encoder_from,
+                  freeze_encoder=args.freeze_encoder)
     config = (AblationConfig.quick if args.quick else AblationConfig)(**fields)
     run_ablation(config, args.out, overwrite=args.overwrite, repair=args.repair, device=args.device,
                  workers=args.workers, address=args.address, cpus_per_run=args.cpus_per_run,

@@ -180,3 +180,54 @@ def test_hamnet_overfits_a_tiny_batch(ham):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 4, losses
+
+
+def _trained_step(model, images, labels):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    model.train()
+    F.cross_entropy(model(images, generator=torch.Generator().manual_seed(0)), labels).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_load_encoder_copies_the_encoder_and_freeze_keeps_it(freeze):
+    """load_encoder copies encoder and squeeze (weights and BatchNorm statistics) and nothing else; frozen, a
+    training step over model.parameters() leaves them (and their running statistics) exactly as copied while the
+    head trains; not frozen, they train."""
+    ds = GlobalContextShapes(4, size=32, seed=0)
+    images, labels = torch.stack([ds[i][0] for i in range(4)]), torch.stack([ds[i][1] for i in range(4)]).long()
+    torch.manual_seed(0)
+    source = HamNet(4, width=8, context="sa", d=16)
+    _trained_step(source, images, labels)  # BatchNorm statistics away from their initial values
+    torch.manual_seed(1)
+    model = HamNet(4, width=8, ham="vq", d=16, rank=4)
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[0] not in HamNet.ENCODER_PARTS}
+    assert model.load_encoder(source, freeze=freeze) is model
+    copied = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[0] in HamNet.ENCODER_PARTS}
+    assert copied and all(torch.equal(v, source.state_dict()[k]) for k, v in copied.items())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in head.items())
+    _trained_step(model, images, labels)
+    after = model.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in head.items() if v.is_floating_point())
+    unchanged = [torch.equal(v, after[k]) for k, v in copied.items()]
+    assert all(unchanged) if freeze else not any(unchanged[:2])
+    frozen_bn = [m for part in HamNet.ENCODER_PARTS for m in getattr(model, part).modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.training is not freeze for m in frozen_bn) and model.block.training
+    assert all(p.requires_grad is not freeze for part in HamNet.ENCODER_PARTS
+               for p in getattr(model, part).parameters())
+
+
+def test_load_encoder_errors():
+    model = HamNet(4, width=8, ham="nmf", d=16, rank=4)
+    with pytest.raises(TypeError, match="source must be a HamNet"):
+        model.load_encoder(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="freeze must be True or False"):
+        model.load_encoder(HamNet(4, width=8, ham="nmf", d=16, rank=4), freeze=1)
+    with pytest.raises(ValueError, match=r"source's encoder\.0\.0\.weight is of shape \(16, 3, 3, 3\), where this model's "
+                                         r"is of shape \(8, 3, 3, 3\)"):
+        model.load_encoder(HamNet(4, width=16, ham="nmf", d=16, rank=4))
+    deeper = HamNet(4, width=8, output_stride=8, ham="nmf", d=16, rank=4)
+    with pytest.raises(ValueError, match=r"source's encoder\.4\.0\.weight is missing, where this model's is of "
+                                         r"shape \(32, 16, 3, 3\)"):
+        deeper.load_encoder(model)

@@ -13,6 +13,9 @@ from hamgrad.cli import main as cli_main
 from hamgrad.data import GlobalContextShapes, RegionalShapes
 from hamgrad.experiments import (AblationConfig, confusion_matrix, load_model, load_results, mean_iou,
                                  pixel_accuracy, read_config, run_ablation, summarize)
+from hamgrad.nn import HamNet
+
+from sweep_helpers import Interrupt, count_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,3 +121,59 @@ def test_cli_task_and_regional_flags(tmp_path, capsys):
     assert "--shapes-per-region must be N or LOW,HIGH" in capsys.readouterr().err
     assert cli_main(["ablate", "--quick", "--task", "regional", "--regions", "9", "--out", str(tmp_path / "z")]) == 2
     assert "too small for up to 36 tiles" in capsys.readouterr().err
+
+
+def _encoder_state(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if k.split(".")[0] in HamNet.ENCODER_PARTS}
+
+
+def test_a_sweep_from_another_sweeps_frozen_encoder(tmp_path, capsys, monkeypatch):
+    """--encoder-from SWEEP/RUN_ID --freeze-encoder: every run (hams, probes, context modules, the baseline; a run
+    interrupted and resumed too) ends with the source run's encoder exactly, the heads trained; the summary and the
+    config name the source."""
+    source = tmp_path / "source"
+    run_ablation(AblationConfig.quick(task="regional", solvers=(), grads=(), contexts=("sa",), baseline=False),
+                 source, progress=False)
+    src = _encoder_state(load_model(source, "sa_seed0"))
+    out = str(tmp_path / "from-sa")
+    counter = count_steps(monkeypatch)
+    counter["raise_at"] = 17  # in the second run, after its checkpoint at iteration 5: it resumes from there
+    args = ["ablate", "--quick", "--task", "regional", "--solvers", "nmf", "--grads", "one-step-coef,bptt",
+            "--contexts", "gap", "--encoder-from", str(source / "sa_seed0"), "--freeze-encoder", "--out", out]
+    with pytest.raises(Interrupt):
+        cli_main(args)
+    counter["raise_at"] = None
+    assert cli_main(args) == 0
+    assert f"every run starts from the encoder of {source / 'sa_seed0'} (frozen)" in capsys.readouterr().out
+    config = read_config(out)
+    assert (config.encoder_from, config.freeze_encoder) == (str(source / "sa_seed0"), True)
+    rows = load_results(out)
+    assert {r["run_id"] for r in rows} == {"none_seed0", "nmf_one-step-coef_v2_K6_seed0", "nmf_bptt_v2_K6_seed0",
+                                           "gap_seed0"}
+    assert any(r["resumed_from"] == 5 for r in rows)
+    for row in rows:
+        model = load_model(out, row["run_id"])
+        assert all(torch.equal(v, src[k]) for k, v in _encoder_state(model).items()), row["run_id"]
+    probes = next(r for r in rows if r["run_id"] == "nmf_bptt_v2_K6_seed0")["probes"]
+    assert probes["encoder"]["bptt_norm"][0] > 0  # the frozen encoder is probed all the same
+
+
+def test_encoder_from_errors(tmp_path):
+    source = tmp_path / "source"
+    run_ablation(AblationConfig.quick(solvers=(), grads=(), contexts=("gap",), baseline=False), source,
+                 progress=False)
+    with pytest.raises(ValueError, match="freeze_encoder=True needs encoder_from"):
+        AblationConfig.quick(freeze_encoder=True)
+    with pytest.raises(TypeError, match="encoder_from must be 'SWEEP/RUN_ID'"):
+        AblationConfig.quick(encoder_from=3)
+    assert AblationConfig.quick(encoder_from="a/b").encoder_from == str(Path("a/b").resolve())
+    for where, match in ((source / "sa_seed0", r"'sa_seed0' is not a finished run of a sweep in"),
+                         (tmp_path / "nowhere" / "gap_seed0", r"'gap_seed0' is not a finished run of a sweep in")):
+        out = tmp_path / "out"
+        with pytest.raises(ValueError, match=f"encoder_from='{where}': {match}"):
+            run_ablation(AblationConfig.quick(encoder_from=str(where)), out, progress=False)
+        assert not out.exists()  # refused before anything is written
+    with pytest.raises(ValueError, match=r"encoder_from=.*source's encoder\.0\.0\.weight is of shape \(8, 3, 3, 3\), "
+                                         r"where this model's is of shape \(16, 3, 3, 3\)"):
+        run_ablation(AblationConfig.quick(width=16, encoder_from=str(source / "gap_seed0")), tmp_path / "w",
+                     progress=False)

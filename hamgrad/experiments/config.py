@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 
 from .._checks import check_int
@@ -121,6 +122,10 @@ class AblationConfig:
             ``EVAL_STEPS = TRAIN_STEPS = 6``, and K + 1 for V1, the paper's 6/7 and what sweeps written before the
             block axis used; an int: the same for every K and block).
         width, output_stride, d, rank: network width, output stride (4 or 8), ham channels, ham rank (< d).
+        encoder_from: ``"SWEEP/RUN_ID"``, a finished run of another sweep (its folder, then its run id) whose
+            encoder and squeeze conv every run of this sweep starts from (:meth:`hamgrad.nn.HamNet.load_encoder`),
+            instead of drawing them; stored as an absolute path. ``None`` (the default): every run draws its own.
+        freeze_encoder: with ``encoder_from``, keep that encoder as it is (only the head trains).
     Training (AdamW, linear warm-up over the first 5% of iterations then cosine decay to 0):
         iters, batch_size, lr, weight_decay.
         log_every: iterations per logged mean training loss (the training curve).
@@ -154,6 +159,8 @@ class AblationConfig:
     output_stride: int = 4
     d: int = 64
     rank: int = 8
+    encoder_from: str | None = None
+    freeze_encoder: bool = False
     iters: int = 500
     batch_size: int = 16
     lr: float = 3e-3
@@ -223,6 +230,14 @@ class AblationConfig:
                     parse_grad_mode(g, self.eval_steps_for(k, b))
         if not isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a bool, got {self.baseline!r}")
+        if self.encoder_from is not None:
+            if not isinstance(self.encoder_from, str) or not self.encoder_from.strip("/"):
+                raise TypeError(f"encoder_from must be 'SWEEP/RUN_ID' (a str) or None, got {self.encoder_from!r}")
+            object.__setattr__(self, "encoder_from", os.path.abspath(self.encoder_from))
+        if not isinstance(self.freeze_encoder, bool):
+            raise TypeError(f"freeze_encoder must be a bool, got {self.freeze_encoder!r}")
+        if self.freeze_encoder and self.encoder_from is None:
+            raise ValueError("freeze_encoder=True needs encoder_from (the run whose encoder to keep)")
         runs = self.seeds * (self.baseline + len(self.solvers) * len(self.grads) * len(self.blocks)
                              * len(self.step_values) + len(self.contexts))
         if runs > MAX_RUNS:  # before any list of runs is built
@@ -291,6 +306,15 @@ class AblationConfig:
                     f"{self.separation}, {data})")
         low, high = ds.num_shapes
         return f"global (GlobalContextShapes: {low}–{high} shapes, {data})"
+
+    @property
+    def title(self) -> str:
+        """:attr:`task_name`, and where the encoder comes from when it is another sweep's (``encoder_from``): what
+        the summary names first."""
+        if self.encoder_from is None:
+            return self.task_name
+        return (f"{self.task_name}; every run starts from the encoder of {self.encoder_from}"
+                f"{' (frozen)' if self.freeze_encoder else ''}")
 
     def dataset(self) -> GlobalContextShapes | RegionalShapes:
         """The sweep's data, the task's dataset: items ``[0, train_samples)`` train, the next ``val_samples``

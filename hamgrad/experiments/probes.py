@@ -257,8 +257,12 @@ def probe(model, images: torch.Tensor, labels: torch.Tensor, *, generator: torch
     groups = {"encoder": list(model.encoder.parameters()), "lower_bread": list(ham.lower_bread.parameters())}
     params = [p for name in GROUPS for p in groups[name]]
     mode, grads = ham.grad, {}
+    # a frozen encoder (HamNet.load_encoder) is probed all the same: what its gradient would be
+    frozen = [p for p in params if not p.requires_grad]
     with _unchanged(model, images.device, generator) as rewind:
         try:
+            for p in frozen:
+                p.requires_grad_(True)
             for grad in (mode, "bptt"):
                 rewind()  # the same initial state of the ham in both passes
                 ham.grad = grad
@@ -267,6 +271,8 @@ def probe(model, images: torch.Tensor, labels: torch.Tensor, *, generator: torch
                 grads[grad] = torch.autograd.grad(loss, params)
         finally:
             ham.grad = mode
+            for p in frozen:
+                p.requires_grad_(False)
     record, start = {}, 0
     for name in GROUPS:
         end = start + len(groups[name])

@@ -526,6 +526,21 @@ def load_model(out_dir, run_id: str, device="cpu") -> HamNet:
     return model.to(check_device(device)).eval()
 
 
+def _with_encoder(config: AblationConfig, model: HamNet) -> HamNet:
+    """``model`` with the encoder of ``config.encoder_from`` (frozen with ``config.freeze_encoder``), if any."""
+    if config.encoder_from is None:
+        return model
+    sweep, run_id = os.path.split(config.encoder_from)
+    finished = {r["run_id"] for r in load_results(sweep) if r["status"] == "ok"} if os.path.isdir(sweep) else set()
+    if run_id not in finished:
+        raise ValueError(f"encoder_from={config.encoder_from!r}: {run_id!r} is not a finished run of a sweep in "
+                         f"{sweep!r} (give 'SWEEP/RUN_ID', e.g. 'runs/table1-regional/sa_seed0')")
+    try:
+        return model.load_encoder(load_model(sweep, run_id), freeze=config.freeze_encoder)
+    except ValueError as err:
+        raise ValueError(f"encoder_from={config.encoder_from!r}: {err}") from None
+
+
 # ---------------------------------------------------------------------- training
 def _lr(config: AblationConfig, step: int) -> float:
     """Linear warm-up over the first 5% of iterations, then cosine decay to 0."""
@@ -642,7 +657,7 @@ def _train_and_evaluate(config: AblationConfig, spec: RunSpec, run_dir: Path, de
     images, labels = _data(config)
     n_train = config.train_samples
     torch.manual_seed(spec.seed)
-    model = build_model(config, spec).to(device)
+    model = _with_encoder(config, build_model(config, spec)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(spec.seed)
     state = {"step": 0, "diverged": False, "train_seconds": 0.0, "curve": {"step": [], "loss": []},
@@ -800,6 +815,8 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
                          f"hides the GPUs from a task that reserves none")
     out = Path(out_dir)
     _check_out_dir(out, repair)
+    if config.encoder_from is not None:  # a missing or incompatible source stops the sweep before anything is written
+        _with_encoder(config, build_model(config, config.runs()[0]))
     lock = _SweepLock(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -817,7 +834,7 @@ def run_ablation(config: AblationConfig, out_dir, *, overwrite: bool = False, re
         _remove_temporaries(out)  # this driver is the only writer of the folder's own files
         _write_results(out, rows)  # the CSV follows the JSON lines even if a kill fell between the two writes
         done = {r["run_id"] for r in rows if r["status"] == "ok"}
-        tabulate = functools.partial(summarize, grads=config.grads, task=config.task_name,
+        tabulate = functools.partial(summarize, grads=config.grads, task=config.title,
                                      ceiling=_global_ceiling(config))
         pending = [spec for spec in config.runs() if spec.run_id not in done]
         for run_id in done:  # (an unfinished run's next writer cleans its folder, once no other writer holds it)

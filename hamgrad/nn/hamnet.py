@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_steps
+from .._checks import check_bool, check_steps
 from .attention import CONTEXTS, build_context
 from .hamburger import Hamburger
 
@@ -93,6 +93,7 @@ class HamNet(nn.Module):
         if output_stride not in (4, 8):
             raise ValueError(f"output_stride must be 4 or 8, got {output_stride!r}")
         self.num_classes, self.output_stride = num_classes, output_stride
+        self.encoder_frozen = False
         stages, c_in = [], in_channels
         for i in range(int(math.log2(output_stride))):
             c_out = width * 2 ** i
@@ -113,6 +114,52 @@ class HamNet(nn.Module):
         self.context = None if isinstance(block, Hamburger) else block
         self.align = _conv_block(c_in, c_in, 3)
         self.classifier = nn.Conv2d(c_in, num_classes, 1)
+
+    #: The parts :meth:`load_encoder` copies: everything before the head's context module.
+    ENCODER_PARTS = ("encoder", "squeeze")
+
+    def load_encoder(self, source: "HamNet", freeze: bool = False) -> "HamNet":
+        """Copy the encoder and the head's squeeze conv (weights and BatchNorm statistics) from another HamNet, e.g.
+        one trained with another context module, so that only the head trains anew.
+
+        Args:
+            source: a HamNet with the same ``in_channels``, ``width`` and ``output_stride``.
+            freeze: keep the copied parts as they are from now on: their parameters stop requiring gradients (an
+                optimizer built over ``model.parameters()`` leaves them alone) and their BatchNorms stay in eval mode
+                under ``model.train()`` (running statistics neither used nor updated from the batch).
+
+        Returns:
+            This model.
+
+        Raises:
+            TypeError: when ``source`` is not a HamNet or ``freeze`` not a bool.
+            ValueError: when the source's encoder has other shapes (naming the first that differs).
+        """
+        if not isinstance(source, HamNet):
+            raise TypeError(f"source must be a HamNet, got {type(source).__name__}")
+        check_bool(freeze, "freeze")
+        states = {part: getattr(source, part).state_dict() for part in self.ENCODER_PARTS}
+        for part, theirs in states.items():  # every part checked before any is copied
+            for key, value in getattr(self, part).state_dict().items():
+                if key not in theirs or theirs[key].shape != value.shape:
+                    got = "missing" if key not in theirs else f"of shape {tuple(theirs[key].shape)}"
+                    raise ValueError(f"source's {part}.{key} is {got}, where this model's is of shape "
+                                     f"{tuple(value.shape)}: the two HamNets need the same in_channels, width and "
+                                     f"output_stride")
+        for part, theirs in states.items():
+            getattr(self, part).load_state_dict(theirs)
+        self.encoder_frozen = freeze
+        for part in self.ENCODER_PARTS:
+            getattr(self, part).requires_grad_(not freeze)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "HamNet":
+        """As :meth:`torch.nn.Module.train`; a frozen encoder (:meth:`load_encoder`) stays in eval mode."""
+        super().train(mode)
+        if self.encoder_frozen:
+            for part in self.ENCODER_PARTS:
+                getattr(self, part).eval()
+        return self
 
     @property
     def block(self) -> nn.Module | None:
