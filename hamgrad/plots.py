@@ -707,11 +707,16 @@ def _blocks_title(hams: list) -> str:
 
 
 def _task_title(result: dict) -> str:
-    """The sweep's task as a title names it (from the figure data's ``config``; rows alone: the global task)."""
+    """The sweep's task as a title names it (from the figure data's ``config``; rows alone: the global task), and the
+    run whose encoder the sweep's runs start from, if any."""
     config = result.get("config") or {}
-    if config.get("task") == "regional":
-        return f"on the regional task (R = {config.get('regions')})"
-    return "on the global-context shapes"
+    task = (f"on the regional task (R = {config.get('regions')})" if config.get("task") == "regional"
+            else "on the global-context shapes")
+    source = config.get("encoder_from")
+    if source:  # a sweep whose runs start from another run's encoder
+        sweep, run = os.path.split(source)
+        task += f", encoder of {os.path.basename(sweep)}/{run}{' (frozen)' if config.get('freeze_encoder') else ''}"
+    return task
 
 
 def _ham_of(row: dict) -> tuple:

@@ -156,6 +156,8 @@ def test_a_sweep_from_another_sweeps_frozen_encoder(tmp_path, capsys, monkeypatc
         assert all(torch.equal(v, src[k]) for k, v in _encoder_state(model).items()), row["run_id"]
     probes = next(r for r in rows if r["run_id"] == "nmf_bptt_v2_K6_seed0")["probes"]
     assert probes["encoder"]["bptt_norm"][0] > 0  # the frozen encoder is probed all the same
+    title = plots.sweep(out).get_suptitle()
+    assert title.endswith("on the regional task (R = 2), encoder of source/sa_seed0 (frozen)"), title
 
 
 def test_encoder_from_errors(tmp_path):
