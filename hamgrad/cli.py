@@ -46,6 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--steps", help="solver steps K in training, or a comma-separated list of K to sweep, e.g. "
                                         "6,12,24 (evaluation uses K for v2, K + 1 for v1; default 6)")
     ablate.add_argument("--iters", type=int, help="training iterations per run")
+    ablate.add_argument("--rank", type=int, help="rank r of the hams and of A²'s attention maps (default 8; "
+                                                 "4 with --quick)")
     ablate.add_argument("--quick", action="store_true", help="tiny model and data (a smoke test, seconds per run)")
     ablate.add_argument("--probe-every", type=int, help="every N iterations, compare each ham run's gradient with "
                                                         "BPTT's on its training batch (encoder, lower bread) and "
@@ -261,7 +263,7 @@ def _cmd_ablate(args) -> int:
     if given_regional and args.task != "regional":
         raise ValueError(f"{', '.join(given_regional)}: only for the regional task (add --task regional)")
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
-             "probe_every": args.probe_every, "image_size": args.image_size, "train_samples": args.train_samples,
+             "rank": args.rank, "probe_every": args.probe_every, "image_size": args.image_size, "train_samples": args.train_samples,
              "task": args.task, **regional}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),

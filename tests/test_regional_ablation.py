@@ -109,11 +109,13 @@ def test_cli_task_and_regional_flags(tmp_path, capsys):
     out = str(tmp_path / "sweep")
     assert cli_main(["ablate", "--quick", "--task", "regional", "--regions", "2", "--shapes-per-region", "3,5",
                      "--separation", "0.2", "--image-size", "48", "--train-samples", "12", "--solvers", "", "--grads", "",
-                     "--iters", "2", "--out", out]) == 0
+                     "--iters", "2", "--rank", "2", "--out", out]) == 0
     assert "task: regional (RegionalShapes: R = 2 regions of 3–5 shapes" in capsys.readouterr().out
     config = read_config(out)
     assert (config.task, config.regions, config.shapes_per_region, config.separation) == ("regional", 2, (3, 5), 0.2)
-    assert (config.image_size, config.train_samples) == (48, 12)
+    assert (config.image_size, config.train_samples, config.rank) == (48, 12, 2)
+    assert cli_main(["ablate", "--quick", "--rank", "16", "--out", str(tmp_path / "r")]) == 2
+    assert "rank=16 must be < d=16" in capsys.readouterr().err
     assert cli_main(["ablate", "--quick", "--regions", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--regions: only for the regional task (add --task regional)" in capsys.readouterr().err
     assert cli_main(["ablate", "--quick", "--task", "regional", "--shapes-per-region", "3,4,5",
