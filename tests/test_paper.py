@@ -413,6 +413,26 @@ def test_regional_property_holds_from_the_sa_encoder_trained_and_not_on_a_frozen
     assert max(row["mean"] for key, row in table.items() if key[0] != "none") < ceiling
 
 
+def test_readme_transplant_probe_statement_is_the_committed_probes():
+    """The README's probe numbers for the sweep trained from the SA encoder, recomputed from its probes JSON: means
+    over the probes after initialisation, then over seeds."""
+    runs = _load(REPO / "figures" / "regional-sa-encoder-trained", "probes")["runs"]
+
+    def mean(solver, grad, value):
+        cells = [value(run)[1:] for run in runs if (run["solver"], run["grad"]) == (solver, grad)]
+        assert len(cells) == 3
+        return float(np.mean([np.mean(c) for c in cells]))
+
+    cos = {part: (lambda run, part=part: run[part]["cosine"]) for part in ("encoder", "lower_bread")}
+    rho = [mean(run["solver"], run["grad"], lambda r: r["rho"]) for run in runs]
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert (f"NMF's `one-step` gradient agrees with BPTT's at cosine {mean('nmf', 'one-step', cos['encoder']):.2f} "
+            f"(lower bread {mean('nmf', 'one-step', cos['lower_bread']):.2f})") in text
+    assert f"CD's `one-step` agrees at {mean('cd', 'one-step', cos['encoder']):.2f}" in text
+    assert min(min(run["rho"]) for run in runs) > 1
+    assert f"ρ(J_K) > 1 in every probe (means {min(rho):.1f}–{max(rho):.1f})" in text
+
+
 def test_readme_k_table_is_the_committed_k_sweep():
     table = _by_key("k-sweep")
     rows = _readme_table("| ham (V2) | mode | K = 6 |")
