@@ -127,6 +127,14 @@ def test_summary_best_and_mean():
     assert json.loads(json.dumps(summary.to_dict()))["cells"][1]["grad"] is None
 
 
+def test_summary_of_context_modules_only_has_no_empty_ham_table():
+    rows = [dict(solver=name, grad=None, seed=0, miou=m, pixel_acc=0.9, diverged=False)
+            for name, m in (("sa", 0.7), ("gap", 0.6))]
+    md = summarize(rows, []).to_markdown()
+    assert "| ham |" not in md and "|---" not in md
+    assert "mIoU (%), best (mean) over seeds\n\nother context modules (HamNet(context=...)): sa 70.0 (70.0), gap " in md
+
+
 # ---------------------------------------------------------------------- the runner
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path, counted_steps):
     config = _tiny()  # 3 runs (baseline, nmf one-step, nmf bptt) × 10 iterations, checkpoints every 5
