@@ -263,8 +263,8 @@ def _cmd_ablate(args) -> int:
     if given_regional and args.task != "regional":
         raise ValueError(f"{', '.join(given_regional)}: only for the regional task (add --task regional)")
     given = {"seeds": args.seeds, "steps": None if args.steps is None else steps(args.steps), "iters": args.iters,
-             "rank": args.rank, "probe_every": args.probe_every, "image_size": args.image_size, "train_samples": args.train_samples,
-             "task": args.task, **regional}
+             "rank": args.rank, "probe_every": args.probe_every, "image_size": args.image_size,
+             "train_samples": args.train_samples, "task": args.task, **regional}
     fields = {k: v for k, v in given.items() if v is not None}
     fields.update(solvers=names(args.solvers), grads=names(args.grads), blocks=names(args.blocks),
                   baseline=not args.no_baseline, contexts=names(args.contexts),

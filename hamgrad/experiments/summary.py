@@ -76,7 +76,7 @@ class Summary:
             if key == "miou_disagree" and not any(c.miou_disagree for c in self.cells):
                 continue
             if not hams:  # a sweep of context modules only: no ham table
-                lines += [f"{title}, best (mean) over seeds", ""]
+                lines.append(f"{title}, best (mean) over seeds")
             elif len(ks) <= 1:
                 at = f", K = {ks[0]}" if ks else ""
                 lines += [f"{title}{at}, best (mean) over seeds", "",
@@ -85,7 +85,6 @@ class Summary:
                 for solver, block in hams:
                     entries = [self._entry(solver, g, ks[0] if ks else None, key, block) for g in self.grads]
                     lines.append(f"| {solver} | {block} | " + " | ".join(entries) + " |")
-                lines.append("")
             else:
                 lines += [f"{title} against solver steps K, best (mean) over seeds", "",
                           "| ham | block | mode | " + " | ".join(f"K = {k}" for k in ks) + " |",
@@ -94,7 +93,7 @@ class Summary:
                     for g in self.grads:
                         entries = [self._entry(solver, g, k, key, block) for k in ks]
                         lines.append(f"| {solver} | {block} | {mode_label(g)} | " + " | ".join(entries) + " |")
-                lines.append("")
+            lines.append("")
             if any(c.grad is None and c.solver == "none" for c in self.cells):
                 lines += [f"no ham (baseline, HamNet(ham=None)): {self._entry('none', None, None, key)}", ""]
             contexts = [c.solver for c in self.cells if c.grad is None and c.solver != "none"]
